@@ -1,0 +1,59 @@
+"""The `malenia` console script. Each sub-command lives beside the code it drives and
+exposes ``register(subparsers)``; this file only wires them together."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from malenia import __version__
+from malenia.errors import MaleniaError
+
+# (module, purpose). A module registers one or more sub-commands.
+COMMAND_MODULES: tuple[str, ...] = (
+    "malenia.attributes.cli",  # attributes list|presets|parse
+    "malenia.synth.cli",  # synth
+    "malenia.train",  # train
+    "malenia.inference.cli",  # segment, find, info
+    "malenia.evaluation",  # eval
+    "malenia.server.cli",  # serve
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="malenia",
+        description="Zero-shot CT lesion segmentation from lesion attributes (Malenia).",
+    )
+    parser.add_argument("--version", action="version", version=f"malenia {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name and module_name.startswith(error.name):
+                continue  # that part of the engine is not installed in this checkout
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except MaleniaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
