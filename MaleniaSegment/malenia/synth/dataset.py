@@ -1,0 +1,110 @@
+"""On-the-fly synthetic training samples drawn from the real attribute records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from malenia.attributes.presets import load_presets
+from malenia.attributes.records import load_records
+from malenia.preprocessing import normalize_ct
+from malenia.synth.anatomy import CHEST_LOCATIONS
+from malenia.synth.lesions import LesionRecord, render_lesions
+from malenia.synth.phantom import LOCATION_CENTRES, make_phantom
+
+
+@dataclass
+class Sample:
+    ct: np.ndarray  # HU [z, y, x]
+    labels: np.ndarray
+    instance_mask: np.ndarray  # int16, lesion i = i
+    lesions: list[LesionRecord]
+    spacing: tuple[float, float, float]
+    phase: str
+
+
+def lesion_pool(category: str) -> list[LesionRecord]:
+    """Real annotated records of a category, or its preset when it has no records."""
+    preset = load_presets()[category]
+    records = [
+        LesionRecord(r.category, r.description, r.report, preset.size_mm)
+        for r in load_records()
+        if r.category == category and r.description.location in LOCATION_CENTRES
+    ]
+    return records or [LesionRecord(category, preset.description, "", preset.size_mm)]
+
+
+def make_sample(
+    seed: int,
+    categories: tuple[str, ...],
+    shape: tuple[int, int, int] = (64, 64, 64),
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
+    max_lesions: int = 2,
+) -> Sample:
+    """One volume around a lesion of a random category in ``categories`` (+ maybe others)."""
+    rng = np.random.default_rng(seed)
+    first = _draw(rng, categories)
+    location = first.description.location
+    region = "chest" if location in CHEST_LOCATIONS else "abdomen"
+    phase = (
+        "non_contrast" if first.description.enhancement == "non-contrast CT" else "portal_venous"
+    )
+    centre = np.array(LOCATION_CENTRES[location]) + rng.uniform(-20, 20, size=3)
+    phantom = make_phantom(int(rng.integers(2**31)), shape, spacing, region, phase, tuple(centre))
+    records = [first]
+    for _ in range(int(rng.integers(0, max_lesions))):
+        other = _draw(rng, categories)
+        if (other.description.location in CHEST_LOCATIONS) == (region == "chest"):
+            records.append(other)
+    ct, instances, rendered = render_lesions(phantom.ct, phantom.labels, records, rng, spacing)
+    return Sample(ct, phantom.labels, instances, rendered, spacing, phase)
+
+
+def _draw(rng, categories) -> LesionRecord:
+    category = categories[int(rng.integers(len(categories)))]
+    pool = lesion_pool(category)
+    chosen = pool[int(rng.integers(len(pool)))]
+    return LesionRecord(chosen.category, chosen.description, chosen.report, chosen.size_mm)
+
+
+class SyntheticLesionDataset:
+    """A torch-style map dataset: item i is deterministic given (seed, i).
+
+    Items: image float32 [1, D, H, W] (normalised), instance_mask int16 [D, H, W],
+    descriptions / categories / reports per lesion (lesion i -> index i - 1).
+    """
+
+    def __init__(
+        self,
+        categories: tuple[str, ...],
+        seed: int = 0,
+        length: int = 100_000,
+        shape: tuple[int, int, int] = (64, 64, 64),
+        spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
+        max_lesions: int = 2,
+    ) -> None:
+        self.categories, self.seed, self.length = tuple(categories), seed, length
+        self.shape, self.spacing, self.max_lesions = shape, spacing, max_lesions
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        for attempt in range(10):  # a sample whose lesion could not be placed is redrawn
+            sample = make_sample(
+                self.seed * 1_000_003 + index * 17 + attempt,
+                self.categories,
+                self.shape,
+                self.spacing,
+                self.max_lesions,
+            )
+            if sample.lesions:
+                break
+        return {
+            "image": normalize_ct(sample.ct)[None],
+            "instance_mask": sample.instance_mask,
+            "descriptions": [r.description for r in sample.lesions],
+            "categories": [r.category for r in sample.lesions],
+            "reports": [r.report for r in sample.lesions],
+        }

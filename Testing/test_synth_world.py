@@ -1,0 +1,157 @@
+"""Each attribute has a measurable effect in the rendered volume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from malenia.attributes import LesionDescription
+from malenia.synth import LesionRecord, SyntheticLesionDataset, make_phantom, render_lesions
+from malenia.synth.anatomy import LABELS
+from malenia.synth.phantom import LOCATION_CENTRES
+from scipy import ndimage
+
+SPACING = (2.0, 2.0, 2.0)
+BASE = dict(
+    location="right liver lobe", shape="round-like", density="hypodense", density_variation="homogeneous",
+    surface="well-defined margin", enhancement="contrast-enhanced CT",
+    relation="not closely related to surrounding organs",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def liver_phantom():
+    return make_phantom(7, (56, 72, 72), SPACING, centre_mm=LOCATION_CENTRES["right liver lobe"])
+
+
+def render(phantom, seed=3, category="liver cancer", size=(30, 30), **changes):
+    description = LesionDescription(**{**BASE, **changes})
+    rng = np.random.default_rng(seed)
+    ct, mask, done = render_lesions(
+        phantom.ct,
+        phantom.labels,
+        [LesionRecord(category, description, size_mm=size)],
+        rng,
+        SPACING,
+    )
+    assert len(done) == 1 and mask.any()
+    return ct, mask > 0, done[0]
+
+
+def host_mean(phantom, mask, label="right liver lobe"):
+    ring = ndimage.binary_dilation(mask, iterations=4) & ~ndimage.binary_dilation(
+        mask, iterations=1
+    )
+    return float(phantom.ct[ring & (phantom.labels == LABELS[label])].mean())
+
+
+def test_density_relative_to_host(liver_phantom):
+    hypo_ct, hypo, _ = render(liver_phantom, density="hypodense")
+    hyper_ct, hyper, _ = render(liver_phantom, density="hyperdense")
+    iso_ct, iso, _ = render(liver_phantom, density="isodense")
+    assert hypo_ct[hypo].mean() < host_mean(liver_phantom, hypo) - 25
+    assert hyper_ct[hyper].mean() > host_mean(liver_phantom, hyper) + 25
+    assert abs(iso_ct[iso].mean() - host_mean(liver_phantom, iso)) < 20
+
+
+def test_heterogeneous_has_more_internal_variation(liver_phantom):
+    het_ct, het, _ = render(liver_phantom, density_variation="heterogeneous")
+    hom_ct, hom, _ = render(liver_phantom, density_variation="homogeneous")
+    core = lambda m: ndimage.binary_erosion(m, iterations=2)  # noqa: E731
+    assert het_ct[core(het)].std() > 1.5 * hom_ct[core(hom)].std()
+
+
+def test_ill_defined_margin_has_lower_edge_gradient(liver_phantom):
+    def edge_gradient(ct, mask):
+        gradient = np.sqrt(sum(g**2 for g in np.gradient(ndimage.gaussian_filter(ct, 0.7))))
+        edge = ndimage.binary_dilation(mask) & ~ndimage.binary_erosion(mask)
+        return float(gradient[edge].mean())
+
+    sharp = np.mean(
+        [
+            edge_gradient(*render(liver_phantom, seed=s, surface="well-defined margin")[:2])
+            for s in (1, 2)
+        ]
+    )
+    blurred = np.mean(
+        [
+            edge_gradient(*render(liver_phantom, seed=s, surface="ill-defined margin")[:2])
+            for s in (1, 2)
+        ]
+    )
+    assert blurred < 0.8 * sharp
+
+
+def test_irregular_shapes_are_less_spherical(liver_phantom):
+    def sphericity(mask):
+        volume = mask.sum() * 8.0
+        surface = (mask ^ ndimage.binary_erosion(mask)).sum() * 4.0
+        return (np.pi ** (1 / 3)) * (6 * volume) ** (2 / 3) / surface
+
+    round_like = np.mean(
+        [sphericity(render(liver_phantom, seed=s, shape="round-like")[1]) for s in (1, 2, 3)]
+    )
+    irregular = np.mean(
+        [sphericity(render(liver_phantom, seed=s, shape="irregular")[1]) for s in (1, 2, 3)]
+    )
+    assert irregular < round_like - 0.03
+
+
+def test_lesion_lies_in_the_named_subregion():
+    phantom = make_phantom(11, (48, 72, 96), SPACING, centre_mm=LOCATION_CENTRES["pancreatic head"])
+    for location in ("pancreatic head", "right kidney"):
+        _, mask, _ = render(
+            phantom, seed=5, category="pancreatic cancer", size=(12, 14), location=location
+        )
+        labels_under = phantom.labels[mask]
+        assert (labels_under == LABELS[location]).mean() > 0.7, location
+
+
+def test_closely_related_lesions_cross_into_a_neighbour(liver_phantom):
+    crossing = []
+    for seed in range(4):
+        _, mask, _ = render(
+            liver_phantom,
+            seed=seed,
+            relation="closely related to surrounding organs",
+            size=(36, 36),
+        )
+        organ = ~np.isin(
+            liver_phantom.labels,
+            [LABELS[n] for n in ("air", "body", "subcutaneous fat", "muscle", "right liver lobe")],
+        )
+        crossing.append((mask & organ).sum())
+    contained = [
+        (
+            render(liver_phantom, seed=s, size=(36, 36))[1]
+            & ~np.isin(
+                liver_phantom.labels,
+                [
+                    LABELS["right liver lobe"],
+                    LABELS["body"],
+                    LABELS["subcutaneous fat"],
+                    LABELS["muscle"],
+                ],
+            )
+        ).sum()
+        for s in range(4)
+    ]
+    assert np.mean(crossing) > 20 and np.mean(crossing) > 3 * (np.mean(contained) + 1)
+
+
+def test_same_seed_same_volume():
+    a = SyntheticLesionDataset(("renal cyst", "lung cancer"), seed=5, shape=(40, 48, 48))[3]
+    b = SyntheticLesionDataset(("renal cyst", "lung cancer"), seed=5, shape=(40, 48, 48))[3]
+    c = SyntheticLesionDataset(("renal cyst", "lung cancer"), seed=6, shape=(40, 48, 48))[3]
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(
+        a["instance_mask"], b["instance_mask"]
+    )
+    assert not np.array_equal(a["image"], c["image"])
+    assert a["image"].shape == (1, 40, 48, 48) and a["image"].dtype == np.float32
+    assert a["instance_mask"].max() == len(a["descriptions"]) >= 1
+    assert set(a["categories"]) <= {"renal cyst", "lung cancer"}
+
+
+def test_anisotropic_spacing_is_supported():
+    phantom = make_phantom(2, (24, 64, 64), (2.5, 0.8, 0.8))
+    assert phantom.ct.shape == (24, 64, 64) and phantom.spacing == (2.5, 0.8, 0.8)
+    assert (phantom.labels == LABELS["vertebra"]).any()
