@@ -1,0 +1,63 @@
+"""Losses: Hungarian-matched mask losses, objectness, multi-positive attribute alignment,
+and the prompted-mask loss that teaches the model to follow the description."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice over the spatial dims; logits/target [..., D, H, W] -> [...]."""
+    prob = logits.sigmoid().flatten(-3)
+    target = target.flatten(-3)
+    intersection = (prob * target).sum(-1)
+    return 1 - (2 * intersection + eps) / (prob.sum(-1) + target.sum(-1) + eps)
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice + BCE, averaged."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(-3).mean(-1)
+    return (dice_loss(logits, target) + bce).mean()
+
+
+@torch.no_grad()
+def hungarian_match(
+    token_logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[list[int], list[int]]:
+    """Match N tokens to K ground-truth lesions (K <= N) by Dice + BCE cost (scipy)."""
+    if targets.shape[0] == 0:
+        return [], []
+    small_logits = F.avg_pool3d(token_logits.unsqueeze(0), 2).squeeze(0)
+    small_targets = (F.avg_pool3d(targets.unsqueeze(0), 2).squeeze(0) > 0.25).float()
+    prob = small_logits.sigmoid().flatten(1)  # [N, V]
+    tgt = small_targets.flatten(1)  # [K, V]
+    dice = 1 - (2 * prob @ tgt.T + 1) / (prob.sum(1, keepdim=True) + tgt.sum(1)[None] + 1)
+    pos = F.binary_cross_entropy_with_logits(
+        small_logits.flatten(1), torch.ones_like(prob), reduction="none"
+    )
+    neg = F.binary_cross_entropy_with_logits(
+        small_logits.flatten(1), torch.zeros_like(prob), reduction="none"
+    )
+    bce = (pos @ tgt.T + neg @ (1 - tgt).T) / tgt.shape[1]
+    rows, cols = linear_sum_assignment((dice + bce).cpu().numpy())
+    return rows.tolist(), cols.tolist()
+
+
+def alignment_loss(
+    attribute_logits: list[torch.Tensor], token_index: list[int], value_targets: list[list[int]]
+) -> torch.Tensor:
+    """Multi-positive contrastive alignment: each matched token is pulled to the embeddings
+    of its lesion's attribute values (one positive per key) against the other values of
+    that key. ``value_targets[k][j]`` = value index of key k for matched lesion j (-1 = none)."""
+    losses = []
+    for key_logits, targets in zip(attribute_logits, value_targets, strict=True):
+        for token, value in zip(token_index, targets, strict=True):
+            if value >= 0:
+                losses.append(
+                    F.cross_entropy(
+                        key_logits[token][None], torch.tensor([value], device=key_logits.device)
+                    )
+                )
+    return torch.stack(losses).mean() if losses else attribute_logits[0].sum() * 0.0

@@ -1,0 +1,457 @@
+"""`malenia train --config FILE`: train MaleniaNet on the synthetic world or real datasets.
+
+One CPU, one GPU, or many GPUs / nodes through torchrun (torch.distributed DDP; gloo on CPU,
+NCCL on GPU). Checkpoints every N steps and at --max-minutes: weights as safetensors with a
+model card, optimizer state as safetensors + JSON. Resuming continues the exact sample
+stream, so a run can be cut into short chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+
+from malenia.attributes.schema import ATTRIBUTE_KEYS
+from malenia.losses import alignment_loss, hungarian_match, mask_loss
+from malenia.model import MaleniaConfig, MaleniaNet, count_parameters
+from malenia.preprocessing import HU_WINDOW
+from malenia.weights import load_weights, save_weights
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/tiny"
+    model: str | dict = "tiny"
+    steps: int = 2000
+    batch_size: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    seed: int = 0
+    categories: str | list[str] = "seen"
+    checkpoint_every: int = 50
+    validate_every: int = 200
+    val_samples: int = 4
+    num_workers: int = 1
+    negative_prompt_prob: float = 0.25
+    align_weight: float = 0.5
+    objectness_weight: float = 0.5
+    data: dict = field(default_factory=lambda: {"type": "synthetic", "max_lesions": 2})
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train MaleniaNet (torchrun for several GPUs)")
+    parser.add_argument(
+        "--config", type=Path, required=True, help="training config JSON (see configs/)"
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, help="checkpoint and stop after this long"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="override the config's total steps")
+    parser.add_argument("--out", default=None, help="override the config's output folder")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.set_defaults(handler=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    config = TrainConfig.load(args.config)
+    if args.steps is not None:
+        config.steps = args.steps
+    if args.out is not None:
+        config.out = args.out
+    train(config, max_minutes=args.max_minutes, device=args.device)
+    return 0
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _categories(config: TrainConfig) -> tuple[str, ...]:
+    from malenia.synth.split import SEEN_CATEGORIES
+
+    return SEEN_CATEGORIES if config.categories == "seen" else tuple(config.categories)
+
+
+def make_dataset(config: TrainConfig, model_config: MaleniaConfig, seed_offset: int = 0):
+    kind = config.data.get("type", "synthetic")
+    if kind == "synthetic":
+        from malenia.synth import SyntheticLesionDataset
+
+        return SyntheticLesionDataset(
+            _categories(config), seed=config.seed + seed_offset, length=10**9,
+            shape=model_config.patch_size, spacing=model_config.spacing_mm,
+            max_lesions=config.data.get("max_lesions", 2),
+        )  # fmt: skip
+    if kind in ("msd", "kits23"):
+        from malenia.data import RealLesionDataset
+
+        return RealLesionDataset(
+            config.data["root"], layout=kind, patch=model_config.patch_size, spacing=model_config.spacing_mm,
+            seed=config.seed + seed_offset, categories=_categories(config),
+        )  # fmt: skip
+    raise ValueError(f"unknown data type {kind!r} (synthetic | msd | kits23)")
+
+
+class Batches:
+    """Deterministic stream: item j of step s on rank r is dataset[(s * world + r) * B + j]."""
+
+    def __init__(self, dataset, batch_size: int, rank: int, world: int, num_workers: int) -> None:
+        self.dataset, self.batch_size, self.rank, self.world = dataset, batch_size, rank, world
+        self.pool = None
+        if num_workers > 0:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(num_workers)
+        self._pending: dict[int, object] = {}
+
+    def _indices(self, step: int) -> list[int]:
+        base = (step * self.world + self.rank) * self.batch_size
+        return [base + j for j in range(self.batch_size)]
+
+    def _load(self, step: int):
+        return [self.dataset[i] for i in self._indices(step)]
+
+    def get(self, step: int) -> list[dict]:
+        if self.pool is None:
+            return self._load(step)
+        future = self._pending.pop(step, None) or self.pool.submit(self._load, step)
+        self._pending[step + 1] = self.pool.submit(self._load, step + 1)  # prefetch
+        return future.result()
+
+
+# --------------------------------------------------------------------------- one step
+
+
+class Vocabulary:
+    """Embedding matrices of every attribute value, and value indices of descriptions."""
+
+    def __init__(self, device) -> None:
+        from malenia.text import load_embedding_table
+
+        self.table = load_embedding_table()
+        self.phrases = [self.table.vocabulary_matrix(k)[0] for k in ATTRIBUTE_KEYS]
+        self.matrices = [self.table.vocabulary_matrix(k)[1].to(device) for k in ATTRIBUTE_KEYS]
+
+    def value_index(self, key_index: int, description) -> int:
+        value = getattr(description, ATTRIBUTE_KEYS[key_index])
+        if ATTRIBUTE_KEYS[key_index] == "specific_features":
+            value = value[0] if value else None
+        return self.phrases[key_index].index(value) if value in self.phrases[key_index] else -1
+
+
+def choose_prompt(item: dict, rng: random.Random, negative_prob: float, pool: dict):
+    """(description, target mask) for the prompted loss: a lesion's description and the
+    union of lesions of its category; sometimes an absent category with an empty target."""
+    instance = item["instance_mask"]
+    present = set(item["categories"])
+    absent = [c for c in pool if c not in present]
+    if absent and rng.random() < negative_prob:
+        category = rng.choice(absent)
+        return rng.choice(pool[category]), np.zeros(instance.shape, np.float32)
+    j = rng.randrange(len(item["descriptions"]))
+    category = item["categories"][j]
+    ids = [i + 1 for i, c in enumerate(item["categories"]) if c == category]
+    return item["descriptions"][j], np.isin(instance, ids).astype(np.float32)
+
+
+def compute_loss(
+    model,
+    batch: list[dict],
+    vocabulary: Vocabulary,
+    config: TrainConfig,
+    step: int,
+    prompt_pool: dict,
+    device,
+) -> tuple[torch.Tensor, dict]:
+    rng = random.Random(config.seed * 7919 + step)
+    images = torch.from_numpy(np.stack([item["image"] for item in batch])).to(device)
+    prompts, prompt_targets = [], []
+    for item in batch:
+        description, target = choose_prompt(item, rng, config.negative_prompt_prob, prompt_pool)
+        prompts.append(vocabulary.table.embed(description))
+        prompt_targets.append(target)
+    attributes = torch.stack(prompts).to(device)
+    out = model(images, attributes, vocabulary.matrices)
+    core = model.module if isinstance(model, DistributedDataParallel) else model
+
+    parts = {"mask": 0.0, "objectness": 0.0, "align": 0.0}
+    total = images.new_zeros(())
+    for b, item in enumerate(batch):
+        instance = torch.from_numpy(item["instance_mask"].astype(np.int64)).to(device)
+        count = len(item["descriptions"])
+        targets = (
+            torch.stack([(instance == i + 1).float() for i in range(count)])
+            if count
+            else images.new_zeros((0, *instance.shape))
+        )
+        for block in range(3):
+            logits = out["block_masks"][block][b]
+            rows, cols = hungarian_match(logits, targets)
+            objectness_target = torch.zeros(logits.shape[0], device=device)
+            objectness_target[rows] = 1.0
+            block_mask = mask_loss(logits[rows], targets[cols]) if rows else logits.sum() * 0.0
+            block_obj = torch.nn.functional.binary_cross_entropy_with_logits(
+                out["block_objectness"][block][b], objectness_target
+            )
+            total = total + block_mask + config.objectness_weight * block_obj
+            parts["mask"] += float(block_mask.detach())
+            parts["objectness"] += float(block_obj.detach())
+            if block in core.config.align_blocks and rows:
+                value_targets = [
+                    [vocabulary.value_index(k, item["descriptions"][c]) for c in cols]
+                    for k in range(len(ATTRIBUTE_KEYS))
+                ]
+                key_logits = [logits_k[b] for logits_k in out["block_attribute_logits"][block]]
+                align = alignment_loss(key_logits, rows, value_targets)
+                total = total + config.align_weight * align
+                parts["align"] += float(align.detach())
+    target = torch.from_numpy(np.stack(prompt_targets)).to(device)
+    prompted = mask_loss(out["prompt_logits"]["ensemble"], target)
+    branches = 0.5 * (
+        mask_loss(out["prompt_logits"]["mask"], target)
+        + mask_loss(out["prompt_logits"]["text"], target)
+    )
+    total = total + prompted + branches
+    parts["prompt"] = float(prompted.detach())
+    parts["total"] = float(total.detach())
+    return total / len(batch), parts
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    out: Path,
+    model: MaleniaNet,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    config: TrainConfig,
+    history: dict,
+) -> None:
+    card = model_card(model, config, step, history)
+    save_weights(model, out / "last.safetensors", card)
+    tensors, scalars = (
+        {},
+        {"step": step, "param_groups": optimizer.state_dict()["param_groups"], "state": {}},
+    )
+    for index, state in optimizer.state_dict()["state"].items():
+        scalars["state"][str(index)] = {}
+        for name, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars["state"][str(index)][name] = float(value)
+    save_file(tensors, str(out / "optimizer.safetensors"))
+    (out / "optimizer.json").write_text(json.dumps(scalars))
+
+
+def load_checkpoint(out: Path, model: MaleniaNet, optimizer: torch.optim.Optimizer, device) -> int:
+    loaded, _ = load_weights(out / "last.safetensors", device)
+    model.load_state_dict(loaded.state_dict())
+    scalars = json.loads((out / "optimizer.json").read_text())
+    tensors = load_file(str(out / "optimizer.safetensors"))
+    state = {}
+    for index, values in scalars["state"].items():
+        entry = {name: torch.tensor(value) for name, value in values.items()}
+        for key, tensor in tensors.items():
+            param, name = key.split(".", 1)
+            if param == index:
+                entry[name] = tensor.to(device)
+        state[int(index)] = entry
+    optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
+    return int(scalars["step"])
+
+
+def model_card(model: MaleniaNet, config: TrainConfig, step: int, history: dict) -> dict:
+    from malenia.text import TEXT_ENCODER_NAME, load_embedding_table
+
+    return {
+        "name": f"malenia-{model.config.name}",
+        "parameters": count_parameters(model),
+        "spacing_mm": list(model.config.spacing_mm),
+        "patch_size": list(model.config.patch_size),
+        "hu_window": list(HU_WINDOW),
+        "text_encoder": TEXT_ENCODER_NAME,
+        "embedding_table_sha256": load_embedding_table().sha256,
+        "training": {
+            "data": config.data,
+            "categories": list(_categories(config)),
+            "steps": step,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "seed": config.seed,
+            "last_losses": history.get("last", {}),
+            "validation_dice": history.get("val", {}),
+        },
+    }
+
+
+@torch.no_grad()
+def validate(model: MaleniaNet, config: TrainConfig, vocabulary: Vocabulary, device) -> float:
+    """Mean Dice of the prompted mask on fixed held-out samples of the training categories."""
+    dataset = make_dataset(config, model.config, seed_offset=999_983)
+    model.eval()
+    scores = []
+    for index in range(config.val_samples):
+        item = dataset[index]
+        description = item["descriptions"][0]
+        target = np.isin(
+            item["instance_mask"],
+            [i + 1 for i, c in enumerate(item["categories"]) if c == item["categories"][0]],
+        )
+        out = model(
+            torch.from_numpy(item["image"][None]).to(device),
+            vocabulary.table.embed(description)[None].to(device),
+        )
+        pred = (out["prompt_logits"]["ensemble"][0] > 0).cpu().numpy()
+        scores.append(2 * (pred & target).sum() / max(pred.sum() + target.sum(), 1))
+    model.train()
+    return float(np.mean(scores))
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def _setup_distributed(device_request: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_request in ("auto", "cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def train(config: TrainConfig, max_minutes: float | None = None, device: str = "auto") -> dict:
+    rank, world, torch_device = _setup_distributed(device)
+    torch.manual_seed(config.seed)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_config = (
+        MaleniaConfig.from_dict(config.model)
+        if isinstance(config.model, dict)
+        else getattr(MaleniaConfig, config.model)()
+    )
+    model = MaleniaNet(model_config).to(torch_device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    step = 0
+    if (out / "last.safetensors").is_file() and (out / "optimizer.json").is_file():
+        step = load_checkpoint(out, model, optimizer, torch_device)
+        if rank == 0:
+            print(f"resumed from {out} at step {step}")
+    if world > 1:
+        for parameter in model.parameters():  # identical start on every rank
+            dist.broadcast(parameter.data, 0)
+    trained = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    vocabulary = Vocabulary(torch_device)
+    from malenia.synth.dataset import lesion_pool
+
+    prompt_pool = {c: [r.description for r in lesion_pool(c)] for c in _categories(config)}
+    batches = Batches(
+        make_dataset(config, model_config), config.batch_size, rank, world, config.num_workers
+    )
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if torch_device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+    log_file = out / "log.csv"
+    new_log = not log_file.exists()
+    history: dict = {"val": {}}
+    started = time.time()
+    progress = None
+    if rank == 0:
+        from tqdm import tqdm
+
+        progress = tqdm(total=config.steps, initial=step, desc="training", unit="step")
+    with open(log_file, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new_log and rank == 0:
+            writer.writerow(
+                [
+                    "step",
+                    "total",
+                    "mask",
+                    "objectness",
+                    "align",
+                    "prompt",
+                    "lr",
+                    "seconds",
+                    "val_dice",
+                ]
+            )
+        while step < config.steps:
+            lr = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(config.seed * 100_003 + step)
+            batch = batches.get(step)
+            tick = time.time()
+            with amp:
+                loss, parts = compute_loss(
+                    trained, batch, vocabulary, config, step, prompt_pool, torch_device
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            history["last"] = {k: round(v, 4) for k, v in parts.items()}
+            val = ""
+            if rank == 0 and config.validate_every and step % config.validate_every == 0:
+                val = round(validate(model, config, vocabulary, torch_device), 4)
+                history["val"][str(step)] = val
+            if rank == 0:
+                writer.writerow(
+                    [
+                        step,
+                        *(
+                            round(parts[k], 5)
+                            for k in ("total", "mask", "objectness", "align", "prompt")
+                        ),
+                        lr,
+                        round(time.time() - tick, 3),
+                        val,
+                    ]
+                )
+                handle.flush()
+                progress.update(1)
+                progress.set_postfix(loss=f"{parts['total']:.3f}", prompt=f"{parts['prompt']:.3f}")
+            out_of_time = max_minutes is not None and (time.time() - started) > max_minutes * 60
+            if rank == 0 and (
+                step % config.checkpoint_every == 0 or step == config.steps or out_of_time
+            ):
+                save_checkpoint(out, model, optimizer, step, config, history)
+            if out_of_time:
+                break
+    if progress is not None:
+        progress.close()
+    if world > 1:
+        dist.barrier()
+    history["step"] = step
+    history["parameters"] = count_parameters(model)
+    if not math.isfinite(history["last"]["total"]):
+        raise RuntimeError("training diverged (non-finite loss); lower the learning rate")
+    return history

@@ -1,0 +1,88 @@
+"""Weights as safetensors + a JSON model card. Never pickle; always verify the hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from malenia.errors import WeightsError
+from malenia.model import MaleniaConfig, MaleniaNet
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_path(weights: Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def save_weights(
+    model: MaleniaNet, path: Path, card: dict | None = None, half: bool = False
+) -> Path:
+    """Write ``path`` (.safetensors) and its model card (.json, with the file's sha256)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+    }
+    temporary = path.with_suffix(".tmp")
+    save_file(state, str(temporary), metadata={"format": "pt", "architecture": "MaleniaNet"})
+    temporary.replace(path)
+    full_card = dict(card or {})
+    full_card["architecture"] = "MaleniaNet"
+    full_card["config"] = model.config.to_dict()
+    full_card["dtype"] = "float16" if half else "float32"
+    full_card["weights_file"] = path.name
+    full_card["sha256"] = sha256_of(path)
+    card_path(path).write_text(json.dumps(full_card, indent=1))
+    return path
+
+
+def read_card(path: Path) -> dict:
+    card_file = card_path(path)
+    if not card_file.is_file():
+        raise WeightsError(
+            f"Model card {card_file} is missing; weights and card must be copied together."
+        )
+    try:
+        return json.loads(card_file.read_text())
+    except json.JSONDecodeError as error:
+        raise WeightsError(
+            f"Model card {card_file} is not valid JSON ({error}); reinstall the weights."
+        ) from error
+
+
+def load_weights(path: Path, device: str | torch.device = "cpu") -> tuple[MaleniaNet, dict]:
+    """Load a model and its card; refuse missing, corrupt or tampered files."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(
+            f"No model weights at {path}. The bundled weights live in Resources/Weights/; "
+            "train your own with `malenia train` or pass --weights PATH."
+        )
+    card = read_card(path)
+    actual = sha256_of(path)
+    if card.get("sha256") != actual:
+        raise WeightsError(
+            f"Weights file {path} does not match its model card (sha256 {actual[:12]}... != "
+            f"{str(card.get('sha256'))[:12]}...): the file is corrupt or was replaced. Reinstall it."
+        )
+    try:
+        state = load_file(str(path))
+        model = MaleniaNet(MaleniaConfig.from_dict(card["config"]))
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except Exception as error:
+        raise WeightsError(
+            f"Weights file {path} cannot be loaded into MaleniaNet ({error})."
+        ) from error
+    return model.to(device).eval(), card
