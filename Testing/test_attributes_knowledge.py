@@ -169,3 +169,14 @@ def test_cli_parse_json_has_the_documented_keys():
     assert set(ATTRIBUTE_KEYS) <= set(data)
     assert data["location"] == "pancreatic head" and data["relation"] is None
     assert data["categories"][0]["category"] == "pancreatic cancer"
+
+
+def test_every_bundled_record_uses_canonical_values():
+    """Training embeds these values; one outside the vocabulary would crash a run."""
+    vocabulary = load_vocabulary()
+    for record in load_records():
+        for key in ATTRIBUTE_KEYS[:-1]:
+            value = getattr(record.description, key)
+            assert value is None or value in vocabulary.values(key), (record.case_id, key, value)
+        for feature in record.description.specific_features:
+            assert feature in vocabulary.values("specific_features")

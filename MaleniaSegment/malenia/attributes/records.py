@@ -84,8 +84,8 @@ class AttributeRecord:
 def _canonical_raw(key: str, raw: str | None) -> str | None:
     if raw is None:
         return None
-    raw = raw.split(" + ")[0]
-    return _RAW_TO_CANONICAL.get(key, {}).get(raw, raw)
+    raw = _RAW_TO_CANONICAL.get(key, {}).get(raw, raw)
+    return raw.split(" + ")[0]
 
 
 def records_from_annotation_export(path: Path) -> list[AttributeRecord]:
