@@ -16,3 +16,78 @@ def normalize_ct(hu: np.ndarray, window: tuple[float, float] = HU_WINDOW) -> np.
     low, high = window
     clipped = np.clip(np.asarray(hu, dtype=np.float32), low, high)
     return (clipped - low) * (2.0 / (high - low)) - 1.0
+
+
+# --------------------------------------------------------------------------- geometry stages
+# The model sees arrays [z, y, x] with x to the patient's left, y posterior, z superior at a
+# fixed spacing. These stages take any input grid there and bring results back exactly onto
+# the input grid (resampling in physical space, so oblique and flipped inputs are handled).
+
+
+def canonical_orientation(image):
+    """Stage 1: permute/flip axes to the closest LPS orientation (no resampling)."""
+    import SimpleITK as sitk
+
+    return sitk.DICOMOrient(image, "LPS")
+
+
+def resample_to_spacing(image, spacing_xyz, interpolator=None, default: float = -1024.0):
+    """Stage 2: resample to the model's spacing on the same origin and direction."""
+    import SimpleITK as sitk
+
+    spacing_xyz = tuple(float(s) for s in spacing_xyz)
+    size = [
+        max(1, int(round(n * s / t)))
+        for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing_xyz, strict=True)
+    ]
+    return sitk.Resample(
+        image, size, sitk.Transform(), interpolator or sitk.sitkLinear, image.GetOrigin(), spacing_xyz,
+        image.GetDirection(), default, sitk.sitkFloat32,
+    )  # fmt: skip
+
+
+def to_model_grid(volume, spacing_zyx):
+    """Stages 1-2 on a CTVolume: returns the model-grid SimpleITK image (float32 HU)."""
+    import SimpleITK as sitk
+
+    image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
+    return resample_to_spacing(canonical_orientation(image), tuple(reversed(spacing_zyx)))
+
+
+def to_input_grid(
+    array: np.ndarray, model_image, input_image, nearest: bool = False, default: float = 0.0
+):
+    """Bring an array on the model grid back onto the input grid (exact input geometry)."""
+    import SimpleITK as sitk
+
+    moving = sitk.GetImageFromArray(array)
+    moving.CopyInformation(model_image)
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    output = sitk.Resample(
+        moving, input_image, sitk.Transform(), interpolator, default, moving.GetPixelID()
+    )
+    return sitk.GetArrayFromImage(output)
+
+
+def body_bounding_box(
+    hu: np.ndarray, margin: int = 4, threshold: float = -500.0
+) -> tuple[slice, slice, slice]:
+    """Stage 4 (optional crop): the box holding the body (voxels above -500 HU, largest
+    connected part), so that sliding windows skip the air around the patient."""
+    from scipy import ndimage
+
+    body = hu > threshold
+    if not body.any():
+        return tuple(slice(0, n) for n in hu.shape)  # type: ignore[return-value]
+    labels, count = ndimage.label(body[::2, ::2, ::2])
+    if count > 1:
+        sizes = ndimage.sum(np.ones_like(labels), labels, range(1, count + 1))
+        keep = np.zeros(count + 1, bool)
+        keep[1:] = sizes >= 0.05 * sizes.max()
+        body_small = keep[labels]
+    else:
+        body_small = labels > 0
+    coords = np.argwhere(body_small) * 2
+    low = np.maximum(coords.min(0) - margin, 0)
+    high = np.minimum(coords.max(0) + 2 + margin, hu.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))  # type: ignore[return-value]

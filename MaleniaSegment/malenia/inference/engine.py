@@ -1,0 +1,538 @@
+"""The inference engine, shaped like segment-anything's predictor: encode a volume once,
+then answer many cheap queries (a preset, attributes or free text; a new threshold).
+
+    engine = Engine.load()                       # bundled weights, auto device
+    encoded = engine.encode(read_volume("ct.nii.gz"))   # heavy: sliding windows, cached
+    result = encoded.segment("renal cyst")       # light: prompt -> probability map
+    result = encoded.recut(result, 0.7)          # numpy only
+    lesions = encoded.find_lesions()             # every lesion + predicted attributes
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from malenia.attributes import KnowledgeTable, LesionDescription, get_preset, parse_text
+from malenia.attributes.schema import ATTRIBUTE_KEYS
+from malenia.errors import CancelledError, MaleniaError, UnknownAttributeValueError, WeightsError
+from malenia.inference.device import is_out_of_memory, log, pick_device
+from malenia.inference.postprocess import LesionInfo, components, longest_axial_diameter
+from malenia.io import CTVolume, validate_ct
+from malenia.preprocessing import body_bounding_box, normalize_ct, to_input_grid, to_model_grid
+
+Progress = Callable[[str, int, int], None]
+
+
+class CancelToken:
+    """Set from any thread; the engine checks it between windows."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise CancelledError("Cancelled by the user; nothing was changed.")
+
+
+def default_weights_path() -> Path:
+    from malenia.paths import resource
+
+    return resource("Weights", "malenia-tiny.safetensors")
+
+
+@dataclass
+class Window:
+    slices: tuple[slice, slice, slice]  # on the model grid
+    valid: tuple[slice, slice, slice]  # part of the padded patch that lies on the grid
+    tokens: torch.Tensor  # [N, E] final mask tokens
+    objectness: torch.Tensor  # [N]
+    f4: torch.Tensor  # [C, d, h, w] float16 mask features
+    weight: torch.Tensor  # [d, h, w] blending weight
+
+
+def _blend_weight(shape) -> torch.Tensor:
+    """Gaussian importance map: window centres count more than their borders."""
+    axes = [torch.exp(-0.5 * ((torch.arange(n) - (n - 1) / 2) / (n / 4)) ** 2) for n in shape]
+    return (axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]).clamp(
+        min=1e-3
+    )
+
+
+def _window_starts(low: int, high: int, patch: int, stride: int) -> list[int]:
+    length = high - low
+    if length <= patch:
+        return [low - (patch - length) // 2]
+    starts = list(range(low, high - patch + 1, stride))
+    if starts[-1] != high - patch:
+        starts.append(high - patch)
+    return starts
+
+
+class Engine:
+    """A loaded model on a device, with an LRU cache of encoded volumes."""
+
+    def __init__(
+        self,
+        model,
+        card: dict,
+        device: torch.device,
+        device_note: str,
+        weights_path: Path | None = None,
+    ) -> None:
+        self.model, self.card, self.device, self.device_note = model, card, device, device_note
+        self.weights_path = weights_path
+        self.config = model.config
+        self.window_batch = 4 if device.type == "cuda" else 1
+        self.overlap = 0.25
+        self._cache: OrderedDict[str, EncodedVolume] = OrderedDict()
+        self.cache_size = 2
+        from malenia.text import load_embedding_table
+
+        self.table = load_embedding_table()
+        self.knowledge = KnowledgeTable.load()
+        if card.get("embedding_table_sha256") not in (None, self.table.sha256):
+            log.warning(
+                "the attribute embedding table differs from the one the weights were trained with"
+            )
+
+    @classmethod
+    def load(cls, weights: str | Path | None = None, device: str = "auto") -> Engine:
+        from malenia.weights import load_weights
+
+        path = Path(weights) if weights else default_weights_path()
+        if not path.is_file():
+            raise WeightsError(
+                f"No model weights found at {path}. "
+                + ("This checkout has no trained weights bundled yet; " if weights is None else "")
+                + "train them with `malenia train --config configs/tiny_cpu.json` or pass --weights PATH."
+            )
+        torch_device, note = pick_device(device)
+        model, card = load_weights(path, "cpu")
+        return cls(model.to(torch_device).eval(), card, torch_device, note, path)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.card.get('name', 'malenia')}@{str(self.card.get('sha256', ''))[:12]}"
+
+    # ------------------------------------------------------------------ heavy pass
+    def encode(
+        self,
+        volume: CTVolume,
+        roi=None,
+        progress: Progress | None = None,
+        cancel: CancelToken | None = None,
+    ) -> EncodedVolume:
+        """Run the image encoder over the volume (or the ROI) once; cached by content."""
+        validate_ct(volume)
+        key = volume.key() + repr(roi)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        spacing = tuple(self.config.spacing_mm)
+        model_image = to_model_grid(volume, spacing)
+        hu = sitk.GetArrayFromImage(model_image)
+        region = body_bounding_box(hu)
+        if roi is not None:
+            region = _intersect(region, _roi_slices(roi, model_image))
+        windows = self._encode_windows(hu, region, progress, cancel)
+        encoded = EncodedVolume(self, volume, model_image, hu.shape, windows, region)
+        self._cache[key] = encoded
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return encoded
+
+    def _encode_windows(self, hu, region, progress, cancel) -> list[Window]:
+        patch = tuple(self.config.patch_size)
+        stride = [max(1, int(p * (1 - self.overlap))) for p in patch]
+        starts = [
+            _window_starts(r.start, r.stop, p, s)
+            for r, p, s in zip(region, patch, stride, strict=True)
+        ]
+        positions = list(itertools.product(*starts))
+        total = len(positions)
+        windows: list[Window] = []
+        if progress:
+            progress("encoding", 0, total)
+        index = 0
+        while index < total:
+            if cancel:
+                cancel.check()
+            batch_positions = positions[index : index + self.window_batch]
+            try:
+                windows += self._run_batch(hu, batch_positions, patch)
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                self._handle_oom()
+                continue
+            index += len(batch_positions)
+            if progress:
+                progress("encoding", index, total)
+        return windows
+
+    def _handle_oom(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.window_batch > 1:
+            self.window_batch //= 2
+            self.device_note += (
+                f"; GPU memory full, retrying with {self.window_batch} window(s) at a time"
+            )
+        elif self.device.type != "cpu":
+            self.device = torch.device("cpu")
+            self.model.to(self.device)
+            self.device_note += "; GPU memory full even for one window, continuing on CPU"
+        else:
+            raise MaleniaError(
+                "Out of memory on the CPU even for one window: crop the volume to a region of interest (ROI) and try again."
+            )
+        log.warning(self.device_note)
+
+    @torch.no_grad()
+    def _run_batch(self, hu: np.ndarray, positions, patch) -> list[Window]:
+        patches, placements = [], []
+        for start in positions:
+            slices, valid, padded = _extract(hu, start, patch)
+            patches.append(normalize_ct(padded))
+            placements.append((slices, valid))
+        images = torch.from_numpy(np.stack(patches)[:, None]).to(self.device)
+        features = self.model.encode_image(images)
+        states = self.model.mask_tokens(features)
+        tokens = states[-1]
+        objectness = self.model.objectness(tokens).squeeze(-1)
+        out = []
+        for b, (slices, valid) in enumerate(placements):
+            f4 = features.f4[b][(slice(None), *valid)].to("cpu", torch.float16)
+            out.append(
+                Window(
+                    slices,
+                    valid,
+                    tokens[b].cpu(),
+                    objectness[b].cpu(),
+                    f4,
+                    _blend_weight(patch)[valid],
+                )
+            )
+        return out
+
+
+def _extract(hu: np.ndarray, start, patch):
+    """A patch at ``start`` (may reach outside the grid: padded with air)."""
+    slices, valid, source = [], [], []
+    for s, p, n in zip(start, patch, hu.shape, strict=True):
+        low, high = max(s, 0), min(s + p, n)
+        slices.append(slice(low, high))
+        valid.append(slice(low - s, high - s))
+        source.append(slice(low, high))
+    padded = np.full(patch, -1024.0, np.float32)
+    padded[tuple(valid)] = hu[tuple(source)]
+    return tuple(slices), tuple(valid), padded
+
+
+def _roi_slices(roi, model_image) -> tuple[slice, slice, slice]:
+    """ROI given as (centre RAS mm, size mm) -> index box on the model grid."""
+    centre, size = np.asarray(roi[0], float), np.asarray(roi[1], float)
+    corners = [
+        centre + np.array(signs) * size / 2 for signs in itertools.product((-1, 1), repeat=3)
+    ]
+    indices = np.array(
+        [
+            model_image.TransformPhysicalPointToContinuousIndex(tuple(c * [-1, -1, 1]))
+            for c in corners
+        ]
+    )
+    low = np.maximum(np.floor(indices.min(0)).astype(int), 0)
+    high = np.minimum(np.ceil(indices.max(0)).astype(int) + 1, model_image.GetSize())
+    if (high <= low).any():
+        raise UnknownAttributeValueError(
+            "The region of interest lies outside the volume; move it over the anatomy."
+        )
+    return tuple(slice(int(low[i]), int(high[i])) for i in (2, 1, 0))  # type: ignore[return-value]
+
+
+def _intersect(a, b):
+    out = tuple(
+        slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True)
+    )
+    return tuple(s if s.stop > s.start else b[i] for i, s in enumerate(out))
+
+
+@dataclass
+class SegmentationResult:
+    """Probabilities and lesions of one query; the labelmap on the input grid is made on
+    first access (so that a re-cut stays cheap)."""
+
+    encoded: EncodedVolume
+    probability: np.ndarray  # model grid, float32
+    labels_model: np.ndarray  # model grid, int16
+    lesions: list[LesionInfo]
+    threshold: float
+    description: LesionDescription | None
+    mode: str  # "prompt" or "auto"
+    query: str = ""
+    _labelmap: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def labelmap(self) -> np.ndarray:
+        """int16 [k, j, i] on the input grid: 0 background, lesion i = i."""
+        if self._labelmap is None:
+            self._labelmap = self.encoded.to_input_labelmap(
+                self.probability, self.labels_model, self.threshold
+            )
+        return self._labelmap
+
+    @property
+    def volume(self) -> CTVolume:
+        return self.encoded.volume
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "query": self.query,
+            "threshold": self.threshold,
+            "description": self.description.to_dict() if self.description else None,
+            "model": self.encoded.engine.model_id,
+            "lesions": [lesion.to_dict() for lesion in self.lesions],
+        }
+
+
+class EncodedVolume:
+    """A volume after the heavy pass: per-window mask tokens and mask features."""
+
+    def __init__(
+        self, engine: Engine, volume: CTVolume, model_image, shape, windows: list[Window], region
+    ) -> None:
+        self.engine, self.volume, self.shape, self.windows, self.region = (
+            engine,
+            volume,
+            shape,
+            windows,
+            region,
+        )
+        self.model_reference = _blank_like(model_image)
+        self.input_reference = _blank_like(volume.to_sitk())
+        self._norm = np.zeros(shape, np.float32)
+        for w in windows:
+            self._norm[w.slices] += w.weight.numpy()
+        self._probabilities: dict[str, np.ndarray] = {}
+        spacing = engine.config.spacing_mm
+        self.voxel_ml = float(np.prod(spacing)) / 1000.0
+
+    # ------------------------------------------------------------------ queries
+    def resolve(self, query) -> tuple[LesionDescription, str, str | None]:
+        """(description, readable query, preset category or None) from any query form."""
+        if isinstance(query, LesionDescription):
+            return query, query.summary(), None
+        if isinstance(query, dict):
+            description = LesionDescription.from_dict(query)
+            return description, description.summary(), None
+        text = str(query).strip()
+        try:
+            preset = get_preset(text)
+            return preset.description, preset.name, preset.category
+        except UnknownAttributeValueError:
+            pass
+        parsed = parse_text(text)
+        if not parsed.evidence:
+            raise UnknownAttributeValueError(
+                f'"{text}" is neither a preset nor a description the parser understands. '
+                + " ".join(parsed.notes)
+            )
+        return parsed.description, text, None
+
+    @torch.no_grad()
+    def probability(self, description: LesionDescription) -> np.ndarray:
+        key = repr(description)
+        if key not in self._probabilities:
+            model = self.engine.model
+            attributes = self.engine.table.embed(description)[None].to(self.engine.device)
+            logits = np.zeros(self.shape, np.float32)
+            if self.windows:  # one batched prompt pass over every window's tokens
+                tokens = torch.stack([w.tokens for w in self.windows]).to(self.engine.device)
+                vectors = model.prompt_vectors(
+                    tokens, attributes.expand(len(self.windows), -1, -1)
+                )["ensemble"].cpu()
+            for w, vector in zip(self.windows, vectors if self.windows else [], strict=True):
+                window_logits = torch.einsum("c,cdhw->dhw", vector, w.f4.float())
+                logits[w.slices] += (window_logits * w.weight).numpy()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                logits = np.where(self._norm > 0, logits / np.maximum(self._norm, 1e-6), -20.0)
+            self._probabilities[key] = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+            if len(self._probabilities) > 8:
+                self._probabilities.pop(next(iter(self._probabilities)))
+        return self._probabilities[key]
+
+    def segment(
+        self, query, threshold: float = 0.5, min_volume_ml: float = 0.1
+    ) -> SegmentationResult:
+        """Lesions matching a preset name, attribute dict / LesionDescription, or free text."""
+        description, readable, category = self.resolve(query)
+        probability = self.probability(description)
+        ranking = [(category, 1.0)] if category else self.engine.knowledge.rank(description)[:3]
+        return self._result(
+            probability, threshold, description, "prompt", readable, ranking, min_volume_ml
+        )
+
+    def recut(self, result: SegmentationResult, threshold: float) -> SegmentationResult:
+        """Same query, new threshold: numpy only, the network is not touched."""
+        ranking = result.lesions[0].category_ranking if result.lesions else None
+        return self._result(
+            result.probability, threshold, result.description, result.mode, result.query, ranking
+        )
+
+    @torch.no_grad()
+    def find_lesions(
+        self, threshold: float = 0.5, min_volume_ml: float = 0.1
+    ) -> SegmentationResult:
+        """Every lesion the model sees (objectness-weighted tokens), with predicted attributes."""
+        if "__auto__" not in self._probabilities:
+            model = self.engine.model
+            accumulated = np.zeros(self.shape, np.float32)
+            for w in self.windows:
+                confidence = torch.sigmoid(w.objectness)
+                masks = torch.sigmoid(
+                    torch.einsum(
+                        "nc,cdhw->ndhw",
+                        model.mask_head(w.tokens.to(self.engine.device)).cpu(),
+                        w.f4.float(),
+                    )
+                )
+                best = (masks * confidence[:, None, None, None]).amax(0)
+                accumulated[w.slices] += (best * w.weight).numpy()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self._probabilities["__auto__"] = np.where(
+                    self._norm > 0, accumulated / np.maximum(self._norm, 1e-6), 0.0
+                ).astype(np.float32)
+        result = self._result(
+            self._probabilities["__auto__"],
+            threshold,
+            None,
+            "auto",
+            "all lesions",
+            None,
+            min_volume_ml,
+        )
+        for lesion in result.lesions:
+            soft = self._predicted_attributes(lesion)
+            lesion.attributes = {k: max(v, key=v.get) for k, v in soft.items() if v}
+            lesion.category_ranking = self.engine.knowledge.rank(soft)[:3]
+            lesion.name = (
+                f"{lesion.category[0].upper()}{lesion.category[1:]}"
+                if lesion.category
+                else "Lesion"
+            )
+        _number_names(result.lesions)
+        return result
+
+    @torch.no_grad()
+    def _predicted_attributes(self, lesion: LesionInfo) -> dict[str, dict[str, float]]:
+        """Attribute probabilities of the token whose mask covers the lesion best."""
+        model, table = self.engine.model, self.engine.table
+        best, best_score = None, -1.0
+        centre = tuple((s.start + s.stop) // 2 for s in lesion.bbox_model)
+        for w in self.windows:
+            if all(sl.start <= c < sl.stop for sl, c in zip(w.slices, centre, strict=True)):
+                local = tuple(c - sl.start for sl, c in zip(w.slices, centre, strict=True))
+                scores = torch.sigmoid(
+                    model.mask_head(w.tokens) @ w.f4.float()[(slice(None), *local)]
+                ) * torch.sigmoid(w.objectness)
+                index = int(scores.argmax())
+                if float(scores[index]) > best_score:
+                    best, best_score = w.tokens[index], float(scores[index])
+        if best is None:
+            return {}
+        vocab = [table.vocabulary_matrix(k)[1] for k in ATTRIBUTE_KEYS]
+        logits = model.attribute_logits(best[None], vocab)
+        soft = {}
+        for key, key_logits in zip(ATTRIBUTE_KEYS, logits, strict=True):
+            probs = torch.softmax(key_logits[0], dim=-1)
+            phrases = table.vocabulary_matrix(key)[0]
+            if key == "specific_features":
+                soft[key] = {
+                    p: float(v) for p, v in zip(phrases, probs, strict=True) if float(v) > 0.5
+                }
+            else:
+                soft[key] = {p: float(v) for p, v in zip(phrases, probs, strict=True)}
+        return soft
+
+    # ------------------------------------------------------------------ results
+    def _result(
+        self, probability, threshold, description, mode, query, ranking, min_volume_ml: float = 0.1
+    ) -> SegmentationResult:
+        if not 0.0 < threshold < 1.0:
+            raise UnknownAttributeValueError(
+                f"threshold must be between 0 and 1 (exclusive), not {threshold}"
+            )
+        labels, boxes = components(
+            probability > threshold, max(1, int(round(min_volume_ml / self.voxel_ml)))
+        )
+        spacing = self.engine.config.spacing_mm
+        lesions = []
+        for index, box in enumerate(boxes, start=1):
+            mask = labels[box] == index
+            centroid = np.array([s.start for s in box]) + np.argwhere(mask).mean(0)
+            lps = self.model_reference.TransformContinuousIndexToPhysicalPoint(
+                tuple(float(c) for c in centroid[::-1])
+            )
+            category = ranking[0][0] if ranking else None
+            lesions.append(
+                LesionInfo(
+                    index=index,
+                    name=category[0].upper() + category[1:] if category else "Lesion",
+                    category_ranking=list(ranking or []),
+                    score=round(float(probability[box][mask].mean()), 4),
+                    volume_ml=round(float(mask.sum()) * self.voxel_ml, 3),
+                    diameter_mm=round(longest_axial_diameter(mask, spacing), 1),
+                    centroid_ras=(-lps[0], -lps[1], lps[2]),
+                    attributes=description.to_dict() if description else {},
+                    bbox_model=box,
+                )
+            )
+        _number_names(lesions)
+        return SegmentationResult(
+            self, probability, labels, lesions, threshold, description, mode, query
+        )
+
+    def to_input_labelmap(
+        self, probability: np.ndarray, labels_model: np.ndarray, threshold: float
+    ) -> np.ndarray:
+        from scipy import ndimage
+
+        probability_in = to_input_grid(probability, self.model_reference, self.input_reference)
+        ids = labels_model
+        if ids.max() > 0:
+            ids = ndimage.grey_dilation(ids, size=(3, 3, 3))
+        ids_in = to_input_grid(
+            ids.astype(np.int16), self.model_reference, self.input_reference, nearest=True
+        )
+        return np.where(probability_in > threshold, ids_in, 0).astype(np.int16)
+
+
+def _blank_like(image) -> sitk.Image:
+    blank = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    blank.CopyInformation(image)
+    return blank
+
+
+def _number_names(lesions: list[LesionInfo]) -> None:
+    counts: dict[str, int] = {}
+    for lesion in lesions:
+        base = lesion.name.rstrip("0123456789 ").strip() or "Lesion"
+        counts[base] = counts.get(base, 0) + 1
+        lesion.name = f"{base} {counts[base]}"

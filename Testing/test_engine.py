@@ -1,0 +1,297 @@
+"""The inference engine: geometry, caching, cancel, OOM fallback, bad input, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from malenia.errors import (
+    CancelledError,
+    InvalidVolumeError,
+    MaleniaError,
+    UnknownAttributeValueError,
+    WeightsError,
+)
+from malenia.inference import CancelToken, Engine
+from malenia.io import CTVolume, read_volume, validate_ct
+from malenia.model import MaleniaNet
+from malenia.preprocessing import to_input_grid, to_model_grid
+from malenia.weights import save_weights
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A real weights file of the tiny architecture (untrained: these tests check plumbing,
+    not accuracy; docs/EVALUATION.md measures the trained weights)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    return save_weights(MaleniaNet(), path, {"name": "malenia-test"})
+
+
+@pytest.fixture(scope="module")
+def engine(weights):
+    return Engine.load(weights, device="cpu")
+
+
+def body_ct(shape=(40, 44, 48), spacing=(2.0, 2.0, 2.0), direction=None, seed=0) -> CTVolume:
+    rng = np.random.default_rng(seed)
+    array = np.full(shape, -1000, np.int16)
+    zz, yy, xx = np.indices(shape)
+    body = ((yy - shape[1] / 2) / (shape[1] * 0.45)) ** 2 + (
+        (xx - shape[2] / 2) / (shape[2] * 0.45)
+    ) ** 2 <= 1
+    array[body] = 40 + rng.normal(0, 10, body.sum()).astype(np.int16)
+    sphere = (zz - 20) ** 2 + (yy - 22) ** 2 + (xx - 20) ** 2 <= 36
+    array[sphere] = -5
+    return CTVolume(
+        array,
+        spacing,
+        (-40.0, 30.0, -100.0),
+        tuple(np.ravel(direction if direction is not None else np.eye(3))),
+        "test",
+    )
+
+
+def oblique(angle_deg=25.0) -> np.ndarray:
+    a = np.radians(angle_deg)
+    return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    "direction",
+    [np.eye(3), np.diag([-1.0, -1.0, 1.0]), np.diag([1.0, -1.0, -1.0])],
+    ids=["LPS", "RAS", "flipped"],
+)
+def test_geometry_round_trip_is_exact_at_model_spacing(direction):
+    volume = body_ct(direction=direction)
+    mask = (volume.array == -5).astype(np.float32)
+    masked = CTVolume(mask, volume.spacing, volume.origin, volume.direction, "mask")
+    model_image = to_model_grid(masked, (2.0, 2.0, 2.0))
+    back = to_input_grid(
+        sitk.GetArrayFromImage(model_image), model_image, volume.to_sitk(), nearest=True
+    )
+    assert np.array_equal(back > 0.5, mask > 0.5)
+
+
+def test_geometry_round_trip_oblique_anisotropic_lands_on_the_same_voxels():
+    volume = body_ct(shape=(24, 96, 96), spacing=(0.8, 0.8, 2.5), direction=oblique())
+    zz, yy, xx = np.indices(volume.array.shape)
+    centre = np.array([12, 48, 48])
+    mask = (
+        ((zz - centre[0]) * 2.5) ** 2
+        + ((yy - centre[1]) * 0.8) ** 2
+        + ((xx - centre[2]) * 0.8) ** 2
+    ) <= 15.0**2
+    model_image = to_model_grid(
+        CTVolume(mask.astype(np.float32), volume.spacing, volume.origin, volume.direction),
+        (2.0, 2.0, 2.0),
+    )
+    back = to_input_grid(sitk.GetArrayFromImage(model_image), model_image, volume.to_sitk()) > 0.5
+    dice = 2 * (back & mask).sum() / (back.sum() + mask.sum())
+    assert dice > 0.9
+    assert np.allclose(np.argwhere(back).mean(0), np.argwhere(mask).mean(0), atol=0.6)
+
+
+def test_dicom_series_folder_reads_with_geometry(tmp_path):
+    volume = body_ct(shape=(6, 32, 32), spacing=(0.7, 0.7, 3.0))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    image = volume.to_sitk()
+    for k in range(image.GetDepth()):
+        slice_image = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in {
+            "0008|0060": "CT", "0020|000d": "1.2.3", "0020|000e": "1.2.3.4", "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{p:.4f}" for p in position), "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|1052": "0", "0028|1053": "1", "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+        }.items():  # fmt: skip
+            slice_image.SetMetaData(tag, value)
+        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
+        writer.Execute(slice_image)
+    read = read_volume(tmp_path)
+    assert read.array.shape == volume.array.shape
+    assert np.array_equal(read.array, volume.array)
+    assert np.allclose(read.spacing, volume.spacing, atol=1e-3)
+    assert np.allclose(read.origin, volume.origin, atol=1e-3)
+
+
+def test_requery_and_recut_do_not_run_the_encoder(engine):
+    calls = {"n": 0}
+    original = engine.model.encode_image
+
+    def counting(images):
+        calls["n"] += 1
+        return original(images)
+
+    engine.model.encode_image = counting
+    try:
+        encoded = engine.encode(body_ct(seed=1))
+        after_encode = calls["n"]
+        assert after_encode >= 1
+        first = encoded.segment("renal cyst", threshold=0.5)
+        encoded.segment({"location": "left kidney", "density": "hyperdense"}, threshold=0.5)
+        encoded.segment("irregular hypodense mass in the pancreatic head")
+        recut = encoded.recut(first, 0.7)
+        assert engine.encode(body_ct(seed=1)) is encoded  # cached by content
+        assert calls["n"] == after_encode
+        assert recut.threshold == 0.7 and recut.probability is first.probability
+        assert first.labelmap.shape == body_ct().array.shape
+    finally:
+        engine.model.encode_image = original
+
+
+def test_cancel_stops_within_one_window(engine):
+    calls = {"n": 0}
+    original = engine.model.encode_image
+
+    def counting(images):
+        calls["n"] += 1
+        return original(images)
+
+    token = CancelToken()
+
+    def progress(stage, done, total):
+        if done >= 1:
+            token.cancel()
+
+    engine.model.encode_image = counting
+    try:
+        with pytest.raises(CancelledError, match="Cancelled"):
+            engine.encode(body_ct(shape=(70, 70, 130), seed=2), progress=progress, cancel=token)
+    finally:
+        engine.model.encode_image = original
+    assert calls["n"] == 1
+
+
+def test_out_of_memory_falls_back_to_smaller_batches(weights):
+    engine = Engine.load(weights, device="cpu")
+    engine.window_batch = 2
+    original = engine.model.encode_image
+    seen = []
+
+    def fragile(images):
+        seen.append(images.shape[0])
+        if images.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(images)
+
+    engine.model.encode_image = fragile
+    encoded = engine.encode(body_ct(shape=(40, 44, 100), seed=3))
+    assert seen[0] == 2 and set(seen[1:]) == {1}
+    assert "retrying with 1 window" in engine.device_note
+    assert len(encoded.windows) == 2
+
+    engine.model.encode_image = lambda images: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("out of memory")
+    )
+    with pytest.raises(MaleniaError, match="crop the volume"):
+        engine.encode(body_ct(seed=4))
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((32, 32), np.int16), "not a 3D volume"),
+        (np.zeros((1, 32, 32), np.int16), "not a 3D volume"),
+        (np.full((8, 16, 16), np.nan, np.float32), "NaN"),
+        (np.zeros((8, 16, 16), np.int16), "constant"),
+        (np.random.default_rng(0).integers(0, 3000, (8, 16, 16)).astype(np.int16), "MR"),
+        (np.broadcast_to(np.int16(-1000), (1200, 1100, 1100)), "billion voxels"),
+    ],
+    ids=["2D", "single-slice", "NaN", "all-zero", "MR-like", "huge"],
+)
+def test_bad_volumes_are_refused_with_a_clear_message(array, message):
+    with pytest.raises(InvalidVolumeError, match=message):
+        validate_ct(
+            CTVolume(array, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), "bad")
+        )
+
+
+def test_rgb_and_2d_files_are_refused(tmp_path):
+    rgb = sitk.Image([16, 16, 4], sitk.sitkVectorUInt8, 3)
+    sitk.WriteImage(rgb, str(tmp_path / "rgb.nrrd"))
+    with pytest.raises(InvalidVolumeError, match="components"):
+        read_volume(tmp_path / "rgb.nrrd")
+    sitk.WriteImage(sitk.Image([16, 16], sitk.sitkInt16), str(tmp_path / "flat.nrrd"))
+    with pytest.raises(InvalidVolumeError, match="2D"):
+        read_volume(tmp_path / "flat.nrrd")
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(InvalidVolumeError, match="Cannot read"):
+        read_volume(tmp_path / "junk.nii.gz")
+
+
+def test_unknown_attribute_and_text_are_refused(engine):
+    encoded = engine.encode(body_ct(seed=1))
+    with pytest.raises(UnknownAttributeValueError, match="Allowed values"):
+        encoded.segment({"density": "sparkly"})
+    with pytest.raises(UnknownAttributeValueError, match="neither a preset"):
+        encoded.segment("purple elephant")
+    with pytest.raises(UnknownAttributeValueError, match="threshold"):
+        encoded.segment("renal cyst", threshold=1.5)
+
+
+def test_missing_and_corrupt_weights_are_refused(weights, tmp_path):
+    with pytest.raises(WeightsError, match="No model weights"):
+        Engine.load(tmp_path / "nothing.safetensors")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(weights.read_bytes()[:-100] + b"\x00" * 100)
+    card = json.loads(weights.with_suffix(".json").read_text())
+    corrupt.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="corrupt"):
+        Engine.load(corrupt)
+    orphan = tmp_path / "orphan.safetensors"
+    orphan.write_bytes(weights.read_bytes())
+    with pytest.raises(WeightsError, match="card"):
+        Engine.load(orphan)
+
+
+def test_outputs_open_as_slicer_segmentation(engine, tmp_path, slicer_scene):
+    import slicer
+    from malenia.inference.outputs import (
+        write_labelmap,
+        write_overlay,
+        write_report,
+        write_seg_nrrd,
+    )
+
+    volume = body_ct(seed=1, direction=oblique(15))
+    result = engine.encode(volume).segment("renal cyst", threshold=0.3)
+    # Replace the untrained model's guess by a known lesion so the check is about files.
+    known = np.zeros(volume.array.shape, np.int16)
+    known[(volume.array == -5)] = 1
+    result._labelmap = known
+    result.lesions = result.lesions[:1] or result.lesions
+    if not result.lesions:
+        pytest.skip("untrained model produced no component to name")
+    result.lesions[0].index = 1
+    write_seg_nrrd(result, tmp_path / "out.seg.nrrd")
+    write_labelmap(result, tmp_path / "out.nii.gz")
+    write_report(result, tmp_path / "out.json")
+    write_overlay(result, tmp_path / "out.png")
+
+    node = slicer_scene.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    slicer_scene.scene.AddNode(storage)
+    storage.SetFileName(str(tmp_path / "out.seg.nrrd"))
+    assert storage.ReadData(node)
+    segmentation = node.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1
+    assert segmentation.GetNthSegment(0).GetName() == result.lesions[0].name
+    labelmap = sitk.ReadImage(str(tmp_path / "out.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(labelmap), known)
+    assert np.allclose(labelmap.GetDirection(), volume.direction)
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert {
+        "name",
+        "category_ranking",
+        "score",
+        "volume_ml",
+        "diameter_mm",
+        "centroid_ras",
+        "attributes",
+    } <= set(report["lesions"][0])
