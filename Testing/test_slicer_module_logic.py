@@ -1,0 +1,214 @@
+"""MaleniaSegmentLogic on real MRML nodes (slicer-core), with real engine results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+
+import torch  # noqa: E402
+from malenia.errors import CancelledError  # noqa: E402
+from malenia.inference import CancelToken, Engine  # noqa: E402
+from malenia.model import MaleniaNet  # noqa: E402
+from malenia.weights import save_weights  # noqa: E402
+from MaleniaSegmentLib import segments, volumes  # noqa: E402
+from MaleniaSegmentLib.engine_client import EngineResult, InProcessEngineClient  # noqa: E402
+from MaleniaSegmentLib.logic import MaleniaSegmentLogic  # noqa: E402
+
+SPACING, ORIGIN = (0.9, 0.8, 2.5), (-60.0, 40.0, -20.0)
+
+
+def oblique() -> np.ndarray:
+    a, b = np.radians(18.0), np.radians(7.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    torch.manual_seed(0)
+    path = save_weights(
+        MaleniaNet(), tmp_path_factory.mktemp("w") / "tiny.safetensors", {"name": "malenia-test"}
+    )
+    return Engine.load(path, device="cpu")
+
+
+@pytest.fixture
+def ct_node(slicer_scene):
+    rng = np.random.default_rng(0)
+    array = np.full((16, 48, 48), -1000, np.int16)
+    array[:, 6:42, 6:42] = (40 + rng.normal(0, 8, (16, 36, 36))).astype(np.int16)
+    ijk_to_ras = volumes.ijk_to_ras_from_lps(SPACING, ORIGIN, oblique())
+    return volumes.add_volume_node(slicer_scene.scene, array, ijk_to_ras, "CT")
+
+
+class KnownClient:
+    """Engine results with a known labelmap: the input of the MRML side under test."""
+
+    def __init__(self, labelmap, lesions, fail=False):
+        self.labelmap, self.lesions, self.fail = labelmap, lesions, fail
+        self.threshold = 0.5
+
+    def encode(self, array, ijk_to_ras, roi=None, progress=None, cancel=None):
+        if self.fail:
+            raise RuntimeError("engine process died")
+        return "v1"
+
+    def segment(self, volume_id, query, threshold):
+        self.threshold = threshold
+        mask = (
+            self.labelmap
+            if threshold <= 0.5
+            else np.where(self.labelmap == 1, 1, 0).astype(np.int16)
+        )
+        return EngineResult(mask, self.lesions, str(query), threshold, "malenia-test@0", "r1")
+
+    recut = lambda self, volume_id, result_id, threshold: self.segment(
+        volume_id, "recut", threshold
+    )  # noqa: E731
+    find_lesions = lambda self, volume_id, threshold: self.segment(volume_id, "all", threshold)  # noqa: E731
+
+
+def lesion(index, name, category, location):
+    return {
+        "index": index,
+        "name": name,
+        "category": category,
+        "score": 0.9,
+        "volume_ml": 1.0,
+        "diameter_mm": 12.0,
+        "attributes": {"location": location},
+    }
+
+
+def known_labelmap(shape):
+    labelmap = np.zeros(shape, np.int16)
+    labelmap[4:9, 10:20, 12:22] = 1
+    labelmap[10:14, 28:36, 26:34] = 2
+    return labelmap
+
+
+def test_segments_sit_on_the_engine_mask_in_ras(slicer_scene, ct_node):
+    labelmap = known_labelmap((16, 48, 48))
+    client = KnownClient(
+        labelmap,
+        [
+            lesion(1, "Renal cyst 1", "renal cyst", "left kidney"),
+            lesion(2, "Renal cyst 2", "renal cyst", "left kidney"),
+        ],
+    )
+    run = MaleniaSegmentLogic(slicer_scene, client).segment(ct_node, "renal cyst")
+    assert len(run.segment_ids) == 2
+    for label, segment_id in enumerate(run.segment_ids, start=1):
+        exported = volumes.export_segment_to_array(
+            slicer_scene.segmentations_logic, run.output_node, segment_id, ct_node
+        )
+        assert np.array_equal(exported, (labelmap == label).astype(np.uint8))
+
+
+def test_user_segments_are_never_touched_and_names_stay_unique(slicer_scene, ct_node):
+    output = segments.new_output_node(slicer_scene.scene, ct_node)
+    user_id = output.GetSegmentation().AddEmptySegment("mine", "Renal cyst 1")
+    user_segment = output.GetSegmentation().GetSegment(user_id)
+    user_segment.SetColor(0.1, 0.2, 0.3)
+    client = KnownClient(
+        known_labelmap((16, 48, 48)),
+        [
+            lesion(1, "Renal cyst 1", "renal cyst", "left kidney"),
+            lesion(2, "Renal cyst 2", "renal cyst", "left kidney"),
+        ],
+    )
+    logic = MaleniaSegmentLogic(slicer_scene, client)
+    run = logic.segment(ct_node, "renal cyst", output_node=output)
+    names = {output.GetSegmentation().GetSegment(s).GetName() for s in run.segment_ids}
+    assert names == {"Renal cyst 2", "Renal cyst 3"}
+    assert output.GetSegmentation().GetSegment("mine").GetName() == "Renal cyst 1"
+    assert output.GetSegmentation().GetSegment("mine").GetColor() == pytest.approx((0.1, 0.2, 0.3))
+
+    recut = logic.recut(run, 0.7)  # the known client drops lesion 2 above 0.5
+    assert len(recut.segment_ids) == 1
+    assert "mine" in volumes.segment_ids(output)
+    remaining = {
+        output.GetSegmentation().GetSegment(s).GetName() for s in volumes.segment_ids(output)
+    }
+    assert remaining == {"Renal cyst 1", "Renal cyst 2"}
+    tag = segments._tag(
+        output.GetSegmentation().GetSegment(recut.segment_ids[0]), "Malenia.Threshold"
+    )
+    assert tag == "0.700"
+
+
+def test_tags_and_terminology_read_back(slicer_scene, ct_node):
+    client = KnownClient(
+        known_labelmap((16, 48, 48)),
+        [lesion(1, "Pancreatic cancer 1", "pancreatic cancer", "pancreatic head")],
+    )
+    run = MaleniaSegmentLogic(slicer_scene, client).segment(
+        ct_node, "pancreatic cancer", threshold=0.4
+    )
+    segment = run.output_node.GetSegmentation().GetSegment(run.segment_ids[0])
+    entry = segments._tag(segment, segment.GetTerminologyEntryTagName())
+    assert "68453008" in entry and "64163001" in entry  # carcinoma, head of pancreas
+    assert segments._tag(segment, "Malenia.Category") == "pancreatic cancer"
+    assert segments._tag(segment, "Malenia.Threshold") == "0.400"
+    assert segments._tag(segment, "Malenia.ModelId") == "malenia-test@0"
+    rows = MaleniaSegmentLogic.results_table(run)
+    assert rows[0]["lesion"] == "Pancreatic cancer 1" and rows[0]["volume_ml"] == 1.0
+
+
+def _scene_snapshot(scene):
+    nodes = [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+    seg_state = {}
+    for i in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(i)
+        if node.IsA("vtkMRMLSegmentationNode"):
+            seg_state[node.GetID()] = [
+                (s, node.GetSegmentation().GetSegment(s).GetName())
+                for s in volumes.segment_ids(node)
+            ]
+    return nodes, seg_state
+
+
+def test_engine_failure_and_cancel_leave_the_scene_unchanged(slicer_scene, ct_node, engine):
+    output = segments.new_output_node(slicer_scene.scene, ct_node)
+    output.GetSegmentation().AddEmptySegment("mine", "Tumour (manual)")
+    before = _scene_snapshot(slicer_scene.scene)
+    with pytest.raises(RuntimeError, match="died"):
+        MaleniaSegmentLogic(slicer_scene, KnownClient(None, [], fail=True)).segment(
+            ct_node, "renal cyst"
+        )
+    assert _scene_snapshot(slicer_scene.scene) == before
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(CancelledError):
+        MaleniaSegmentLogic(slicer_scene, InProcessEngineClient(engine)).segment(
+            ct_node, "renal cyst", output_node=output, cancel=token
+        )
+    assert _scene_snapshot(slicer_scene.scene) == before
+
+
+def test_end_to_end_with_the_real_engine_and_saved_file(slicer_scene, ct_node, engine, tmp_path):
+    import slicer
+
+    logic = MaleniaSegmentLogic(slicer_scene, InProcessEngineClient(engine))
+    run = logic.segment(ct_node, "renal cyst", threshold=0.5)
+    labelmap = run.result.labelmap
+    for segment_id, lesion_info in zip(
+        run.segment_ids,
+        [l for l in run.result.lesions if (labelmap == l["index"]).any()],
+        strict=True,
+    ):
+        exported = volumes.export_segment_to_array(
+            slicer_scene.segmentations_logic, run.output_node, segment_id, ct_node
+        )
+        assert np.array_equal(exported, (labelmap == lesion_info["index"]).astype(np.uint8))
+    path = tmp_path / "lesions.seg.nrrd"
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    slicer_scene.scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.WriteData(run.output_node)
+    reread = slicer_scene.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage.ReadData(reread)
+    assert segments.segment_names(reread) == segments.segment_names(run.output_node)
