@@ -65,10 +65,11 @@ class KnownClient:
         )
         return EngineResult(mask, self.lesions, str(query), threshold, "malenia-test@0", "r1")
 
-    recut = lambda self, volume_id, result_id, threshold: self.segment(
-        volume_id, "recut", threshold
-    )  # noqa: E731
-    find_lesions = lambda self, volume_id, threshold: self.segment(volume_id, "all", threshold)  # noqa: E731
+    def recut(self, volume_id, result_id, threshold):
+        return self.segment(volume_id, "recut", threshold)
+
+    def find_lesions(self, volume_id, threshold):
+        return self.segment(volume_id, "all", threshold)
 
 
 def lesion(index, name, category, location):
@@ -197,7 +198,7 @@ def test_end_to_end_with_the_real_engine_and_saved_file(slicer_scene, ct_node, e
     labelmap = run.result.labelmap
     for segment_id, lesion_info in zip(
         run.segment_ids,
-        [l for l in run.result.lesions if (labelmap == l["index"]).any()],
+        [x for x in run.result.lesions if (labelmap == x["index"]).any()],
         strict=True,
     ):
         exported = volumes.export_segment_to_array(
