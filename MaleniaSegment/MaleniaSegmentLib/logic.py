@@ -89,6 +89,26 @@ class MaleniaSegmentLogic:
         result = self.client.find_lesions(volume_id, threshold)
         return self._add(volume_node, result, output_node, volume_id)
 
+    # The widget splits a run in two: engine work in a worker thread (HTTP only), scene
+    # changes back on the main thread (MRML is not thread-safe).
+    def engine_job(
+        self, array, ijk_to_ras, query, threshold: float, roi=None, progress=None, cancel=None
+    ) -> tuple[str, EngineResult]:
+        """Worker-thread part: encode (cached by the engine) and query. ``query`` None = find all."""
+        volume_id = self.client.encode(array, ijk_to_ras, roi=roi, progress=progress, cancel=cancel)
+        result = (
+            self.client.find_lesions(volume_id, threshold)
+            if query is None
+            else self.client.segment(volume_id, query, threshold)
+        )
+        return volume_id, result
+
+    def apply_result(
+        self, volume_node, volume_id: str, result: EngineResult, output_node=None
+    ) -> Run:
+        """Main-thread part: new segments from an engine result (rolled back on failure)."""
+        return self._add(volume_node, result, output_node, volume_id)
+
     def recut(self, run: Run, threshold: float) -> Run:
         """New threshold from the cached probabilities; replaces only this run's segments."""
         result = self.client.recut(run.volume_id, run.result.result_id, threshold)
