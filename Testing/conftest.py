@@ -29,3 +29,19 @@ def slicer_scene():
     harness = create_slicer_scene()
     yield harness
     harness.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_engine_processes_left_behind():
+    """After the whole session, no engine server started by a test may still run."""
+    yield
+    import psutil
+
+    leftovers = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "malenia.server" in " ".join(p.cmdline())
+    ]
+    for process in leftovers:
+        process.kill()
+    assert not leftovers, f"engine server processes left behind: {[p.pid for p in leftovers]}"
