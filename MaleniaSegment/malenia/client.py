@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -249,10 +250,8 @@ class EngineProcess:
                 os.killpg(self.popen.pid, signal.SIGTERM)
                 self.popen.wait(timeout=10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.popen.wait(timeout=10)
         self.popen = None
         if getattr(self, "log", None):
