@@ -452,6 +452,7 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
         dist.barrier()
     history["step"] = step
     history["parameters"] = count_parameters(model)
+    history["model"] = model
     if not math.isfinite(history["last"]["total"]):
         raise RuntimeError("training diverged (non-finite loss); lower the learning rate")
     return history

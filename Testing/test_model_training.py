@@ -1,0 +1,229 @@
+"""MaleniaNet and its training pipeline on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from malenia.model import MaleniaConfig, MaleniaNet, count_parameters
+from malenia.train import TrainConfig, Vocabulary, compute_loss, train
+
+torch.set_num_threads(2)
+
+
+def small_config(**changes) -> MaleniaConfig:
+    config = MaleniaConfig.tiny()
+    config.patch_size, config.spacing_mm = (32, 32, 32), (3.0, 3.0, 3.0)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_tiny_output_shapes_and_size():
+    model = MaleniaNet(MaleniaConfig.tiny())
+    assert count_parameters(model) <= 10_000_000
+    vocabulary = [torch.randn(n, 384) for n in (23, 2, 4, 2, 2, 2, 2, 12)]
+    out = model(torch.randn(2, 1, 32, 32, 32), torch.randn(2, 8, 384), vocabulary)
+    n = model.config.num_tokens
+    assert [m.shape for m in out["block_masks"]] == [(2, n, 32, 32, 32)] * 3
+    assert [o.shape for o in out["block_objectness"]] == [(2, n)] * 3
+    assert [t.shape for t in out["block_attribute_logits"][2]] == [
+        (2, n, v.shape[0]) for v in vocabulary
+    ]
+    assert {k: v.shape for k, v in out["prompt_logits"].items()} == {
+        k: (2, 32, 32, 32) for k in ("mask", "text", "ensemble")
+    }
+
+
+def test_gradients_reach_every_part():
+    model = MaleniaNet(small_config())
+    vocab = Vocabulary("cpu")
+    import dataclasses
+
+    from malenia.synth import SyntheticLesionDataset
+
+    item = SyntheticLesionDataset(
+        ("renal cell carcinoma",),
+        seed=1,
+        shape=(32, 32, 32),
+        spacing=(3.0, 3.0, 3.0),
+        max_lesions=1,
+    )[0]
+    # A lesion with a specific feature, so that every attribute's alignment head is used.
+    item["descriptions"] = [
+        dataclasses.replace(item["descriptions"][0], specific_features=("calcification",))
+    ]
+    loss, _ = compute_loss(
+        model, [item], vocab, TrainConfig(negative_prompt_prob=0.0), 0, {}, "cpu"
+    )
+    loss.backward()
+    missing = [
+        name for name, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)
+    ]
+    assert not missing, missing
+    for part in (
+        "enc0",
+        "up0",
+        "tokens",
+        "blocks.0",
+        "cmki.2",
+        "text_proj",
+        "align_heads",
+        "text_mask_head",
+        "relevance",
+        "objectness",
+    ):
+        assert any(name.startswith(part) for name, _ in model.named_parameters()), part
+
+
+@pytest.mark.slow
+def test_tiny_overfits_two_synthetic_volumes():
+    from malenia.synth import SyntheticLesionDataset
+
+    torch.manual_seed(0)
+    dataset = SyntheticLesionDataset(
+        ("renal cell carcinoma", "liver cancer"),
+        seed=3,
+        shape=(32, 32, 32),
+        spacing=(3.0, 3.0, 3.0),
+        max_lesions=1,
+    )
+    items = [dataset[0], dataset[1]]
+    model = MaleniaNet(small_config())
+    vocab = Vocabulary("cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    config = TrainConfig(negative_prompt_prob=0.0)
+    best = 0.0
+    for step in range(OVERFIT_STEPS):
+        loss, _ = compute_loss(model, [items[step % 2]], vocab, config, step, {}, "cpu")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 20 == 19:
+            best = max(best, _prompted_dice(model, items, vocab))
+            if best >= 0.8:
+                break
+    assert best >= 0.8, best
+
+
+OVERFIT_STEPS = 400
+
+
+@torch.no_grad()
+def _prompted_dice(model, items, vocab) -> float:
+    model.eval()
+    scores = []
+    for item in items:
+        out = model(
+            torch.from_numpy(item["image"][None]), vocab.table.embed(item["descriptions"][0])[None]
+        )
+        pred, truth = out["prompt_logits"]["ensemble"][0].numpy() > 0, item["instance_mask"] > 0
+        scores.append(2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1))
+    model.train()
+    return float(min(scores))
+
+
+def _config(out, steps, **changes) -> TrainConfig:
+    return TrainConfig(
+        out=str(out), model=small_config().to_dict(), steps=steps, checkpoint_every=1, validate_every=0,
+        num_workers=0, warmup_steps=1, data={"type": "synthetic", "max_lesions": 1}, **changes,
+    )  # fmt: skip
+
+
+def test_checkpoint_resume_continues_with_the_same_loss(tmp_path):
+    straight = train(_config(tmp_path / "a", 3))
+    train(_config(tmp_path / "b", 2))
+    resumed = train(_config(tmp_path / "b", 3))
+    assert resumed["step"] == 3
+    assert resumed["last"]["total"] == pytest.approx(straight["last"]["total"], rel=1e-4, abs=1e-4)
+    card = json.loads((tmp_path / "b" / "last.json").read_text())
+    assert card["training"]["steps"] == 3 and len(card["sha256"]) == 64
+    assert not list((tmp_path / "b").glob("*.pt*")) and not list((tmp_path / "b").glob("*.pkl"))
+
+
+def _ddp_worker(rank: int, world: int, out: str, port: int) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(1)
+    from safetensors.torch import save_file
+
+    history = train(_config(out, 2), device="cpu")
+    save_file(
+        {k: v.contiguous() for k, v in history["model"].state_dict().items()},
+        os.path.join(out, f"rank{rank}.safetensors"),
+    )
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_ddp_keeps_ranks_identical(tmp_path):
+    import socket
+
+    from safetensors.torch import load_file
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path), port), nprocs=2, join=True)
+    a, b = (
+        load_file(str(tmp_path / "rank0.safetensors")),
+        load_file(str(tmp_path / "rank1.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    initial = MaleniaNet(small_config()).state_dict()
+    assert any(not torch.equal(a[k], initial[k]) for k in a if k.endswith("weight"))  # it trained
+
+
+def _write_nifti(path, array, spacing=(1.5, 1.5, 2.5)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def test_msd_and_kits_layouts_are_read_and_joined_with_records(tmp_path):
+    from malenia.data import RealLesionDataset, discover_cases
+
+    ct = np.full((24, 48, 48), -1000, np.int16)
+    ct[:, 6:42, 6:42] = 60
+    label = np.zeros_like(ct, dtype=np.uint8)
+    label[:, 10:38, 10:38] = 1
+    label[8:14, 20:28, 20:28] = 2
+    task = tmp_path / "msd" / "Task03_Liver"
+    _write_nifti(task / "imagesTr" / "liver_0.nii.gz", ct)
+    _write_nifti(task / "labelsTr" / "liver_0.nii.gz", label)
+    _write_nifti(task / "imagesTr" / "liver_999.nii.gz", ct)  # no Malenia record: skipped
+    _write_nifti(task / "labelsTr" / "liver_999.nii.gz", label)
+    (task / "dataset.json").write_text(json.dumps({"training": [
+        {"image": "./imagesTr/liver_0.nii.gz", "label": "./labelsTr/liver_0.nii.gz"},
+        {"image": "./imagesTr/liver_999.nii.gz", "label": "./labelsTr/liver_999.nii.gz"},
+    ]}))  # fmt: skip
+    cases = discover_cases(tmp_path / "msd", "msd")
+    assert [c.case_id for c in cases] == ["liver_0"] and cases[0].record.category == "liver cancer"
+    item = RealLesionDataset(tmp_path / "msd", "msd", patch=(32, 32, 32), spacing=(2.0, 2.0, 2.0))[
+        0
+    ]
+    assert item["image"].shape == (1, 32, 32, 32) and item["instance_mask"].any()
+    assert item["categories"] == ["liver cancer"]
+
+    kits = tmp_path / "kits" / "case_00000"
+    _write_nifti(kits / "imaging.nii.gz", ct)
+    kits_label = np.where(label == 2, 2, 0).astype(np.uint8)
+    _write_nifti(kits / "segmentation.nii.gz", kits_label)
+    cases = discover_cases(tmp_path / "kits", "kits23")
+    assert [c.case_id for c in cases] == ["case_00000"]
+    item = RealLesionDataset(
+        tmp_path / "kits", "kits23", patch=(32, 32, 32), spacing=(2.0, 2.0, 2.0)
+    )[0]
+    assert item["instance_mask"].any() and item["categories"] == [cases[0].record.category]
