@@ -78,21 +78,29 @@ def test_token_is_required(server):
 
 
 def test_oversized_upload_gets_413(server):
-    big = np.zeros((64, 128, 160), np.int16).tobytes()  # 2.6 MB > 2 MB limit
-    status, payload = raw_request(
-        server,
-        "POST",
-        "/v1/volumes",
-        big,
-        server.token,
-        {
-            "Content-Type": "application/x-malenia-array",
-            "X-Shape": "64,128,160",
-            "X-Dtype": "<i2",
-            "X-Ijk-To-Ras": json.dumps(AFFINE.ravel().tolist()),
-        },
-    )
-    assert status == 413 and "limit" in payload["detail"]
+    import http.client
+    from urllib.parse import urlparse
+
+    url = urlparse(server.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    size = 3 << 20  # 3 MB > the 2 MB limit: the server answers from the headers alone
+    connection.putrequest("POST", "/v1/volumes")
+    for key, value in {
+        "Authorization": f"Bearer {server.token}",
+        "Content-Type": "application/x-malenia-array",
+        "Content-Length": str(size),
+        "X-Shape": "64,128,192",
+        "X-Dtype": "<i2",
+        "X-Ijk-To-Ras": json.dumps(AFFINE.ravel().tolist()),
+    }.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and "limit" in json.loads(response.read())["detail"]
+    connection.close()
+    client = EngineHTTPClient(server.url, server.token)
+    with pytest.raises(MaleniaError, match="upload limit"):
+        client.upload(np.zeros((64, 128, 192), np.int16), AFFINE)
 
 
 def test_corrupt_and_malformed_volumes_get_400(server):

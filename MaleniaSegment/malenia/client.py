@@ -76,10 +76,20 @@ class EngineHTTPClient:
     def info(self) -> dict:
         return self._request("GET", "/v1/info")
 
+    def _check_size(self, size: int) -> None:
+        """Refuse early what the server would refuse (it closes the socket mid-upload)."""
+        if not hasattr(self, "_max_upload"):
+            self._max_upload = int(self.info().get("max_upload_bytes", 0)) or None
+        if self._max_upload and size > self._max_upload:
+            raise MaleniaError(
+                f"The volume is {size / 2**20:.0f} MB, above the engine's upload limit of {self._max_upload / 2**20:.0f} MB: crop it to a region of interest or restart the server with a larger --max-upload-mb."
+            )
+
     def upload(self, array, ijk_to_ras, roi=None) -> str:
         import numpy as np
 
         array = np.ascontiguousarray(array)
+        self._check_size(array.nbytes)
         headers = {
             "Content-Type": "application/x-malenia-array",
             "X-Shape": ",".join(str(n) for n in array.shape),
@@ -92,6 +102,7 @@ class EngineHTTPClient:
 
     def upload_file(self, path: str | Path) -> str:
         path = Path(path)
+        self._check_size(path.stat().st_size)
         kind = "nrrd" if path.suffix == ".nrrd" else "mha" if path.suffix == ".mha" else "nifti"
         return self._request(
             "POST",

@@ -72,6 +72,7 @@ def create_app(
             "model_id": engine.model_id,
             "model_card": engine.card,
             "device": engine.device_note,
+            "max_upload_bytes": max_upload_bytes,
             "vocabulary": {k: vocabulary.values(k) for k in ATTRIBUTE_KEYS},
             "presets": [p.to_dict() for p in load_presets().values()],
         }
