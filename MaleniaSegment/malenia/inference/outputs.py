@@ -92,10 +92,17 @@ def write_report(result: SegmentationResult, path: Path) -> Path:
 
 def write_overlay(result: SegmentationResult, path: Path, max_lesions: int = 4) -> Path:
     """Axial, coronal and sagittal slices through each lesion (window -160..240 HU)."""
+    import SimpleITK as sitk
     from PIL import Image, ImageDraw
 
-    ct = result.volume.array.astype(np.float32)
-    labelmap = result.labelmap
+    # Radiological display: reorient to LPS first (anterior up, patient's left on the right).
+    def oriented(array: np.ndarray) -> np.ndarray:
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(result.encoded.input_reference)
+        return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+
+    ct = oriented(result.volume.array.astype(np.float32))
+    labelmap = oriented(result.labelmap)
     rows = []
     targets = result.lesions[:max_lesions] or [None]
     for lesion in targets:
