@@ -155,3 +155,41 @@ def test_anisotropic_spacing_is_supported():
     phantom = make_phantom(2, (24, 64, 64), (2.5, 0.8, 0.8))
     assert phantom.ct.shape == (24, 64, 64) and phantom.spacing == (2.5, 0.8, 0.8)
     assert (phantom.labels == LABELS["vertebra"]).any()
+
+
+def test_lesions_render_into_a_real_ct(shared_data):
+    """The renderer works on real anatomy: TotalSegmentator organ labels -> our locations."""
+    import SimpleITK as sitk
+    from malenia.synth.real_ct import labels_from_totalseg
+
+    folder = shared_data / "real_ct" / "totalseg_example"
+    image = sitk.ReadImage(str(folder / "example_ct.nii.gz"))
+    organs = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz"))
+    )
+    labels = labels_from_totalseg(organs, image)
+    ct = sitk.GetArrayFromImage(image).astype(np.float32)
+    spacing = tuple(reversed(image.GetSpacing()))
+    records = [
+        LesionRecord(
+            "renal cyst", LesionDescription(**{**BASE, "location": "left kidney"}), size_mm=(20, 24)
+        ),
+        LesionRecord(
+            "pancreatic cancer",
+            LesionDescription(**{**BASE, "location": "pancreatic head", "density": "hypodense"}),
+            size_mm=(14, 16),
+        ),
+    ]
+    rendered, mask, done = render_lesions(ct, labels, records, np.random.default_rng(0), spacing)
+    assert [r.category for r in done] == ["renal cyst", "pancreatic cancer"]
+    for instance, location in ((1, "left kidney"), (2, "pancreatic head")):
+        assert (labels[mask == instance] == LABELS[location]).mean() > 0.6
+    assert rendered[mask == 1].mean() < 25  # a cyst is water, whatever the phase of the scan
+    pancreas = labels == LABELS["pancreatic head"]
+    assert rendered[mask == 2].mean() < np.median(ct[pancreas]) - 20  # hypodense vs its host
+    # The left kidney of the real scan is on the patient's left (physical LPS x > 0 side).
+    left = np.argwhere(labels == LABELS["left kidney"]).mean(0)
+    right = np.argwhere(labels == LABELS["right kidney"]).mean(0)
+    x_left = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in left[::-1]))[0]
+    x_right = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in right[::-1]))[0]
+    assert x_left > x_right
