@@ -29,23 +29,6 @@ CATEGORY_KIND: dict[str, str] = {
     "renal angiomyolipoma": "neoplasm",
 }
 
-# Display colours (RGB 0-255) per category: cysts blue-ish, carcinomas red/orange, others distinct.
-CATEGORY_COLOR: dict[str, tuple[int, int, int]] = {
-    "renal cell carcinoma": (216, 72, 60),
-    "renal cyst": (92, 160, 230),
-    "liver cancer": (230, 120, 40),
-    "pancreatic cancer": (200, 50, 120),
-    "pancreatic cyst": (60, 200, 200),
-    "colon cancer": (170, 80, 40),
-    "lung cancer": (240, 200, 40),
-    "hepatic cyst": (120, 120, 250),
-    "hepatic hemangioma": (150, 220, 90),
-    "liver metastasis": (160, 80, 200),
-    "adrenal adenoma": (240, 150, 180),
-    "renal angiomyolipoma": (250, 230, 140),
-}
-DEFAULT_COLOR: tuple[int, int, int] = (230, 160, 60)
-
 # Canonical location -> (CodeMeaning of the region in our anatomic context, laterality or None).
 LOCATION_REGION: dict[str, tuple[str, str | None]] = {
     "left kidney": ("Kidney", "Left"),
@@ -83,8 +66,9 @@ def terminology_dir() -> Path:
 
 def category_color(category: str | None) -> tuple[float, float, float]:
     """Segment colour (0-1 floats, as vtkSegment.SetColor wants) for a lesion category."""
-    rgb = CATEGORY_COLOR.get((category or "").lower(), DEFAULT_COLOR)
-    return tuple(channel / 255.0 for channel in rgb)  # type: ignore[return-value]
+    from malenia.display import lesion_color
+
+    return tuple(channel / 255.0 for channel in lesion_color(category))  # type: ignore[return-value]
 
 
 def load_context(terminologies_logic, folder: Path | None = None) -> tuple[str, str]:
