@@ -1,67 +1,91 @@
-"""The local engine server (FastAPI). Versioned under /v1; every route but /v1/health needs
-`Authorization: Bearer <token>`.
+"""The engine server (FastAPI). Versioned under /v1; every route but /v1/health needs
+`Authorization: Bearer <token>` (the token is in the server's private token file).
 
-    POST   /v1/volumes                 upload (raw array + geometry, or NIfTI/NRRD bytes) -> 202
+    GET    /v1/health                  liveness only (no model, paths or token details)
+    GET    /v1/info                    model card, vocabulary, presets, device, queue, cache
+    POST   /v1/volumes                 upload (raw array + geometry, or NIfTI/NRRD/MHA) -> 202
     GET    /v1/volumes/{id}            state and progress of the background encode
-    POST   /v1/volumes/{id}/segment    {"query": preset | text | {attributes}, "threshold"}
+    POST   /v1/volumes/{id}/segment    {"query": preset | free text | {attributes}, "threshold"}
     POST   /v1/volumes/{id}/recut      {"result_id", "threshold"}
-    POST   /v1/volumes/{id}/find       {"threshold"}
+    POST   /v1/volumes/{id}/find       {"threshold"}   (all lesions + predicted attributes)
     POST   /v1/volumes/{id}/cancel
     DELETE /v1/volumes/{id}
-    GET    /v1/info                    model card, vocabulary, presets, device
+    GET    /v1/openapi.json, /v1/docs
+
+Errors are JSON `{"detail": message}`: 400 malformed input, 401 token, 404 unknown volume,
+409 not encoded yet, 413 upload too large, 503 (+ Retry-After) encode queue full.
+Segment/find answers carry the labelmap as zlib + base64 int16 (see backend.result_payload).
 """
 
 from __future__ import annotations
 
-import base64
 import hmac
-import json
-import tempfile
-import zlib
-from pathlib import Path
+import math
 
-import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from malenia.errors import MaleniaError
-from malenia.server.jobs import QueueFull, VolumeStore
+from malenia.server.backend import EngineBackend, result_payload
+from malenia.server.jobs import QueueFull, VolumeEntry, VolumeStore
+from malenia.server.uploads import parse_upload
 
 API = "/v1"
+RETRY_AFTER_S = 5
 
 
 def create_app(
-    engine,
+    backend: EngineBackend,
     token: str,
     max_upload_bytes: int = 2 << 30,
     queue_size: int = 8,
     memory_budget_bytes: int = 3 << 30,
 ) -> FastAPI:
+    if len(token) < 16:
+        raise MaleniaError("The server token must be at least 16 characters.")
     app = FastAPI(
         title="MaleniaSegment engine",
         version="1",
+        description=__doc__,
         openapi_url=f"{API}/openapi.json",
         docs_url=f"{API}/docs",
+        redoc_url=None,
     )
-    store = VolumeStore(engine, queue_size, memory_budget_bytes)
+    store = VolumeStore(backend, queue_size, memory_budget_bytes)
     app.state.store = store
 
     def authorised(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given, token):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
             raise HTTPException(
                 401,
-                "Missing or wrong token: send 'Authorization: Bearer <token>' from the server's token file.",
+                "Missing or wrong token: send 'Authorization: Bearer <token>' with the token "
+                "from the server's token file.",
+                headers={"WWW-Authenticate": "Bearer"},
             )
 
     @app.exception_handler(MaleniaError)
     async def malenia_error(request: Request, error: MaleniaError):
         return JSONResponse({"detail": str(error)}, status_code=400)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in error.errors()
+        )
+        return JSONResponse(
+            {"detail": f"Malformed request ({problems}). See {API}/docs for the expected body."},
+            status_code=400,
+        )
+
     @app.get(f"{API}/health")
     def health() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "api": "v1"}
 
     @app.get(f"{API}/info", dependencies=[Depends(authorised)])
     def info() -> dict:
@@ -69,93 +93,98 @@ def create_app(
 
         vocabulary = load_vocabulary()
         return {
-            "model_id": engine.model_id,
-            "model_card": engine.card,
-            "device": engine.device_note,
+            "model_id": backend.model_id,
+            "model_card": backend.card,
+            "device": backend.device_note,
             "max_upload_bytes": max_upload_bytes,
             "vocabulary": {k: vocabulary.values(k) for k in ATTRIBUTE_KEYS},
             "presets": [p.to_dict() for p in load_presets().values()],
+            "queue": store.stats(),
         }
 
     @app.post(f"{API}/volumes", status_code=202, dependencies=[Depends(authorised)])
     async def upload(request: Request) -> dict:
-        length = int(request.headers.get("content-length") or 0)
-        if length > max_upload_bytes:
-            raise HTTPException(
-                413,
-                f"Upload of {length} bytes exceeds the server limit of {max_upload_bytes} bytes; crop the volume or raise --max-upload-mb.",
-            )
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_upload_bytes:
-                raise HTTPException(
-                    413, f"Upload exceeds the server limit of {max_upload_bytes} bytes."
-                )
-        volume = _parse_volume(request.headers, bytes(body))
-        roi = json.loads(request.headers["x-roi"]) if request.headers.get("x-roi") else None
+        """Upload a volume; it is encoded in the background (poll GET /v1/volumes/{id}).
+        Body: raw array bytes (Content-Type application/x-malenia-array with X-Shape,
+        X-Dtype and X-Ijk-To-Ras or X-Spacing/X-Origin/X-Direction) or a NIfTI/NRRD/MHA file."""
+        body = await _read_limited(request, max_upload_bytes)
+        volume, roi = await run_in_threadpool(parse_upload, request.headers, body)
         try:
             entry = store.submit(volume, roi)
         except QueueFull:
             raise HTTPException(
                 503,
-                "The engine is busy (encode queue full); retry shortly.",
-                headers={"Retry-After": "5"},
+                f"The engine is busy: {store.queue_size} volumes are already waiting to be "
+                f"encoded. Retry in a few seconds.",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from None
         return entry.status()
 
-    def entry_or_404(volume_id: str):
+    def entry_or_404(volume_id: str) -> VolumeEntry:
         entry = store.get(volume_id)
         if entry is None:
             raise HTTPException(
                 404,
-                f"Unknown volume {volume_id} (deleted, evicted from the cache, or the server restarted): upload it again.",
+                f"Unknown volume {volume_id} (deleted, dropped from the cache to stay within "
+                "the memory budget, or the server restarted): upload it again.",
             )
         return entry
 
-    def ready(volume_id: str):
+    def ready(volume_id: str) -> VolumeEntry:
         entry = entry_or_404(volume_id)
         if entry.state != "ready":
+            reason = f": {entry.error}" if entry.error else ""
             raise HTTPException(
                 409,
-                f"Volume {volume_id} is {entry.state}{': ' + entry.error if entry.error else ''}; segment it once it is ready.",
+                f"Volume {volume_id} is {entry.state}{reason}; segment it once its state is ready.",
             )
         return entry
+
+    def answer(entry: VolumeEntry, compute) -> dict:
+        with entry.lock:
+            if entry.encoded is None:  # evicted or deleted while waiting for the lock
+                raise HTTPException(404, "The volume was deleted meanwhile: upload it again.")
+            result = compute(entry.encoded)
+            payload = result_payload(result, "")
+        payload["result_id"] = store.keep_result(entry, result)
+        return payload
 
     @app.get(f"{API}/volumes/{{volume_id}}", dependencies=[Depends(authorised)])
     def status(volume_id: str) -> dict:
         return entry_or_404(volume_id).status()
 
     @app.post(f"{API}/volumes/{{volume_id}}/segment", dependencies=[Depends(authorised)])
-    def segment(volume_id: str, body: dict) -> dict:
-        entry = ready(volume_id)
-        threshold = float(body.get("threshold", 0.5))
-        if "query" not in body:
+    def segment(volume_id: str, body: dict = Body(...)) -> dict:
+        """Body: {"query": preset name | free text | {attribute: value}, "threshold": 0.5}."""
+        query = body.get("query")
+        if query is None or (isinstance(query, str) and not query.strip()):
             raise HTTPException(
-                400, "Body needs 'query': a preset name, free text, or an attribute object."
+                400, "The body needs 'query': a preset name, free text, or an attribute object."
             )
-        with entry.lock:
-            result = entry.encoded.segment(body["query"], threshold)
-            return _result_payload(entry, result)
+        if not isinstance(query, str | dict):
+            raise HTTPException(400, "'query' must be a string or an object of attributes.")
+        threshold = _threshold(body)
+        entry = ready(volume_id)
+        return answer(entry, lambda encoded: backend.segment(encoded, query, threshold))
 
     @app.post(f"{API}/volumes/{{volume_id}}/recut", dependencies=[Depends(authorised)])
-    def recut(volume_id: str, body: dict) -> dict:
+    def recut(volume_id: str, body: dict = Body(...)) -> dict:
+        """Body: {"result_id": from a segment/find answer, "threshold"}; no network pass."""
+        threshold = _threshold(body)
         entry = ready(volume_id)
-        previous = entry.results.get(body.get("result_id", ""))
+        previous = entry.results.get(str(body.get("result_id", "")))
         if previous is None:
-            raise HTTPException(404, "Unknown result_id: run segment first.")
-        with entry.lock:
-            return _result_payload(
-                entry, entry.encoded.recut(previous, float(body.get("threshold", 0.5)))
+            raise HTTPException(
+                404, "Unknown result_id (too old, or never made): run segment again."
             )
+        return answer(entry, lambda encoded: backend.recut(encoded, previous, threshold))
 
     @app.post(f"{API}/volumes/{{volume_id}}/find", dependencies=[Depends(authorised)])
-    def find(volume_id: str, body: dict | None = None) -> dict:
+    def find(volume_id: str, body: dict | None = Body(None)) -> dict:
+        """Every lesion the model sees, with predicted attributes. Body: {"threshold"}."""
+        threshold = _threshold(body or {})
         entry = ready(volume_id)
-        with entry.lock:
-            return _result_payload(
-                entry, entry.encoded.find_lesions(float((body or {}).get("threshold", 0.5)))
-            )
+        return answer(entry, lambda encoded: backend.find_lesions(encoded, threshold))
 
     @app.post(f"{API}/volumes/{{volume_id}}/cancel", dependencies=[Depends(authorised)])
     def cancel(volume_id: str) -> dict:
@@ -173,46 +202,40 @@ def create_app(
     return app
 
 
-def _result_payload(entry, result) -> dict:
-    result_id = f"r{len(entry.results) + 1}"
-    entry.results[result_id] = result
-    labelmap = np.ascontiguousarray(result.labelmap.astype(np.int16))
-    payload = result.to_dict()
-    payload.update({
-        "result_id": result_id,
-        "shape": list(labelmap.shape),
-        "dtype": "int16",
-        "mask_zlib_b64": base64.b64encode(zlib.compress(labelmap.tobytes(), 3)).decode(),
-    })  # fmt: skip
-    return payload
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) from Content-Length alone or as soon as it passes the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise HTTPException(400, "Content-Length is not a number.") from None
+        if length > limit:
+            raise HTTPException(413, _too_large(length, limit))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, _too_large(len(body), limit))
+    return bytes(body)
 
 
-def _parse_volume(headers, body: bytes):
-    """Raw array + geometry headers, or a NIfTI / NRRD file body -> validated CTVolume."""
-    from malenia.io import CTVolume, read_volume, validate_ct
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"Upload of {size} bytes exceeds the server's upload limit of {limit} bytes "
+        f"({limit / 2**20:.0f} MB): crop the volume to a region of interest, or restart the "
+        "server with a larger --max-upload-mb."
+    )
 
-    kind = headers.get("content-type", "")
+
+def _threshold(body: dict) -> float:
+    value = body.get("threshold", 0.5)
     try:
-        if kind.startswith("application/x-malenia-array"):
-            shape = [int(v) for v in headers["x-shape"].split(",")]
-            array = np.frombuffer(body, dtype=np.dtype(headers.get("x-dtype", "int16"))).reshape(
-                shape
-            )
-            matrix = np.array(json.loads(headers["x-ijk-to-ras"]), dtype=float).reshape(4, 4)
-            volume = CTVolume.from_ijk_to_ras(array.copy(), matrix, "upload")
-            validate_ct(volume)
-            return volume
-        suffix = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}.get(
-            headers.get("x-format", "nifti"), ".nii.gz"
-        )
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / f"upload{suffix}"
-            path.write_bytes(body)
-            return read_volume(path)
-    except MaleniaError as error:
-        raise HTTPException(400, str(error)) from error
-    except (KeyError, ValueError, TypeError) as error:
+        threshold = float(value)
+    except (TypeError, ValueError):
         raise HTTPException(
-            400,
-            f"Malformed upload ({error}). Send X-Shape, X-Dtype and X-Ijk-To-Ras with a raw array, or a NIfTI/NRRD file with X-Format.",
-        ) from error
+            400, f"'threshold' must be a number in (0, 1), got {value!r}."
+        ) from None
+    if not math.isfinite(threshold) or not 0.0 < threshold < 1.0:
+        raise HTTPException(400, f"'threshold' must lie strictly between 0 and 1, got {value!r}.")
+    return threshold

@@ -1,92 +1,210 @@
-"""`malenia serve`: the warm engine on 127.0.0.1 (a free port), token in a private file."""
+"""`malenia serve`: the warm engine on 127.0.0.1 (a free port), its URL and a fresh random
+token written to a file only this user can read.
+
+    malenia serve [--token-file F] [--weights W] [--device auto|cpu|cuda]
+    malenia serve --host 0.0.0.0 --allow-remote     # another machine may connect (token still required)
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
 import secrets
 import socket
+import stat
+import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
+
+from malenia.errors import MaleniaError
+
+
+def runtime_dir() -> Path:
+    """A per-user private folder: $XDG_RUNTIME_DIR/malenia, else <tmp>/malenia-<user>."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "malenia"
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"malenia-{user}"
 
 
 def default_token_file() -> Path:
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or Path.home() / ".cache")
-    return base / "malenia" / "server.json"
+    return runtime_dir() / "server.json"
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "serve", help="run the local engine server (used by the Slicer module)"
+        "serve",
+        help="run the local engine server (used by the Slicer module)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default loopback only)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
     parser.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     parser.add_argument(
-        "--allow-remote", action="store_true", help="required to listen on a non-loopback interface"
+        "--allow-remote",
+        action="store_true",
+        help="required to listen on a non-loopback interface (the token is always required)",
     )
     parser.add_argument(
-        "--token-file", type=Path, default=None, help="where to write port and token (mode 0600)"
+        "--token-file",
+        type=Path,
+        default=None,
+        help=f"where to write URL, port and token, mode 0600 (default {default_token_file()})",
     )
-    parser.add_argument("--weights", type=Path, default=None)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--weights", type=Path, default=None, help="default: bundled weights")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--max-upload-mb", type=float, default=2048)
     parser.add_argument(
         "--cache-mb", type=float, default=3072, help="memory budget of encoded volumes"
     )
-    parser.add_argument("--queue-size", type=int, default=8)
+    parser.add_argument("--queue-size", type=int, default=8, help="volumes waiting to encode")
+    parser.add_argument(
+        "--exit-with-parent",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="shut down when process PID exits (the engine-process manager passes its own)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.set_defaults(handler=_serve)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+def check_host(host: str, allow_remote: bool) -> None:
+    """Loopback unless explicitly allowed: other machines must not reach a model by accident."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            address = ipaddress.ip_address(socket.gethostbyname(host))
+        except OSError as error:
+            raise MaleniaError(f"Cannot resolve --host {host} ({error}).") from error
+    if not address.is_loopback and not allow_remote:
+        raise MaleniaError(
+            f"Refusing to listen on {host}: other machines could reach the engine. Pass "
+            "--allow-remote to mean it (clients then need the token from the token file)."
+        )
+
+
+def _private_folder(folder: Path) -> None:
+    """Create the folder 0700 and refuse one that another user owns or others can enter."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = folder.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise MaleniaError(f"{folder} is not a plain folder; pass --token-file elsewhere.")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise MaleniaError(f"{folder} belongs to another user; pass --token-file elsewhere.")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(folder, 0o700)
+
+
+def write_token_file(path: Path, content: dict) -> None:
+    """Atomically: readers see the whole file or none; mode 0600 from creation."""
+    _private_folder(path.parent)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(content, handle)
+    os.chmod(partial, 0o600)
+    os.replace(partial, path)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind now (port 0: the OS picks a free one) and hand the socket to uvicorn: no race."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise MaleniaError(
+            f"Cannot listen on {host}:{port} ({error}); pick another --port."
+        ) from error
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _watch_parent(pid: int, server) -> None:
+    """Stop when the manager that started us is gone (no orphaned engines)."""
+
+    def alive() -> bool:
+        if os.name == "posix":
+            return os.getppid() == pid
+        try:
+            import psutil
+
+            return psutil.pid_exists(pid)
+        except ImportError:
+            return True
+
+    def watch() -> None:
+        while alive():
+            time.sleep(0.5)
+        print("parent process exited; shutting down", file=sys.stderr, flush=True)
+        server.should_exit = True
+        time.sleep(10)
+        os._exit(0)  # graceful shutdown hung (a long request): leave anyway
+
+    threading.Thread(target=watch, daemon=True, name="malenia-parent-watch").start()
 
 
 def _serve(args: argparse.Namespace) -> int:
+    check_host(args.host, args.allow_remote)
+    if args.queue_size < 1 or args.max_upload_mb <= 0 or args.cache_mb <= 0:
+        raise MaleniaError("--queue-size, --max-upload-mb and --cache-mb must be positive.")
+    sock = _bind(args.host, args.port)
+    token_file = args.token_file or default_token_file()
+
     import uvicorn
 
-    from malenia.errors import MaleniaError
-    from malenia.inference import Engine
     from malenia.server.app import create_app
+    from malenia.server.backend import EngineBackend
 
-    if (
-        not ipaddress.ip_address(socket.gethostbyname(args.host)).is_loopback
-        and not args.allow_remote
-    ):
-        raise MaleniaError(
-            f"Refusing to listen on {args.host}: other machines could reach the engine. Pass --allow-remote (a token is always required)."
-        )
-    engine = Engine.load(args.weights, args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    backend = EngineBackend.load(args.weights, args.device)
     token = secrets.token_urlsafe(32)
-    port = args.port or _free_port(args.host)
-    token_file = args.token_file or default_token_file()
-    token_file.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(token_file.parent, 0o700)
-    descriptor = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump(
-            {
-                "url": f"http://{args.host}:{port}",
-                "port": port,
-                "token": token,
-                "pid": os.getpid(),
-                "model": engine.model_id,
-            },
-            handle,
-        )
-    os.chmod(token_file, 0o600)
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if ":" in args.host else args.host
     app = create_app(
-        engine,
+        backend,
         token,
         int(args.max_upload_mb * (1 << 20)),
         args.queue_size,
         int(args.cache_mb * (1 << 20)),
     )
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    if args.exit_with_parent:
+        _watch_parent(args.exit_with_parent, server)
+    write_token_file(
+        token_file,
+        {
+            "url": f"http://{host}:{port}",
+            "port": port,
+            "token": token,
+            "pid": os.getpid(),
+            "model": backend.model_id,
+        },
+    )
     print(
-        f"MaleniaSegment engine on http://{args.host}:{port} ({engine.device_note}); token in {token_file}",
+        f"MaleniaSegment engine on http://{host}:{port} ({backend.device_note}); "
+        f"token in {token_file}",
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=port, log_level="warning")
+    try:
+        server.run(sockets=[sock])
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(token_file.read_text()).get("pid") == os.getpid():
+                token_file.unlink()
+        sock.close()
     return 0

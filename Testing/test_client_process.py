@@ -1,0 +1,139 @@
+"""malenia.client as Slicer's Python uses it: importable without torch or numpy, the engine
+process refuses to expose itself by accident, and a manager that dies takes its engine with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from malenia.inference import default_weights_path
+from malenia.synth import make_phantom
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "MaleniaSegment"
+
+
+def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        **kwargs,
+    )
+
+
+def test_client_imports_without_torch_numpy_or_the_engine():
+    done = run_python(
+        """
+        import sys
+        import malenia.client
+        heavy = {"torch", "numpy", "malenia.inference", "malenia.model", "SimpleITK"}
+        print(sorted(heavy & set(sys.modules)))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_serve_refuses_a_public_interface_without_the_flag(tmp_path):
+    token_file = tmp_path / "server.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "malenia.server", "--host", "0.0.0.0", "--token-file", token_file],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)},
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "Refusing to listen on 0.0.0.0" in done.stderr and "--allow-remote" in done.stderr
+    assert not token_file.exists()
+
+
+MANAGER = """
+    import json, sys, time
+    sys.modules["numpy"] = None  # as in a Python without numpy: the client must not need it
+    sys.modules["torch"] = None
+    from malenia.client import EngineProcess
+    shape, data = json.loads(sys.argv[1]), open(sys.argv[2], "rb").read()
+    process = EngineProcess(device="cpu")
+    process.start()
+    client = process.client()
+    volume_id = client.upload_raw(data, shape, "<i2", spacing=(2, 2, 2), origin=(0, 0, 0))
+    client.wait(volume_id)
+    result = client.segment(volume_id, "renal cyst", 0.5)
+    print(json.dumps({
+        "server_pid": process.pid,
+        "labelmap": repr(result.labelmap),
+        "mask_bytes": len(result.mask_bytes),
+        "foreground": sum(1 for i in range(0, len(result.mask_bytes), 2)
+                          if result.mask_bytes[i:i + 2] != b"\\0\\0"),
+        "shape": list(result.shape),
+    }), flush=True)
+    time.sleep(600)  # killed by the test
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.skipif(not default_weights_path().is_file(), reason="bundled weights are absent")
+def test_numpy_free_manager_dies_and_its_engine_exits_too(tmp_path):
+    """A client without numpy gets the raw mask; when the manager is killed (no atexit, as
+    in a Slicer crash) the engine notices and exits by itself."""
+    ct = make_phantom(1, shape=(48, 48, 48), spacing=(2.0, 2.0, 2.0)).ct.astype("<i2")
+    (tmp_path / "ct.raw").write_bytes(ct.tobytes())
+    manager = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(MANAGER),
+            json.dumps(list(ct.shape)),
+            str(tmp_path / "ct.raw"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)},
+    )
+    server_pid = None
+    try:
+        line = manager.stdout.readline()
+        assert line, manager.stderr.read()
+        report = json.loads(line)
+        server_pid = report["server_pid"]
+        assert report["labelmap"] == "None"  # no numpy: no array, but all the bytes
+        assert report["shape"] == [48, 48, 48] and report["mask_bytes"] == 48**3 * 2
+        assert report["foreground"] > 0
+        server = psutil.Process(server_pid)
+        assert "malenia.server" in " ".join(server.cmdline())
+        os.kill(manager.pid, signal.SIGKILL)
+        manager.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and running(server_pid):
+            time.sleep(0.2)
+        assert not running(server_pid), "the orphaned engine kept running"
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+            manager.wait(timeout=10)
+        if server_pid and psutil.pid_exists(server_pid):
+            try:
+                leftover = psutil.Process(server_pid)
+                if "malenia.server" in " ".join(leftover.cmdline()):
+                    leftover.kill()
+            except psutil.NoSuchProcess:
+                pass
