@@ -140,15 +140,6 @@ def main() -> None:
         help="only run the baseline; compare with an end-to-end time measured before",
     )
     args = parser.parse_args()
-    if args.baseline_only is not None:
-        estimate, total = baseline_seconds((512, 512, 300), (0.8, 0.8, 2.5), args.baseline_windows)
-        print(
-            f"baseline SwinUNETR-48, 96^3 @1.5 mm, overlap 0.5: {total} windows, timed {args.baseline_windows} and extrapolated: {estimate:.1f} s"
-        )
-        print(
-            f"ratio baseline / MaleniaSegment end to end ({args.baseline_only:.1f} s given): {estimate / args.baseline_only:.1f}x"
-        )
-        return
     from malenia.inference import Engine
     from malenia.io import CTVolume
 
