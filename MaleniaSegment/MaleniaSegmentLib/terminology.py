@@ -1,17 +1,28 @@
 """Our terminology context for lesion segments, and the category -> entry/colour tables.
 
 A segment's terminology entry tells Slicer (and DICOM SEG export) *what* it is: a
-morphologically altered structure of some kind (cyst, carcinoma, ...) in an anatomic region.
+morphologically altered structure of some kind (cyst, carcinoma, ...) in an anatomic region,
+optionally with a Left/Right modifier. The codes live in Resources/Terminology (see its
+README for where they come from); this module only maps our vocabulary onto them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import vtk
+from malenia.errors import MaleniaError
+
 TERMINOLOGY_FILE = "MaleniaSegment.term.json"
 REGION_CONTEXT_FILE = "MaleniaSegment-AnatomicRegions.json"
+
+
+class TerminologyError(MaleniaError, ValueError):
+    """A lesion kind, region or laterality is not in our terminology context."""
+
 
 # Lesion category -> 3dSlicerLabel of its type in MaleniaSegment.term.json.
 CATEGORY_KIND: dict[str, str] = {
@@ -27,7 +38,42 @@ CATEGORY_KIND: dict[str, str] = {
     "liver metastasis": "metastasis",
     "adrenal adenoma": "neoplasm",
     "renal angiomyolipoma": "neoplasm",
+    "splenic cyst": "cyst",
 }
+
+# For categories the knowledge base adds later: the first word that matches decides the kind.
+_KIND_KEYWORDS: tuple[tuple[str, str], ...] = (
+    ("metasta", "metastasis"),
+    ("carcinoma", "carcinoma"),
+    ("cancer", "carcinoma"),
+    ("cyst", "cyst"),
+    ("nodule", "nodule"),
+    ("mass", "mass"),
+    ("adenoma", "neoplasm"),
+    ("tumor", "neoplasm"),
+    ("tumour", "neoplasm"),
+    ("neoplasm", "neoplasm"),
+)
+
+# Organ word in a category name -> region (CodeMeaning in our anatomic context).
+_CATEGORY_ORGAN: tuple[tuple[str, str], ...] = (
+    ("renal", "Kidney"),
+    ("kidney", "Kidney"),
+    ("hepatic", "Liver"),
+    ("liver", "Liver"),
+    ("pancrea", "Pancreas"),
+    ("colon", "Colon"),
+    ("colorectal", "Colon"),
+    ("rectal", "Rectum"),
+    ("lung", "Lung"),
+    ("pulmonary", "Lung"),
+    ("adrenal", "Adrenal gland"),
+    ("splenic", "Spleen"),
+    ("spleen", "Spleen"),
+    ("gallbladder", "Gallbladder"),
+    ("gastric", "Stomach"),
+    ("bladder", "Bladder"),
+)
 
 # Canonical location -> (CodeMeaning of the region in our anatomic context, laterality or None).
 LOCATION_REGION: dict[str, tuple[str, str | None]] = {
@@ -43,17 +89,18 @@ LOCATION_REGION: dict[str, tuple[str, str | None]] = {
     "descending colon": ("Descending colon", None),
     "sigmoid colon": ("Sigmoid colon", None),
     "rectum": ("Rectum", None),
-    "right upper lobe": ("Upper lobe of right lung", None),
+    # Slicer's own anatomy codes lung lobes as the generic lobe plus a laterality modifier.
+    "right upper lobe": ("Upper lobe of lung", "Right"),
     "right middle lobe": ("Middle lobe of right lung", None),
-    "right lower lobe": ("Lower lobe of right lung", None),
-    "left upper lobe": ("Upper lobe of left lung", None),
-    "left lower lobe": ("Lower lobe of left lung", None),
+    "right lower lobe": ("Lower lobe of lung", "Right"),
+    "left upper lobe": ("Upper lobe of lung", "Left"),
+    "left lower lobe": ("Lower lobe of lung", "Left"),
     "spleen": ("Spleen", None),
     "gallbladder": ("Gallbladder", None),
     "left adrenal gland": ("Adrenal gland", "Left"),
     "right adrenal gland": ("Adrenal gland", "Right"),
     "stomach": ("Stomach", None),
-    "urinary bladder": ("Urinary bladder", None),
+    "urinary bladder": ("Bladder", None),
 }
 
 
@@ -64,6 +111,9 @@ def terminology_dir() -> Path:
     return resource("Terminology")
 
 
+# --- colours ---------------------------------------------------------------------------------
+
+
 def category_color(category: str | None) -> tuple[float, float, float]:
     """Segment colour (0-1 floats, as vtkSegment.SetColor wants) for a lesion category."""
     from malenia.display import lesion_color
@@ -71,84 +121,198 @@ def category_color(category: str | None) -> tuple[float, float, float]:
     return tuple(channel / 255.0 for channel in lesion_color(category))  # type: ignore[return-value]
 
 
-def load_context(terminologies_logic, folder: Path | None = None) -> tuple[str, str]:
-    """Load our terminology and anatomic context into a vtkSlicerTerminologiesModuleLogic.
+def category_colors() -> dict[str, tuple[float, float, float]]:
+    """The whole category -> colour table (0-1 floats), e.g. for a legend."""
+    from malenia.display import CATEGORY_COLORS
 
-    Returns (terminology context name, region context name).
-    """
-    folder = folder or terminology_dir()
-    terminology_name = terminologies_logic.LoadTerminologyFromFile(str(folder / TERMINOLOGY_FILE))
-    region_name = terminologies_logic.LoadRegionContextFromFile(str(folder / REGION_CONTEXT_FILE))
-    if not terminology_name or not region_name:
-        raise RuntimeError(f"Could not load the MaleniaSegment terminology from {folder}")
-    return terminology_name, region_name
+    return {category: category_color(category) for category in CATEGORY_COLORS}
+
+
+# --- codes -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Code:
+class Code:
     value: str
     scheme: str
     meaning: str
 
+    @classmethod
+    def from_json(cls, entry: dict) -> Code:
+        return cls(entry["CodeValue"], entry["CodingSchemeDesignator"], entry["CodeMeaning"])
 
-def _read_codes(folder: Path) -> tuple[_Code, dict[str, _Code], dict[str, _Code]]:
-    term = json.loads((folder / TERMINOLOGY_FILE).read_text())
-    category = term["SegmentationCodes"]["Category"][0]
-    types = {
-        t["3dSlicerLabel"]: _Code(t["CodeValue"], t["CodingSchemeDesignator"], t["CodeMeaning"])
-        for t in category["Type"]
-    }
-    anatomic = json.loads((folder / REGION_CONTEXT_FILE).read_text())
-    regions = {
-        r["CodeMeaning"]: _Code(r["CodeValue"], r["CodingSchemeDesignator"], r["CodeMeaning"])
-        for r in anatomic["AnatomicCodes"]["AnatomicRegion"]
-    }
-    category_code = _Code(
-        category["CodeValue"], category["CodingSchemeDesignator"], category["CodeMeaning"]
+
+_EMPTY = Code("", "", "")
+
+
+@dataclass(frozen=True)
+class Codes:
+    """What our two context files contain, read once per folder."""
+
+    terminology_name: str
+    region_context_name: str
+    category: Code
+    kinds: dict[str, Code]  # 3dSlicerLabel -> type code
+    regions: dict[str, Code]  # CodeMeaning -> region code
+    modifiers: dict[str, dict[str, Code]]  # region CodeMeaning -> {"Left": code, ...}
+
+
+@functools.lru_cache(maxsize=4)
+def read_codes(folder: Path | None = None) -> Codes:
+    """Parse our terminology and anatomic context files (cached)."""
+    folder = Path(folder or terminology_dir())
+    try:
+        term = json.loads((folder / TERMINOLOGY_FILE).read_text(encoding="utf-8"))
+        anatomic = json.loads((folder / REGION_CONTEXT_FILE).read_text(encoding="utf-8"))
+        category = term["SegmentationCodes"]["Category"][0]
+        regions = anatomic["AnatomicCodes"]["AnatomicRegion"]
+        return Codes(
+            terminology_name=term["SegmentationCategoryTypeContextName"],
+            region_context_name=anatomic["AnatomicContextName"],
+            category=Code.from_json(category),
+            kinds={t["3dSlicerLabel"]: Code.from_json(t) for t in category["Type"]},
+            regions={r["CodeMeaning"]: Code.from_json(r) for r in regions},
+            modifiers={
+                r["CodeMeaning"]: {m["CodeMeaning"]: Code.from_json(m) for m in r["Modifier"]}
+                for r in regions
+                if r.get("Modifier")
+            },
+        )
+    except (OSError, ValueError, KeyError, IndexError) as error:
+        raise TerminologyError(
+            f"The MaleniaSegment terminology files in {folder} are missing or damaged ({error}). "
+            "Reinstall the extension or restore Resources/Terminology from the repository."
+        ) from error
+
+
+def _loaded_names(getter) -> set[str]:
+    names = vtk.vtkStringArray()
+    getter(names)
+    return {names.GetValue(i) for i in range(names.GetNumberOfValues())}
+
+
+def load_context(terminologies_logic, folder: Path | None = None) -> tuple[str, str]:
+    """Load our terminology and anatomic context into a vtkSlicerTerminologiesModuleLogic
+    (once: already-loaded contexts are not parsed again).
+
+    Returns (terminology context name, region context name).
+    """
+    folder = Path(folder or terminology_dir())
+    codes = read_codes(folder)
+    if codes.terminology_name not in _loaded_names(terminologies_logic.GetLoadedTerminologyNames):
+        name = terminologies_logic.LoadTerminologyFromFile(str(folder / TERMINOLOGY_FILE))
+        if name != codes.terminology_name:
+            raise TerminologyError(
+                f"Slicer could not load {folder / TERMINOLOGY_FILE}; "
+                "restore Resources/Terminology from the repository."
+            )
+    loaded_regions = _loaded_names(terminologies_logic.GetLoadedRegionContextNames)
+    if codes.region_context_name not in loaded_regions:
+        name = terminologies_logic.LoadRegionContextFromFile(str(folder / REGION_CONTEXT_FILE))
+        if name != codes.region_context_name:
+            raise TerminologyError(
+                f"Slicer could not load {folder / REGION_CONTEXT_FILE}; "
+                "restore Resources/Terminology from the repository."
+            )
+    return codes.terminology_name, codes.region_context_name
+
+
+# --- vocabulary -> codes ---------------------------------------------------------------------
+
+
+def category_kind(category: str | None) -> str:
+    """Lesion kind (a 3dSlicerLabel of our context) of a category; "lesion" when unknown."""
+    name = (category or "").strip().lower()
+    if name in CATEGORY_KIND:
+        return CATEGORY_KIND[name]
+    for word, kind in _KIND_KEYWORDS:
+        if word in name:
+            return kind
+    return "lesion"
+
+
+def category_region(category: str | None) -> str | None:
+    """Organ region named by a category ("renal cyst" -> "Kidney"), or None."""
+    name = (category or "").strip().lower()
+    for word, region in _CATEGORY_ORGAN:
+        if word in name:
+            return region
+    return None
+
+
+def location_region(location: str | None) -> tuple[str, str | None] | None:
+    """(region, laterality) of a canonical location, or None when it is not one."""
+    return LOCATION_REGION.get((location or "").strip().lower())
+
+
+def entry_for(
+    terminologies_logic,
+    kind: str,
+    region: str | None = None,
+    laterality: str | None = None,
+    folder: Path | None = None,
+) -> str:
+    """Serialized terminology entry: lesion ``kind`` (mass, cyst, neoplasm, carcinoma, nodule,
+    metastasis, lesion) in anatomic ``region`` (a CodeMeaning of our anatomic context, e.g.
+    "Kidney") with ``laterality`` "Left" / "Right" / None. Store it with
+    ``segment.SetTag(segment.GetTerminologyEntryTagName(), entry)``.
+    """
+    terminology_name, region_context = load_context(terminologies_logic, folder)
+    codes = read_codes(Path(folder or terminology_dir()))
+    if kind not in codes.kinds:
+        raise TerminologyError(
+            f"Unknown lesion kind '{kind}'; use one of: {', '.join(sorted(codes.kinds))}."
+        )
+    region_code = modifier = _EMPTY
+    if region:
+        if region not in codes.regions:
+            raise TerminologyError(
+                f"Unknown anatomic region '{region}'; use one of: {', '.join(codes.regions)}."
+            )
+        region_code = codes.regions[region]
+    if laterality:
+        allowed = codes.modifiers.get(region or "", {})
+        if laterality not in allowed:
+            raise TerminologyError(
+                f"Region '{region}' takes no laterality '{laterality}'"
+                + (f"; use one of: {', '.join(allowed)}." if allowed else "; leave it empty.")
+            )
+        modifier = allowed[laterality]
+    kind_code = codes.kinds[kind]
+    return terminologies_logic.SerializeTerminologyEntry(
+        terminology_name,
+        codes.category.value,
+        codes.category.scheme,
+        codes.category.meaning,
+        kind_code.value,
+        kind_code.scheme,
+        kind_code.meaning,
+        "",
+        "",
+        "",
+        region_context if region_code.value else "",
+        region_code.value,
+        region_code.scheme,
+        region_code.meaning,
+        modifier.value,
+        modifier.scheme,
+        modifier.meaning,
     )
-    return category_code, types, regions
-
-
-_LATERALITY = {"Left": _Code("7771000", "SCT", "Left"), "Right": _Code("24028007", "SCT", "Right")}
 
 
 def terminology_entry(
     terminologies_logic,
     category: str | None,
-    location: str | None,
+    location: str | None = None,
     folder: Path | None = None,
 ) -> str:
     """Serialized terminology entry for a lesion of ``category`` at canonical ``location``.
 
-    Unknown categories fall back to the generic "lesion" type; unknown locations leave the
-    anatomic region empty rather than guessing.
+    The kind comes from the category ("renal cyst" -> cyst; unknown -> the generic "lesion",
+    never a guessed specific kind). The region comes from the location ("left kidney" ->
+    Kidney, Left); without a known location, from the organ the category names ("renal cyst"
+    -> Kidney, no side); otherwise it stays empty rather than guessed.
     """
-    folder = folder or terminology_dir()
-    terminology_name, region_context = load_context(terminologies_logic, folder)
-    category_code, types, regions = _read_codes(folder)
-    kind = types[CATEGORY_KIND.get((category or "").lower(), "lesion")]
-    region = modifier = _Code("", "", "")
-    if location and location.lower() in LOCATION_REGION:
-        region_meaning, laterality = LOCATION_REGION[location.lower()]
-        region = regions[region_meaning]
-        if laterality:
-            modifier = _LATERALITY[laterality]
-    return terminologies_logic.SerializeTerminologyEntry(
-        terminology_name,
-        category_code.value,
-        category_code.scheme,
-        category_code.meaning,
-        kind.value,
-        kind.scheme,
-        kind.meaning,
-        "",
-        "",
-        "",
-        region_context if region.value else "",
-        region.value,
-        region.scheme,
-        region.meaning,
-        modifier.value,
-        modifier.scheme,
-        modifier.meaning,
-    )
+    located = location_region(location)
+    region, laterality = located if located else (category_region(category), None)
+    return entry_for(terminologies_logic, category_kind(category), region, laterality, folder)
