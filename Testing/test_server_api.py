@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 SPACING = (2.0, 2.0, 2.0)  # the tiny model's own spacing: no resampling in the tests
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])  # IJK-to-RAS of a volume at SPACING
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -254,38 +255,42 @@ def test_every_upload_form_lands_on_the_input_grid(server, tmp_path):
 
 
 def test_eight_concurrent_clients_each_get_their_own_result(server):
-    """Eight clients upload, wait and query at once; each answer equals the one the server
-    gives that volume alone afterwards (and the answers differ between volumes)."""
+    """Eight clients upload, wait and query at once (two per phantom, each with its own
+    upload); each answer equals the one the server gives that phantom alone afterwards,
+    and the phantoms' answers differ from each other."""
     results, errors = {}, []
 
-    def run(seed: int) -> None:
+    def run(client_index: int) -> None:
         try:
             client = EngineHTTPClient(server.url, server.token)
-            ct = phantom(10 + seed)
-            volume_id = client.encode(ct, np.diag([2.0, 2.0, 2.0, 1.0]))
-            results[seed] = client.segment(volume_id, "liver cancer", 0.5)
+            volume_id = client.encode(phantom(10 + client_index % 4), AFFINE)
+            results[client_index] = client.segment(volume_id, "liver cancer", 0.5)
             client.delete(volume_id)
         except Exception as error:  # collected and asserted below
             errors.append(error)
 
-    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(8)]
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=240)
     assert not errors, errors
     assert sorted(results) == list(range(8))
-    masks = []
     alone = EngineHTTPClient(server.url, server.token)
-    for seed, result in sorted(results.items()):
-        volume_id = alone.encode(phantom(10 + seed), np.diag([2.0, 2.0, 2.0, 1.0]))
+    masks = []
+    for seed in range(4):
+        volume_id = alone.encode(phantom(10 + seed), AFFINE)
         expected = alone.segment(volume_id, "liver cancer", 0.5)
         alone.delete(volume_id)
-        np.testing.assert_array_equal(result.labelmap, expected.labelmap, err_msg=f"client {seed}")
-        assert result.lesions == expected.lesions
-        masks.append(result.labelmap > 0)
-    assert sum(m.any() for m in masks) >= 4, "too few non-empty masks to tell clients apart"
-    assert len({m.tobytes() for m in masks}) >= 4, "the clients' answers should differ"
+        for client_index in (seed, seed + 4):
+            result = results[client_index]
+            np.testing.assert_array_equal(
+                result.labelmap, expected.labelmap, err_msg=f"client {client_index}"
+            )
+            assert result.lesions == expected.lesions
+        masks.append(expected.labelmap > 0)
+    assert all(m.any() for m in masks), "empty masks cannot tell the clients apart"
+    assert len({m.tobytes() for m in masks}) == 4, "the phantoms' answers should differ"
 
 
 def test_cancel_during_encode_stops_the_work_and_frees_the_slot(server):

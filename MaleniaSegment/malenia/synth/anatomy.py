@@ -15,7 +15,7 @@ LABELS: dict[str, int] = {
     "right adrenal gland": 23, "left adrenal gland": 24, "urinary bladder": 25,
     "heart": 26, "right upper lobe": 27, "right middle lobe": 28, "right lower lobe": 29,
     "left upper lobe": 30, "left lower lobe": 31, "colon lumen": 32, "stomach lumen": 33,
-    "pancreatic duct": 34,
+    "pancreatic duct": 34, "renal sinus": 35, "bowel gas": 36, "spinal canal": 37,
 }  # fmt: skip
 LABEL_NAMES: dict[int, str] = {v: k for k, v in LABELS.items()}
 
@@ -52,5 +52,6 @@ TISSUE_HU: dict[str, tuple[float, float]] = {
     "right middle lobe": (-860, -860), "right lower lobe": (-860, -860),
     "left upper lobe": (-860, -860), "left lower lobe": (-860, -860),
     "colon lumen": (-700, -700), "stomach lumen": (10, 10), "pancreatic duct": (10, 10),
+    "renal sinus": (-80, -80), "bowel gas": (-950, -950), "spinal canal": (15, 15),
 }  # fmt: skip
 PHASES = ("portal_venous", "non_contrast")

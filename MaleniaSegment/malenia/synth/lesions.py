@@ -4,7 +4,13 @@ Each attribute has a visible, measurable effect: location picks the host sub-reg
 the outline (ellipsoid vs lobulated/spiculated), density the HU relative to the host organ,
 density variation the internal texture, surface the edge sharpness, relation whether the
 lesion stays inside its organ or reaches into a neighbour, and specific features add
-calcification, septation, duct dilatation or pleural traction.
+calcification, septation, necrosis, fat, cavitation, capsule, haemorrhage, colonic wall
+thickening, duct dilatation or pleural traction. Every lesion pushes its surroundings aside
+(mass effect), so an isodense lesion still shows through displaced vessels and outlines, a
+faint capsule and a texture of its own, as in real CT.
+
+Everything is computed inside a box around the lesion, so the cost does not depend on the
+size of the volume (a whole real CT costs the same as a training patch).
 """
 
 from __future__ import annotations
@@ -17,20 +23,25 @@ from scipy import ndimage
 from malenia.attributes.schema import LesionDescription
 from malenia.synth.anatomy import LABELS, LOCATION_LABEL
 
-_NON_ORGAN = {
-    LABELS[n] for n in ("air", "body", "subcutaneous fat", "muscle", "colon lumen", "stomach lumen")
-}
-_CYSTS = {"renal cyst", "pancreatic cyst", "hepatic cyst", "splenic cyst"}
-_LUNG = {
+NON_ORGAN: frozenset[int] = frozenset(
     LABELS[n]
     for n in (
-        "right upper lobe",
-        "right middle lobe",
-        "right lower lobe",
-        "left upper lobe",
-        "left lower lobe",
+        "air", "body", "subcutaneous fat", "muscle", "colon lumen", "stomach lumen",
+        "renal sinus", "bowel gas", "spinal canal",
     )
+)  # fmt: skip
+_CYSTS = {"renal cyst", "pancreatic cyst", "hepatic cyst", "splenic cyst"}
+LUNG_LABELS: frozenset[int] = frozenset(
+    LABELS[n]
+    for n in ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe",
+              "left lower lobe")
+)  # fmt: skip
+_PANCREAS = (LABELS["pancreatic head"], LABELS["pancreatic body"], LABELS["pancreatic tail"])
+_COLON = {
+    LABELS[n]
+    for n in ("ascending colon", "transverse colon", "descending colon", "sigmoid colon", "rectum")
 }
+_LUMEN = (LABELS["colon lumen"], LABELS["bowel gas"])
 
 
 @dataclass
@@ -49,34 +60,43 @@ class RenderError(ValueError):
 
 
 def _smooth_field(rng, shape, sigma_vox) -> np.ndarray:
-    noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox)
+    noise = ndimage.gaussian_filter(
+        rng.standard_normal(shape, dtype=np.float32), sigma_vox, truncate=3.0
+    )
     return noise / (noise.std() + 1e-6)
 
 
-def _pick_centre(
-    host: np.ndarray,
-    labels: np.ndarray,
-    radius_vox: np.ndarray,
-    related: bool,
-    rng,
-    taken: np.ndarray,
-) -> np.ndarray:
+def _host_box(host: np.ndarray, margin: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of the host organ grown by ``margin`` voxels per axis."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(host.any(axis=other))
+        lo = max(int(present[0]) - int(margin[axis]), 0)
+        hi = min(int(present[-1]) + int(margin[axis]) + 1, host.shape[axis])
+        box.append(slice(lo, hi))
+    return tuple(box)
+
+
+def _pick_centre(host, labels, radius_vox, related: bool, rng, taken) -> np.ndarray:
     """A voxel inside the host: deep inside normally, at a border with another organ when
     the lesion is 'closely related to surrounding organs'."""
-    free = host & ~taken
+    box = _host_box(host, np.ceil(radius_vox) + 2)
+    offset = np.array([s.start for s in box])
+    free = host[box] & ~taken[box]
     if related:
-        other_organ = ~np.isin(labels, list(_NON_ORGAN)) & ~host
-        near_other = ndimage.binary_dilation(
-            other_organ, iterations=max(2, int(radius_vox.mean() * 0.5))
-        )
+        box_labels = labels[box]
+        other_organ = ~np.isin(box_labels, list(NON_ORGAN)) & ~host[box]
+        reach = max(2, int(radius_vox.mean() * 0.5))
+        near_other = ndimage.binary_dilation(other_organ, iterations=reach)
         candidates = np.argwhere(free & near_other)
         if len(candidates):
-            return candidates[rng.integers(len(candidates))]
+            return offset + candidates[rng.integers(len(candidates))]
     depth = ndimage.distance_transform_edt(free)
     for fraction in (0.6, 0.35, 0.0):
         candidates = np.argwhere(depth > fraction * radius_vox.min())
         if len(candidates):
-            return candidates[rng.integers(len(candidates))]
+            return offset + candidates[rng.integers(len(candidates))]
     raise RenderError("no free voxel in the host organ")
 
 
@@ -91,9 +111,10 @@ def render_lesions(
     """Insert one lesion per record. Returns (new ct, instance mask int16, rendered records).
 
     ``labels`` may be a phantom label map or a real CT's organ labels converted with
-    ``location_labels`` (canonical location -> label id). Records whose organ is not in the
-    volume are skipped; the returned list holds only lesions actually rendered, in the
-    order of their instance ids.
+    ``synth.real_ct.labels_from_totalseg`` (or any map with ``location_labels``: canonical
+    location -> label id). Records whose organ is not in the volume are skipped; the returned
+    list holds only lesions actually rendered, in the order of their instance ids. ``labels``
+    is not modified (organ outlines near a lesion move by its mass effect in ``ct`` only).
     """
     location_labels = location_labels or LOCATION_LABEL
     ct = ct.astype(np.float32, copy=True)
@@ -103,7 +124,9 @@ def render_lesions(
     for record in records:
         location = record.description.location
         label = location_labels.get(location or "")
-        host = labels == label if label is not None else np.zeros(ct.shape, bool)
+        if label is None:
+            continue
+        host = labels == label
         if host.sum() < 20:
             continue
         try:
@@ -114,10 +137,14 @@ def render_lesions(
     return ct, instances, rendered
 
 
+# --------------------------------------------------------------------------- one lesion
+
+
 def _render_one(
     ct, labels, instances, host, record: LesionRecord, rng, spacing, instance_id: int
 ) -> None:
     d = record.description
+    features = set(d.specific_features)
     host_extent_mm = (np.ptp(np.argwhere(host), axis=0) + 1) * spacing
     diameter = float(rng.uniform(*record.size_mm))
     diameter = min(diameter, 0.8 * float(np.sort(host_extent_mm)[1]))
@@ -128,7 +155,7 @@ def _render_one(
     related = d.relation == "closely related to surrounding organs"
     centre = _pick_centre(host, labels, radius_vox, related, rng, instances > 0)
 
-    margin = np.ceil(radius_vox * 1.8 + 3).astype(int)
+    margin = np.ceil(radius_vox * 2.0 + 4).astype(int)
     lo = np.maximum(centre - margin, 0)
     hi = np.minimum(centre + margin + 1, ct.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
@@ -139,50 +166,39 @@ def _render_one(
     rotation = _random_rotation(rng)
     local = [sum(rotation[i, j] * grid[j] for j in range(3)) for i in range(3)]
     distance = np.sqrt(sum((local[i] / axes[i]) ** 2 for i in range(3)))  # 1.0 at the edge
-    shape_box = distance.shape
-
-    if d.shape == "irregular":
-        lobes = _smooth_field(rng, shape_box, sigma_vox=max(1.0, float(radius_vox.mean()) * 0.35))
-        distance = distance * (1.0 + 0.28 * lobes)
-    spiculated = (
-        "spiculation" in d.specific_features
-        or (host & np.isin(labels, list(_LUNG))).any()
-        and d.surface == "ill-defined margin"
-    )
-    if spiculated:
-        spikes = _smooth_field(rng, shape_box, sigma_vox=0.7)
-        distance = distance - 0.25 * np.clip(spikes - 1.2, 0, None) * (distance < 1.6)
-
-    edge_mm = 0.5 * float(spacing.mean()) if d.surface != "ill-defined margin" else 3.0
-    width = edge_mm / radius_mm
-    alpha = 1.0 / (1.0 + np.exp(-(1.0 - distance) / max(width, 1e-3) * 1.7))
-    if d.surface == "ill-defined margin":
-        alpha *= np.clip(1.0 + 0.25 * _smooth_field(rng, shape_box, 1.0), 0, 1.2)
-        alpha = np.clip(alpha, 0, 1)
+    distance = _outline(d, features, distance, rng, radius_vox, host[box], labels[box])
 
     box_labels = labels[box]
     host_box = host[box]
-    if not related:
+    colon_wall = int(labels[tuple(centre)]) in _COLON
+    alpha = _opacity(d, distance, rng, radius_mm, spacing)
+    if colon_wall:
+        alpha = alpha * _colon_wall_region(box_labels, host_box, spacing, rng)
+    elif not related:
         # Stay within the host (and fat / free space): no invasion of neighbours.
-        allowed = host_box | np.isin(box_labels, list(_NON_ORGAN))
+        allowed = host_box | np.isin(box_labels, list(NON_ORGAN))
         alpha = alpha * ndimage.binary_dilation(allowed, iterations=1)
     alpha *= box_labels != LABELS["air"]
+    alpha = _keep_main_part(alpha, distance)
 
-    host_hu = float(np.median(ct[host]))
-    lesion_hu = _lesion_intensity(
-        record, d, host_hu, host_box, labels, rng, shape_box, radius_vox, distance
-    )
-    noise_sigma = (
-        float(np.std(ct[host] - ndimage.uniform_filter(ct, 3)[host])) if host.sum() > 50 else 12.0
-    )
-    lesion_hu = lesion_hu + rng.normal(0, max(noise_sigma, 6.0), size=shape_box).astype(np.float32)
-    _add_features(
-        d, ct, labels, box, local, axes, distance, alpha, lesion_hu, rng, spacing, centre, host_hu
-    )
+    # Host statistics from the box (cheap on a whole real CT): median HU and noise level.
+    host_values = ct[box][host_box]
+    host_hu = float(np.median(host_values)) if host_values.size else float(np.median(ct[host]))
+    noise_sigma = _noise_sigma(ct[box], host_box)
+
+    if not colon_wall:
+        _mass_effect(ct, box, grid, axes, spacing, d, rng)
+    lesion_hu = _lesion_intensity(record, d, features, host_hu, rng, distance, radius_vox)
+    lesion_hu += noise_sigma * rng.standard_normal(distance.shape, dtype=np.float32)
+    _add_features(features, distance, local, lesion_hu, rng, spacing, host_hu)
 
     ct[box] = ct[box] * (1.0 - alpha) + lesion_hu * alpha
     mask = (alpha > 0.5) & (instances[box] == 0)
     instances[box][mask] = instance_id
+    if "duct dilatation" in features:
+        _dilate_duct(ct, labels, host, centre, radius_mm, spacing, rng, instances)
+    if "pleural traction" in features:
+        _pleural_traction(ct, labels, centre, spacing, rng, instances)
     record.rendered = {
         "instance": instance_id,
         "centre_voxel": [int(v) for v in centre],
@@ -198,10 +214,79 @@ def _random_rotation(rng) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _lesion_intensity(
-    record, d, host_hu, host_box, labels, rng, shape_box, radius_vox, distance
-) -> np.ndarray:
+def _outline(d, features, distance, rng, radius_vox, host_box, box_labels) -> np.ndarray:
+    """Shape: ellipsoid (round-like), lobulated (irregular / lobulation), spiculated."""
+    if d.shape == "irregular" or "lobulation" in features:
+        amplitude = 0.3 if d.shape == "irregular" else 0.15
+        lobes = _smooth_field(rng, distance.shape, max(1.0, float(radius_vox.mean()) * 0.35))
+        distance = distance * (1.0 + amplitude * lobes)
+    in_lung = bool(np.isin(box_labels[host_box], list(LUNG_LABELS)).any())
+    if "spiculation" in features or (in_lung and d.surface == "ill-defined margin"):
+        spikes = _smooth_field(rng, distance.shape, 0.7)
+        distance = distance - 0.3 * np.clip(spikes - 1.2, 0, None) * (distance < 1.7)
+    return distance
+
+
+def _opacity(d, distance, rng, radius_mm, spacing) -> np.ndarray:
+    """Lesion fraction per voxel: a sharp edge, or a wide, uneven, infiltrating one (the
+    unevenness moves the edge, so the mask stays one smooth piece)."""
+    ill = d.surface == "ill-defined margin"
+    edge_mm = 3.5 if ill else 0.35 * float(spacing.mean())
+    width = edge_mm / radius_mm
+    if ill:
+        distance = distance + min(0.25, 4.0 / radius_mm) * _smooth_field(rng, distance.shape, 1.5)
+    alpha = 1.0 / (1.0 + np.exp(-(1.0 - distance) / max(width, 1e-3) * 1.7))
+    return alpha.astype(np.float32)
+
+
+def _colon_wall_region(box_labels, host_box, spacing, rng) -> np.ndarray:
+    """Colon cancer grows in the wall and into the lumen: wall + lumen within a few mm of it
+    + a thin rim outside, so the lumen narrows."""
+    lumen = np.isin(box_labels, _LUMEN)
+    from_wall = ndimage.distance_transform_edt(~host_box, sampling=spacing)
+    inward = float(rng.uniform(4.0, 9.0))
+    region = host_box | (lumen & (from_wall < inward)) | (~lumen & (from_wall < 2.5))
+    return ndimage.gaussian_filter(region.astype(np.float32), 0.7)
+
+
+def _keep_main_part(alpha, distance) -> np.ndarray:
+    """One lesion, one connected piece: drop fragments cut off by organ borders or spikes."""
+    core = alpha > 0.5
+    components, count = ndimage.label(core)
+    if count <= 1:
+        return alpha
+    sizes = ndimage.sum_labels(core, components, index=np.arange(1, count + 1))
+    keep = components == (int(np.argmax(sizes)) + 1)
+    support = ndimage.gaussian_filter(
+        ndimage.binary_dilation(keep, iterations=2).astype(np.float32), 0.8
+    )
+    return alpha * np.minimum(support * 1.3, 1.0)
+
+
+def _noise_sigma(ct_box, host_box) -> float:
+    if host_box.sum() < 50:
+        return 12.0
+    residual = ct_box - ndimage.uniform_filter(ct_box, 3)
+    return float(np.clip(np.std(residual[host_box]) * 1.15, 6.0, 40.0))
+
+
+def _mass_effect(ct, box, grid, axes, spacing, d, rng) -> None:
+    """Push the surroundings radially outward: a point at radius r came from
+    (r^3 - k R^3)^(1/3), i.e. the lesion's volume fraction k was added, not substituted."""
+    k = 0.45 if d.surface == "well-defined margin" else 0.2  # infiltration replaces tissue
+    if d.density == "isodense":
+        k += 0.15  # the main sign of an isodense mass is what it displaces
+    k *= float(rng.uniform(0.7, 1.2))
+    radius = float(np.cbrt(np.prod(axes)))
+    r = np.sqrt(sum(g**2 for g in grid)) + 1e-3
+    scale = np.cbrt(np.maximum(r**3 - k * radius**3, 0.0)) / r
+    coords = [(g * scale - g.min()) / s for g, s in zip(grid, spacing, strict=True)]
+    ct[box] = ndimage.map_coordinates(ct[box], coords, order=1, mode="nearest")
+
+
+def _lesion_intensity(record, d, features, host_hu, rng, distance, radius_vox) -> np.ndarray:
     in_lung = host_hu < -500
+    shape_box = distance.shape
     if in_lung:
         base = {
             "hypodense": -600.0,
@@ -210,45 +295,54 @@ def _lesion_intensity(
             "mixed ground-glass and solid": -550.0,
         }.get(d.density or "", 35.0)
     elif record.category in _CYSTS and d.density == "hypodense":
-        base = float(rng.uniform(2, 18))
+        base = float(rng.uniform(2, 18))  # water, whatever the phase
     else:
         offset = {
             "hypodense": -rng.uniform(40, 75),
-            "isodense": rng.uniform(-6, 6),
+            "isodense": rng.uniform(-5, 5),
             "hyperdense": rng.uniform(35, 70),
         }
         base = host_hu + float(offset.get(d.density or "", rng.uniform(-40, 40)))
     hu = np.full(shape_box, base, dtype=np.float32)
     if d.density == "mixed ground-glass and solid":
-        hu = np.where(distance < 0.45, 30.0, hu).astype(np.float32)
+        hu = np.where(distance < rng.uniform(0.3, 0.55), 30.0, hu).astype(np.float32)
+    grain = max(1.0, float(radius_vox.mean()) * 0.25)
     if d.density_variation == "heterogeneous":
         amplitude = 120.0 if in_lung else 40.0
-        hu += amplitude * _smooth_field(rng, shape_box, max(1.0, float(radius_vox.mean()) * 0.25))
-        if not in_lung and "necrosis" not in d.specific_features and rng.random() < 0.5:
+        hu += amplitude * _smooth_field(rng, shape_box, grain)
+        if not in_lung and "necrosis" not in features and rng.random() < 0.5:
             hu = np.where(distance < 0.4, hu - 35.0, hu)
     else:
         hu += 3.0 * _smooth_field(rng, shape_box, 1.0)
-    if d.density == "isodense" and d.surface != "ill-defined margin":
-        hu = np.where((distance > 0.85) & (distance < 1.0), hu - 18.0, hu)  # thin pseudocapsule
-    if "necrosis" in d.specific_features:
+    if d.density == "isodense" and not in_lung:
+        # Same mean as the host, but its own mottled texture, and a faint capsule if sharp.
+        hu += 9.0 * _smooth_field(rng, shape_box, 1.3)
+        if d.surface != "ill-defined margin":
+            hu = np.where((distance > 0.86) & (distance < 1.0), hu - 20.0, hu)
+    if "necrosis" in features:
         hu = np.where(distance < 0.45, min(base, host_hu) - 45.0, hu)
-    if "fat" in d.specific_features:
+    if "cavitation" in features:
+        hu = np.where(distance < rng.uniform(0.25, 0.45), -900.0, hu)
+    if "fat" in features:
         fat = _smooth_field(rng, shape_box, 1.5) > 0.3
         hu = np.where(fat & (distance < 0.9), -80.0, hu)
+    if "hemorrhage" in features:
+        blood = _smooth_field(rng, shape_box, 1.5) > 0.8
+        hu = np.where(blood & (distance < 0.8), 65.0, hu)
+    if "capsule" in features:
+        hu = np.where((distance > 0.88) & (distance < 1.0), host_hu + 15.0, hu)
     return hu.astype(np.float32)
 
 
-def _add_features(
-    d, ct, labels, box, local, axes, distance, alpha, lesion_hu, rng, spacing, centre, host_hu
-) -> None:
-    features = set(d.specific_features)
+def _add_features(features, distance, local, lesion_hu, rng, spacing, host_hu) -> None:
     inside = distance < 0.85
     if "calcification" in features and inside.any():
         points = np.argwhere(inside)
+        index_grid = np.indices(distance.shape, dtype=np.float32)
         for index in rng.choice(len(points), size=min(4, len(points)), replace=False):
             p = points[index]
             spot = (
-                sum(((np.indices(distance.shape)[i] - p[i]) * spacing[i]) ** 2 for i in range(3))
+                sum(((index_grid[i] - p[i]) * spacing[i]) ** 2 for i in range(3))
                 <= rng.uniform(1.0, 2.5) ** 2
             )
             lesion_hu[spot] = rng.uniform(350, 700)
@@ -258,26 +352,87 @@ def _add_features(
             normal /= np.linalg.norm(normal)
             plane = np.abs(sum(normal[i] * local[i] for i in range(3))) < 0.9
             lesion_hu[plane & inside] = host_hu + 20.0
-    if "duct dilatation" in features:
-        # A dilated, fluid-filled duct leaving the lesion along x (the pancreas' long axis).
-        z0, y0, x0 = centre
-        radius = max(1, int(round(2.5 / spacing[1])))
-        ys, zs = (
-            slice(max(y0 - radius, 0), y0 + radius + 1),
-            slice(max(z0 - radius, 0), z0 + radius + 1),
+
+
+def _dilate_duct(ct, labels, host, centre, radius_mm, spacing, rng, instances) -> None:
+    """A fluid-filled duct upstream of the lesion, following the organ's own course.
+
+    Pancreas: the main duct along the gland's centreline from the lesion towards the tail.
+    Liver: dilated bile ducts (branching fluid tubes) around the lesion.
+    """
+    pancreas = np.isin(labels, _PANCREAS)
+    if host[tuple(centre)] and pancreas[tuple(centre)]:
+        _pancreatic_duct(ct, pancreas, centre, spacing, rng, instances)
+    elif int(labels[tuple(centre)]) in (LABELS["right liver lobe"], LABELS["left liver lobe"]):
+        from malenia.synth.phantom import tube_network
+
+        reach = np.ceil(3.0 * radius_mm / spacing).astype(int) + 2
+        lo = np.maximum(centre - reach, 0)
+        hi = np.minimum(centre + reach + 1, ct.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        tubes = tube_network(rng, host[box].shape, tuple(spacing), 18.0, 1.6)
+        ducts = tubes & host[box] & (instances[box] == 0)
+        ct[box][ducts] = np.float32(rng.uniform(5, 20))
+
+
+def _pancreatic_duct(ct, pancreas, centre, spacing, rng, instances) -> None:
+    columns = np.flatnonzero(pancreas.any(axis=(0, 1)))
+    tail_side = 1 if (columns.max() - centre[2]) >= (centre[2] - columns.min()) else -1
+    xs = np.arange(centre[2], columns.max() + 1 if tail_side > 0 else columns.min() - 1, tail_side)
+    radius = float(rng.uniform(2.0, 3.5))  # mm; normal main duct < 3 mm
+    reach_z = int(np.ceil((radius + 2) / spacing[0]))
+    reach_y = int(np.ceil((radius + 2) / spacing[1]))
+    zz = np.arange(ct.shape[0])[:, None]
+    yy = np.arange(ct.shape[1])[None, :]
+    previous = np.array(centre[:2], dtype=np.float32)
+    for x in xs:
+        plane = pancreas[:, :, x]
+        if not plane.any():
+            break
+        points = np.argwhere(plane)
+        target = points.mean(0)
+        previous = 0.7 * previous + 0.3 * target  # a smooth course, not a staircase
+        z0, y0 = previous
+        zs = slice(max(int(z0) - reach_z, 0), int(z0) + reach_z + 2)
+        ys = slice(max(int(y0) - reach_y, 0), int(y0) + reach_y + 2)
+        dist = np.sqrt(((zz[zs] - z0) * spacing[0]) ** 2 + ((yy[:, ys] - y0) * spacing[1]) ** 2)
+        fraction = np.clip(radius - dist + 0.5, 0.0, 1.0)
+        fraction *= plane[zs, ys] & (instances[zs, ys, x] == 0)
+        ct[zs, ys, x] = ct[zs, ys, x] * (1 - fraction) + 10.0 * fraction
+
+
+def _pleural_traction(ct, labels, centre, spacing, rng, instances) -> None:
+    """A thin soft-tissue strand from the lesion to the nearest pleura (chest wall/fissure)."""
+    reach = np.ceil(45.0 / spacing).astype(int)
+    lo = np.maximum(centre - reach, 0)
+    hi = np.minimum(centre + reach + 1, ct.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    lung = np.isin(labels[box], list(LUNG_LABELS)) | (instances[box] > 0)
+    if lung.all():
+        return
+    _, nearest = ndimage.distance_transform_edt(lung, sampling=spacing, return_indices=True)
+    local_centre = tuple(centre - lo)
+    target = np.array([nearest[i][local_centre] for i in range(3)], dtype=np.float32)
+    start = np.asarray(local_centre, dtype=np.float32)
+    length_mm = float(np.linalg.norm((target - start) * spacing))
+    steps = max(int(length_mm / (0.5 * float(spacing.min()))), 2)
+    bend = rng.normal(0, 2.0, size=3) / spacing  # a slightly curved strand
+    thickness = float(rng.uniform(0.8, 1.5))
+    for t in np.linspace(0.0, 1.0, steps):
+        p = start + t * (target - start) + np.sin(np.pi * t) * bend
+        q = np.round(p).astype(int)
+        if not (np.all(q >= 0) and np.all(q < lung.shape)) or not lung[tuple(q)]:
+            continue
+        if instances[box][tuple(q)] > 0:
+            continue
+        patch = tuple(
+            slice(max(c - 1, 0), c + 2) for c in (q + lo)
+        )  # 3-voxel neighbourhood, graded by distance to the strand's axis
+        zz, yy, xx = np.meshgrid(*[np.arange(s.start, s.stop) for s in patch], indexing="ij")
+        dist = np.sqrt(
+            ((zz - p[0] - lo[0]) * spacing[0]) ** 2
+            + ((yy - p[1] - lo[1]) * spacing[1]) ** 2
+            + ((xx - p[2] - lo[2]) * spacing[2]) ** 2
         )
-        xs = slice(x0, min(x0 + int(60 / spacing[2]), ct.shape[2]))
-        tube = np.isin(
-            labels[zs, ys, xs],
-            [LABELS["pancreatic body"], LABELS["pancreatic tail"], LABELS["pancreatic head"]],
-        )
-        ct[zs, ys, xs][tube] = 12.0
-    if "pleural traction" in features:
-        # A thin soft-tissue strand from the lesion to the nearest chest wall.
-        z0, y0, x0 = centre
-        x_wall = 0 if x0 < ct.shape[2] // 2 else ct.shape[2] - 1
-        step = -1 if x_wall == 0 else 1
-        for x in range(x0, x_wall, step):
-            if labels[z0, y0, x] not in _LUNG:
-                break
-            ct[z0, max(y0 - 1, 0) : y0 + 1, x] = -100.0
+        fraction = np.clip(thickness - dist, 0.0, 1.0) * (instances[patch] == 0)
+        ct[patch] = np.maximum(ct[patch], ct[patch] * (1 - fraction) + (-60.0) * fraction)
