@@ -308,7 +308,7 @@ class EngineHTTPClient:
             payload["model"],
             payload["result_id"],
             payload.get("description"),
-            {"mode": payload.get("mode")},
+            {"mode": payload.get("mode"), "timing": payload.get("timing", {})},
             raw,
             shape,
             dtype,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import time
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -144,9 +145,16 @@ def create_app(
         with entry.lock:
             if entry.encoded is None:  # evicted or deleted while waiting for the lock
                 raise HTTPException(404, "The volume was deleted meanwhile: upload it again.")
+            start = time.perf_counter()
             result = compute(entry.encoded)
+            labelled = time.perf_counter()
             payload = result_payload(result, "")
+            done = time.perf_counter()
         payload["result_id"] = store.keep_result(entry, result)
+        payload["timing"] = {
+            "engine_s": round(labelled - start, 4),
+            "mask_and_report_s": round(done - labelled, 4),
+        }
         return payload
 
     @app.get(f"{API}/volumes/{{volume_id}}", dependencies=[Depends(authorised)])
