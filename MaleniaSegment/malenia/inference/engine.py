@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,22 +67,18 @@ class Window:
     weight: torch.Tensor  # [d, h, w] blending weight
 
 
-def _blend_weight(shape) -> torch.Tensor:
-    """Gaussian importance map: window centres count more than their borders."""
-    axes = [torch.exp(-0.5 * ((torch.arange(n) - (n - 1) / 2) / (n / 4)) ** 2) for n in shape]
-    return (axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]).clamp(
-        min=1e-3
-    )
+EMPTY_WINDOW_HU = -500.0  # a window with nothing denser than this is air: skip the network
 
 
-def _window_starts(low: int, high: int, patch: int, stride: int) -> list[int]:
-    length = high - low
-    if length <= patch:
-        return [low - (patch - length) // 2]
-    starts = list(range(low, high - patch + 1, stride))
-    if starts[-1] != high - patch:
-        starts.append(high - patch)
-    return starts
+def _crop_box(region, patch) -> tuple[list[int], list[int]]:
+    """Start and size of the box MONAI slides over: the region, grown to at least one
+    patch per axis (centred; may reach outside the grid, where it is filled with air)."""
+    starts, sizes = [], []
+    for r, p in zip(region, patch, strict=True):
+        length = r.stop - r.start
+        starts.append(r.start - max(0, p - length) // 2)
+        sizes.append(max(length, p))
+    return starts, sizes
 
 
 class Engine:
@@ -150,41 +147,86 @@ class Engine:
         region = body_bounding_box(hu)
         if roi is not None:
             region = _intersect(region, _roi_slices(roi, model_image))
-        windows = self._encode_windows(hu, region, progress, cancel)
+        windows, any_lesion = self._encode_windows(hu, region, progress, cancel)
         encoded = EncodedVolume(self, volume, model_image, hu.shape, windows, region)
+        encoded.any_lesion = any_lesion
         self._cache[key] = encoded
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return encoded
 
-    def _encode_windows(self, hu, region, progress, cancel) -> list[Window]:
+    def _encode_windows(self, hu, region, progress, cancel) -> tuple[list[Window], np.ndarray]:
+        """MONAI sliding-window inference over the body/ROI box. The predictor runs the
+        image encoder and the prompt-free mask decoder once per window and keeps that
+        window's mask tokens and F4 (the cache later queries use); what MONAI blends is the
+        prompt-free "any lesion" map that ``find_lesions`` reads. All-air windows skip the
+        network. Progress and cancel are handled between batches of windows; after a GPU
+        out-of-memory the run resumes with smaller batches, finished windows are kept."""
+        from monai.data.utils import compute_importance_map, dense_patch_slices
+        from monai.inferers import sliding_window_inference
+        from monai.inferers.utils import _get_scan_interval
+
         patch = tuple(self.config.patch_size)
-        stride = [max(1, int(p * (1 - self.overlap))) for p in patch]
-        starts = [
-            _window_starts(r.start, r.stop, p, s)
-            for r, p, s in zip(region, patch, stride, strict=True)
-        ]
-        positions = list(itertools.product(*starts))
-        total = len(positions)
-        windows: list[Window] = []
+        crop_start, crop_size = _crop_box(region, patch)
+        crop = _extract(hu, crop_start, crop_size)
+        image = torch.from_numpy(normalize_ct(crop))[None, None]
+        del crop
+        total = len(
+            dense_patch_slices(
+                crop_size, patch, _get_scan_interval(crop_size, patch, 3, (self.overlap,) * 3)
+            )
+        )
+        importance = compute_importance_map(patch, mode="gaussian", sigma_scale=0.125)
+        empty_level = float(normalize_ct(np.float32(EMPTY_WINDOW_HU)))
+        done: dict[tuple[int, ...], Window | None] = {}
+
+        def predictor(batch: torch.Tensor, coords) -> torch.Tensor:
+            out = torch.zeros((len(coords), 1, *patch))
+            todo = []
+            for b, coord in enumerate(coords):
+                key = tuple(c.start + s for c, s in zip(coord[2:], crop_start, strict=True))
+                if key in done:
+                    if done[key] is not None:
+                        out[b, 0][done[key].valid] = self._any_lesion(done[key])
+                elif float(batch[b].max()) < empty_level:
+                    done[key] = None
+                else:
+                    todo.append((b, key))
+            if todo:
+                if cancel:
+                    cancel.check()
+                windows = self._run_batch(
+                    batch[[b for b, _ in todo]], [k for _, k in todo], hu.shape, patch, importance
+                )
+                for (b, key), window in zip(todo, windows, strict=True):
+                    done[key] = window
+                    out[b, 0][window.valid] = self._any_lesion(window)
+            if progress:
+                progress("encoding", len(done), total)
+            return out
+
         if progress:
             progress("encoding", 0, total)
-        index = 0
-        while index < total:
-            if cancel:
-                cancel.check()
-            batch_positions = positions[index : index + self.window_batch]
+        if cancel:
+            cancel.check()
+        while True:
             try:
-                windows += self._run_batch(hu, batch_positions, patch)
+                with warnings.catch_warnings():  # MONAI's own indexing style, not ours
+                    warnings.filterwarnings("ignore", "Using a non-tuple sequence", UserWarning)
+                    blended = sliding_window_inference(
+                        image, patch, self.window_batch, predictor, overlap=self.overlap,
+                        mode="gaussian", sigma_scale=0.125, cval=-1.0, sw_device="cpu",
+                        device="cpu", with_coord=True,
+                    )  # fmt: skip
+                break
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
                 self._handle_oom()
-                continue
-            index += len(batch_positions)
-            if progress:
-                progress("encoding", index, total)
-        return windows
+        any_lesion = np.zeros(hu.shape, np.float32)
+        inside, in_crop = _overlap(crop_start, crop_size, hu.shape)
+        any_lesion[inside] = blended[0, 0].numpy()[in_crop]
+        return [w for w in done.values() if w is not None], any_lesion
 
     def _handle_oom(self) -> None:
         if self.device.type == "cuda":
@@ -205,44 +247,54 @@ class Engine:
         log.warning(self.device_note)
 
     @torch.no_grad()
-    def _run_batch(self, hu: np.ndarray, positions, patch) -> list[Window]:
-        patches, placements = [], []
-        for start in positions:
-            slices, valid, padded = _extract(hu, start, patch)
-            patches.append(normalize_ct(padded))
-            placements.append((slices, valid))
-        images = torch.from_numpy(np.stack(patches)[:, None]).to(self.device)
-        features = self.model.encode_image(images)
-        states = self.model.mask_tokens(features)
-        tokens = states[-1]
+    def _run_batch(
+        self, images: torch.Tensor, starts, grid_shape, patch, importance
+    ) -> list[Window]:
+        """The heavy pass on a batch of windows: features F1..F4 and the final mask tokens."""
+        features = self.model.encode_image(images.to(self.device))
+        tokens = self.model.mask_tokens(features)[-1]
         objectness = self.model.objectness(tokens).squeeze(-1)
         out = []
-        for b, (slices, valid) in enumerate(placements):
+        for b, start in enumerate(starts):
+            slices, valid = _overlap(start, patch, grid_shape)
             f4 = features.f4[b][(slice(None), *valid)].to("cpu", torch.float16)
             out.append(
                 Window(
-                    slices,
-                    valid,
-                    tokens[b].cpu(),
-                    objectness[b].cpu(),
-                    f4,
-                    _blend_weight(patch)[valid],
+                    slices, valid, tokens[b].cpu(), objectness[b].cpu(), f4,
+                    importance.cpu()[valid],
                 )
-            )
+            )  # fmt: skip
         return out
 
+    @torch.no_grad()
+    def _any_lesion(self, window: Window) -> torch.Tensor:
+        """Prompt-free map of one window: the best objectness-weighted token mask."""
+        masks = torch.sigmoid(
+            torch.einsum(
+                "nc,cdhw->ndhw",
+                self.model.mask_head(window.tokens.to(self.device)).cpu(),
+                window.f4.float(),
+            )
+        )
+        return (masks * torch.sigmoid(window.objectness)[:, None, None, None]).amax(0)
 
-def _extract(hu: np.ndarray, start, patch):
-    """A patch at ``start`` (may reach outside the grid: padded with air)."""
-    slices, valid, source = [], [], []
-    for s, p, n in zip(start, patch, hu.shape, strict=True):
+
+def _overlap(start, size, shape) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """(part of the grid, same part inside a box at ``start``) where the box meets the grid."""
+    grid, box = [], []
+    for s, p, n in zip(start, size, shape, strict=True):
         low, high = max(s, 0), min(s + p, n)
-        slices.append(slice(low, high))
-        valid.append(slice(low - s, high - s))
-        source.append(slice(low, high))
-    padded = np.full(patch, -1024.0, np.float32)
-    padded[tuple(valid)] = hu[tuple(source)]
-    return tuple(slices), tuple(valid), padded
+        grid.append(slice(low, high))
+        box.append(slice(low - s, high - s))
+    return tuple(grid), tuple(box)
+
+
+def _extract(hu: np.ndarray, start, size) -> np.ndarray:
+    """A box at ``start`` (may reach outside the grid: filled with air)."""
+    inside, in_box = _overlap(start, size, hu.shape)
+    box = np.full(size, -1024.0, np.float32)
+    box[in_box] = hu[inside]
+    return box
 
 
 def _roi_slices(roi, model_image) -> tuple[slice, slice, slice]:
@@ -286,6 +338,8 @@ class SegmentationResult:
     description: LesionDescription | None
     mode: str  # "prompt" or "auto"
     query: str = ""
+    min_volume_ml: float = 0.1
+    ranking: list | None = None  # category ranking of a prompt (kept for re-cuts)
     _labelmap: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -330,7 +384,8 @@ class EncodedVolume:
         self._norm = np.zeros(shape, np.float32)
         for w in windows:
             self._norm[w.slices] += w.weight.numpy()
-        self._probabilities: dict[str, np.ndarray] = {}
+        self._probabilities: dict[str, np.ndarray] = {}  # per query, model grid
+        self.any_lesion = np.zeros(shape, np.float32)  # prompt-free map (set by the encoder)
         spacing = engine.config.spacing_mm
         self.voxel_ml = float(np.prod(spacing)) / 1000.0
 
@@ -391,36 +446,20 @@ class EncodedVolume:
 
     def recut(self, result: SegmentationResult, threshold: float) -> SegmentationResult:
         """Same query, new threshold: numpy only, the network is not touched."""
-        ranking = result.lesions[0].category_ranking if result.lesions else None
+        if result.mode == "auto":
+            return self.find_lesions(threshold, result.min_volume_ml)
         return self._result(
-            result.probability, threshold, result.description, result.mode, result.query, ranking
-        )
+            result.probability, threshold, result.description, result.mode, result.query,
+            result.ranking, result.min_volume_ml,
+        )  # fmt: skip
 
     @torch.no_grad()
     def find_lesions(
         self, threshold: float = 0.5, min_volume_ml: float = 0.1
     ) -> SegmentationResult:
         """Every lesion the model sees (objectness-weighted tokens), with predicted attributes."""
-        if "__auto__" not in self._probabilities:
-            model = self.engine.model
-            accumulated = np.zeros(self.shape, np.float32)
-            for w in self.windows:
-                confidence = torch.sigmoid(w.objectness)
-                masks = torch.sigmoid(
-                    torch.einsum(
-                        "nc,cdhw->ndhw",
-                        model.mask_head(w.tokens.to(self.engine.device)).cpu(),
-                        w.f4.float(),
-                    )
-                )
-                best = (masks * confidence[:, None, None, None]).amax(0)
-                accumulated[w.slices] += (best * w.weight).numpy()
-            with np.errstate(invalid="ignore", divide="ignore"):
-                self._probabilities["__auto__"] = np.where(
-                    self._norm > 0, accumulated / np.maximum(self._norm, 1e-6), 0.0
-                ).astype(np.float32)
         result = self._result(
-            self._probabilities["__auto__"],
+            self.any_lesion,
             threshold,
             None,
             "auto",
@@ -506,8 +545,9 @@ class EncodedVolume:
             )
         _number_names(lesions)
         return SegmentationResult(
-            self, probability, labels, lesions, threshold, description, mode, query
-        )
+            self, probability, labels, lesions, threshold, description, mode, query,
+            min_volume_ml, ranking,
+        )  # fmt: skip
 
     def to_input_labelmap(
         self, probability: np.ndarray, labels_model: np.ndarray, threshold: float
