@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from malenia.baselines import threshold_baseline
 from malenia.evaluation import (
-    baseline_threshold,
+    Detection,
     dice,
     evaluate,
     held_out_cases,
@@ -32,14 +33,21 @@ def test_metrics_on_known_masks():
         1.0
     )  # 1 voxel = 2 mm
     instances = a.astype(np.int16) + 2 * b
-    assert lesion_detection(a, instances) == (1, 2, 1, 1)
-    assert lesion_detection(a | b | sphere((32, 32, 32), (4, 4, 4), 2), instances) == (2, 2, 2, 3)
+    assert lesion_detection(a, instances) == Detection(1, 2, 1, 1)
+    extra = sphere((32, 32, 32), (4, 4, 4), 2)
+    assert lesion_detection(a | b | extra, instances) == Detection(2, 2, 2, 3)
+    # A component on a lesion the query did not ask for is a false positive.
+    only_first = lesion_detection(a | b, instances, target_ids=[1])
+    assert (only_first.recall, only_first.precision) == (1.0, 0.5)
 
 
 def test_baseline_a_finds_a_rendered_cyst():
-    for _, _, sample in held_out_cases(["renal cyst"], 2, (48, 48, 48)):
-        prediction = baseline_threshold(sample.ct, sample.labels, sample.lesions[0].description)
-        assert dice(prediction, sample.instance_mask > 0) > 0.2
+    scores = [
+        dice(threshold_baseline(case.ct, case.labels, case.prompt), case.truth)
+        for case in held_out_cases(["renal cyst"], 4, (48, 48, 48), (2.0, 2.0, 2.0))
+    ]
+    # Small cysts (a few hundred voxels at 2 mm) are hard for a threshold; the mean is not.
+    assert np.mean(scores) > 0.3, scores
 
 
 def test_smoke_eval_writes_every_output(tmp_path):
@@ -58,16 +66,17 @@ def test_smoke_eval_writes_every_output(tmp_path):
     )
     for name in ("metrics.json", "per_case.csv", "summary.md", "dsc_per_category.png"):
         assert (tmp_path / "eval" / name).is_file(), name
-    assert set(summary["groups"]) == {"seen", "unseen"}
+    assert {"seen", "unseen"} <= set(summary["groups"])
     entry = json.loads((tmp_path / "eval" / "metrics.json").read_text())["per_category"][
         "renal cyst"
     ]
     assert {
         "dice_true",
         "nsd_true",
-        "recall",
-        "precision",
-        "dice_control_B_other_category",
-        "dice_control_C_location_only",
+        "recall_true",
+        "precision_true",
+        "dice_control_B",
+        "dice_control_C",
         "dice_baseline_A",
+        "recall_baseline_A",
     } <= set(entry)

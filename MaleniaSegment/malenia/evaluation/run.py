@@ -1,185 +1,227 @@
 """`malenia eval`: zero-shot evaluation on the fixed-seed held-out synthetic test set.
 
-For every category (seen and unseen) it renders test volumes, encodes each once through the
-same engine users get, and asks several questions of the cached encoding:
+Every case is encoded once through the same ``malenia.inference`` engine users get, and
+the cached encoding answers several prompts:
 
-- the true prompt (the lesion's own description),
-- control B: the description of another category (should fail if the model reads prompts),
-- control C: the location alone,
+- ``true``: the target lesion's own description (from its real record);
+- ``control_B``: another category's description (must fail if the model reads prompts);
+- ``control_C``: the target's location alone;
 
-plus baseline A, which needs no model: attribute-aware HU thresholding inside the host organ.
-Metrics: Dice and NSD (MONAI, tolerance 2 mm), lesion-level recall and precision.
+plus baseline A (``malenia.baselines``, no model, given the organ labels) and, for each
+``--ablation-weights NAME=PATH``, the true prompt through that model's engine.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
-NSD_TOLERANCE_MM = 2.0
+from malenia.errors import MaleniaError
+from malenia.evaluation.metrics import DETECTION_IOU, NSD_TOLERANCE_MM, dice, lesion_detection, nsd
+from malenia.evaluation.testset import (
+    DISTRACTOR_P,
+    SECOND_SAME_CATEGORY_P,
+    HeldOutCase,
+    check_categories,
+    control_b_prompt,
+    held_out_cases,
+)
+
+DEFAULT_SHAPE = (96, 96, 96)
+DEFAULT_SPACING_MM = 1.5
+RULES = {
+    "ground_truth": "union of every lesion of the target lesion's category in the volume",
+    "prompt": "the target lesion's own description, from a real Malenia record of its "
+    "category (its literature preset when the category has no records)",
+    "control_B": "full description of a lesion of another category in the same body region "
+    "(the distractor's own when the volume has one; any region when no other category "
+    "lives in the target's, as for lung cancer)",
+    "control_C": "the target's location only",
+    "baseline_A": "host organ from the phantom labels, HU window implied by the density "
+    "attribute relative to the organ's median HU, largest connected component",
+    "lesion_detection": f"26-connected predicted components; a target lesion is found and a "
+    f"component is a true positive when their IoU > {DETECTION_IOU}; recall and precision are "
+    "pooled over the cases of a category",
+    "nsd": f"MONAI compute_surface_dice, tolerance {NSD_TOLERANCE_MM} mm, volume spacing",
+    "group_means": "macro: mean of the per-category means",
+}
+
+
+class EvaluationError(MaleniaError):
+    """The evaluation cannot run as asked."""
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "eval", help="zero-shot evaluation on the held-out synthetic test set"
+        "eval",
+        help="zero-shot evaluation on the held-out synthetic test set",
+        description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument(
-        "--weights", type=Path, default=None, help="weights to evaluate (default: bundled)"
-    )
+    parser.add_argument("--weights", type=Path, default=None, help="default: bundled weights")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--n-per-category", type=int, default=20)
-    parser.add_argument("--categories", nargs="*", help="default: every preset category")
-    parser.add_argument("--shape", type=int, nargs=3, default=(64, 64, 64), metavar=("Z", "Y", "X"))
+    parser.add_argument("--categories", nargs="+", help="default: every preset category")
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=DEFAULT_SHAPE, metavar=("Z", "Y", "X")
+    )
+    parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING_MM, help="mm, isotropic")
     parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--ablation-weights",
+        nargs="+",
+        default=[],
+        metavar="NAME=PATH",
+        help="extra models asked the true prompt on the same cases, e.g. no_cmki=W.safetensors",
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-overlays", action="store_true", help="skip overlays.png")
     parser.set_defaults(handler=_run)
 
 
-# --------------------------------------------------------------------------- metrics
+def parse_ablations(items: list[str]) -> dict[str, Path]:
+    ablations = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise EvaluationError(
+                f"--ablation-weights expects NAME=PATH (e.g. no_cmki=runs/no_cmki.safetensors), got '{item}'."
+            )
+        ablations[name] = Path(path)
+    return ablations
 
 
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    import torch
-    from monai.metrics import compute_dice
-
-    if not truth.any() and not prediction.any():
-        return 1.0
-    p = torch.from_numpy(prediction[None, None].astype(np.float32))
-    t = torch.from_numpy(truth[None, None].astype(np.float32))
-    return float(compute_dice(p, t, ignore_empty=False)[0, 0])
+# --------------------------------------------------------------------------- one case
 
 
-def nsd(prediction: np.ndarray, truth: np.ndarray, spacing_zyx) -> float:
-    """Normalised surface Dice at NSD_TOLERANCE_MM (MONAI)."""
-    import torch
-    from monai.metrics import compute_surface_dice
+def _volume(case: HeldOutCase):
+    from malenia.io import CTVolume
 
-    if not prediction.any() or not truth.any():
-        return float(prediction.any() == truth.any())
-    p = (
-        torch.nn.functional.one_hot(torch.from_numpy(prediction.astype(np.int64)), 2)
-        .permute(3, 0, 1, 2)[None]
-        .float()
-    )
-    t = (
-        torch.nn.functional.one_hot(torch.from_numpy(truth.astype(np.int64)), 2)
-        .permute(3, 0, 1, 2)[None]
-        .float()
-    )
-    value = compute_surface_dice(
-        p,
-        t,
-        class_thresholds=[NSD_TOLERANCE_MM],
-        include_background=False,
-        spacing=list(spacing_zyx),
-    )
-    return float(value[0, 0])
+    sz, sy, sx = case.spacing_zyx
+    return CTVolume(case.ct, (sx, sy, sz), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), case.name)
 
 
-def lesion_detection(
-    prediction: np.ndarray, truth_instances: np.ndarray
-) -> tuple[int, int, int, int]:
-    """(GT lesions found, GT lesions, predicted components on a lesion, predicted components).
-    A lesion counts as found when a predicted component overlaps it with IoU > 0.1."""
-    predicted, count = ndimage.label(prediction)
-    found = 0
-    truth_ids = [i for i in np.unique(truth_instances) if i]
-    matched_components = set()
-    for truth_id in truth_ids:
-        lesion = truth_instances == truth_id
-        for component in np.unique(predicted[lesion]):
-            if component == 0:
-                continue
-            mask = predicted == component
-            iou = (mask & lesion).sum() / (mask | lesion).sum()
-            if iou > 0.1:
-                found += 1
-                matched_components.add(int(component))
-                break
-    on_lesion = sum(
-        1
-        for c in range(1, count + 1)
-        if c in matched_components or (truth_instances[predicted == c] > 0).any()
-    )
-    return found, len(truth_ids), on_lesion, count
+def _predict(encoded, description, threshold: float) -> np.ndarray:
+    labelmap = encoded.segment(description, threshold).labelmap
+    return labelmap > 0
 
 
-# --------------------------------------------------------------------------- baseline A
+def evaluate_case(
+    case: HeldOutCase, engine, ablations: dict, threshold: float
+) -> tuple[dict, dict]:
+    """Metrics of one case; also the masks (for overlays)."""
+    from malenia.baselines import threshold_baseline
+
+    truth = case.truth
+    volume = _volume(case)
+    started = time.time()
+    encoded = engine.encode(volume)
+    encode_s = time.time() - started
+    predictions = {
+        "true": _predict(encoded, case.prompt, threshold),
+        "control_B": _predict(encoded, control_b_prompt(case), threshold),
+        "control_C": _predict(encoded, case.prompt.only("location"), threshold),
+        "baseline_A": threshold_baseline(case.ct, case.labels, case.prompt),
+    }
+    for name, ablation_engine in ablations.items():
+        predictions[f"ablation_{name}"] = _predict(
+            ablation_engine.encode(volume), case.prompt, threshold
+        )
+    row = {
+        "category": case.category,
+        "case": case.name,
+        "lesions_in_volume": len(case.categories),
+        "target_lesions": len(case.target_ids),
+        "truth_ml": round(float(truth.sum() * np.prod(case.spacing_zyx) / 1000), 3),
+        "encode_s": round(encode_s, 2),
+    }
+    for name, prediction in predictions.items():
+        row[f"dice_{name}"] = round(dice(prediction, truth), 4)
+        row[f"nsd_{name}"] = round(nsd(prediction, truth, case.spacing_zyx), 4)
+        if name in ("true", "baseline_A"):
+            detection = lesion_detection(prediction, case.instances, case.target_ids)
+            row[f"found_{name}"] = detection.found
+            row[f"true_components_{name}"] = detection.true_components
+            row[f"components_{name}"] = detection.components
+    return row, predictions
 
 
-def baseline_threshold(
-    ct: np.ndarray, labels: np.ndarray, description, location_labels=None
-) -> np.ndarray:
-    """Attribute-aware HU thresholding: the host organ from the labels, the HU window the
-    density attribute implies relative to the organ's median, largest component."""
-    from malenia.synth.anatomy import LOCATION_LABEL
+# --------------------------------------------------------------------------- summary
 
-    location_labels = location_labels or LOCATION_LABEL
-    label = location_labels.get(description.location or "")
-    if label is None or not (labels == label).any():
-        return np.zeros(ct.shape, bool)
-    # Inside the organ (eroded: partial volume with fat at its border is not a lesion).
-    organ = ndimage.binary_erosion(labels == label, iterations=1)
-    smooth = ndimage.gaussian_filter(ct.astype(np.float32), 1.0)
-    median = float(np.median(ct[labels == label]))
-    density = description.density
-    if median < -500:  # lung: anything denser than aerated lung
-        candidate = smooth > -500
-    elif density == "hypodense":
-        candidate = smooth < median - 20
-    elif density == "hyperdense":
-        candidate = smooth > median + 20
-    elif density == "isodense":
-        candidate = np.abs(smooth - median) < 8
-    else:
-        candidate = smooth < median - 20
-    candidate &= organ
-    components, count = ndimage.label(candidate)
-    if count == 0:
-        return candidate
-    sizes = np.bincount(components.ravel())[1:]
-    largest = components == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_dilation(largest) & (labels == label)
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(float(np.mean(values)), 4) if values else None
+
+
+def summarise(rows: list[dict], seen: set[str]) -> dict:
+    """Per-category means, pooled detection, macro means for seen and unseen, targets."""
+    prompts = [k[len("dice_") :] for k in rows[0] if k.startswith("dice_")]
+    per_category = {}
+    for category in dict.fromkeys(r["category"] for r in rows):
+        subset = [r for r in rows if r["category"] == category]
+        entry = {"seen": category in seen, "n": len(subset)}
+        for prompt in prompts:
+            entry[f"dice_{prompt}"] = _mean(r[f"dice_{prompt}"] for r in subset)
+            entry[f"nsd_{prompt}"] = _mean(r[f"nsd_{prompt}"] for r in subset)
+        for prompt in ("true", "baseline_A"):
+            lesions = sum(r["target_lesions"] for r in subset)
+            components = sum(r[f"components_{prompt}"] for r in subset)
+            entry[f"recall_{prompt}"] = (
+                round(sum(r[f"found_{prompt}"] for r in subset) / lesions, 4) if lesions else None
+            )
+            entry[f"precision_{prompt}"] = (
+                round(sum(r[f"true_components_{prompt}"] for r in subset) / components, 4)
+                if components
+                else None
+            )
+        per_category[category] = entry
+    metric_keys = [k for k in next(iter(per_category.values())) if k not in ("seen", "n")]
+    groups = {}
+    for group, members in (
+        ("seen", [e for e in per_category.values() if e["seen"]]),
+        ("unseen", [e for e in per_category.values() if not e["seen"]]),
+        ("all", list(per_category.values())),
+    ):
+        if members:
+            groups[group] = {"categories": len(members)} | {
+                k: _mean(e[k] for e in members) for k in metric_keys
+            }
+    return {"per_category": per_category, "groups": groups, "targets": targets(groups)}
+
+
+def targets(groups: dict) -> dict:
+    """The issue's targets, measured (None where this run lacks the group)."""
+
+    def get(group, key):
+        return groups.get(group, {}).get(key)
+
+    def check(value, goal):
+        return None if value is None else bool(value >= goal)
+
+    unseen, seen = get("unseen", "dice_true"), get("seen", "dice_true")
+    margin_a = None if unseen is None else round(unseen - get("unseen", "dice_baseline_A"), 4)
+    everything, control_b = get("all", "dice_true"), get("all", "dice_control_B")
+    margin_b = None if everything is None else round(everything - control_b, 4)
+    return {
+        "unseen_dice_at_least_0.60": {"measured": unseen, "met": check(unseen, 0.60)},
+        "seen_dice_at_least_0.80": {"measured": seen, "met": check(seen, 0.80)},
+        "unseen_minus_baseline_A_at_least_0.25": {
+            "measured": margin_a,
+            "met": check(margin_a, 0.25),
+        },
+        "true_minus_control_B_at_least_0.30": {
+            "measured": margin_b,
+            "met": check(margin_b, 0.30),
+        },
+    }
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def held_out_cases(categories, n_per_category: int, shape):
-    """The fixed-seed held-out test set: (category, index, Sample)."""
-    from malenia.synth.dataset import make_sample
-    from malenia.synth.split import TEST_SET_SEED
-
-    for c_index, category in enumerate(categories):
-        made = 0
-        attempt = 0
-        while made < n_per_category and attempt < 5 * n_per_category:
-            seed = TEST_SET_SEED + 10_007 * c_index + attempt
-            attempt += 1
-            sample = make_sample(seed, (category,), tuple(shape), (2.0, 2.0, 2.0), max_lesions=1)
-            if sample.lesions:
-                made += 1
-                yield category, made - 1, sample
-
-
-def other_category_prompt(category: str, categories: list[str]):
-    """Control B: the preset of a category in another organ (deterministic)."""
-    from malenia.attributes.presets import load_presets
-
-    presets = load_presets()
-    own = presets[category].description.location
-    ordered = (
-        categories[categories.index(category) + 1 :] + categories[: categories.index(category)]
-    )
-    for other in ordered:
-        if presets[other].description.location != own:
-            return presets[other].description
-    return presets[ordered[0]].description
 
 
 def evaluate(
@@ -187,163 +229,80 @@ def evaluate(
     out: Path,
     categories: list[str] | None = None,
     n_per_category: int = 20,
-    shape=(64, 64, 64),
+    shape=DEFAULT_SHAPE,
+    spacing_mm: float = DEFAULT_SPACING_MM,
     threshold: float = 0.5,
+    ablations: dict | None = None,
+    overlays: bool = True,
+    log=None,
 ) -> dict:
-    from malenia.attributes.presets import SEEN_CATEGORIES, load_presets
-    from malenia.io import CTVolume
+    """Run the whole evaluation and write metrics.json, per_case.csv, summary.md,
+    dsc_per_category.png (and overlays.png). ``ablations``: name -> Engine."""
+    from malenia.attributes import load_presets
+    from malenia.evaluation.report import write_outputs
+    from malenia.synth.split import SEEN_CATEGORIES, TEST_SET_SEED
 
+    if n_per_category < 1:
+        raise EvaluationError("--n-per-category must be at least 1.")
     categories = list(categories or load_presets())
+    check_categories(categories)
+    ablations = ablations or {}
+    spacing = (float(spacing_mm),) * 3
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, examples = [], {}
     started = time.time()
-    for category, index, sample in held_out_cases(categories, n_per_category, shape):
-        lesion = sample.lesions[0]
-        truth = sample.instance_mask > 0
-        volume = CTVolume(
-            sample.ct,
-            (2.0, 2.0, 2.0),
-            (0.0, 0.0, 0.0),
-            tuple(np.eye(3).ravel()),
-            f"{category}-{index}",
-        )
-        encoded = engine.encode(volume)
-        prompts = {
-            "true": lesion.description,
-            "control_B_other_category": other_category_prompt(category, categories),
-            "control_C_location_only": lesion.description.only("location"),
-        }
-        row = {"category": category, "case": index, "seen": category in SEEN_CATEGORIES}
-        for name, description in prompts.items():
-            prediction = encoded.segment(description, threshold).labelmap > 0
-            row[f"dice_{name}"] = dice(prediction, truth)
-            if name == "true":
-                row["nsd_true"] = nsd(prediction, truth, (2.0, 2.0, 2.0))
-                found, total, on_lesion, predicted = lesion_detection(
-                    prediction, sample.instance_mask
-                )
-                row.update(
-                    {
-                        "lesions_found": found,
-                        "lesions": total,
-                        "components_on_lesion": on_lesion,
-                        "components": predicted,
-                    }
-                )
-        baseline = baseline_threshold(sample.ct, sample.labels, lesion.description)
-        row["dice_baseline_A"] = dice(baseline, truth)
+    total = len(categories) * n_per_category
+    for number, case in enumerate(
+        held_out_cases(categories, n_per_category, tuple(shape), spacing), 1
+    ):
+        row, predictions = evaluate_case(case, engine, ablations, threshold)
         rows.append(row)
-        engine._cache.clear()
-    summary = summarise(rows)
+        if case.index == 0 and overlays:
+            examples[case.category] = (case, predictions)
+        if log:
+            log(
+                f"[{number}/{total}] {case.name}: DSC {row['dice_true']:.3f} "
+                f"(B {row['dice_control_B']:.3f}, C {row['dice_control_C']:.3f}, "
+                f"A {row['dice_baseline_A']:.3f}) {time.time() - started:.0f} s"
+            )
+    summary = summarise(rows, set(SEEN_CATEGORIES))
     summary["settings"] = {
+        "model": engine.model_id,
+        "ablations": {name: e.model_id for name, e in ablations.items()},
+        "categories": categories,
         "n_per_category": n_per_category,
-        "shape": list(shape),
-        "spacing_mm": 2.0,
+        "shape_zyx": list(shape),
+        "spacing_mm": list(spacing),
         "threshold": threshold,
         "nsd_tolerance_mm": NSD_TOLERANCE_MM,
-        "model": engine.model_id,
+        "test_set_seed": TEST_SET_SEED,
+        "second_same_category_p": SECOND_SAME_CATEGORY_P,
+        "distractor_p": DISTRACTOR_P,
         "seconds": round(time.time() - started, 1),
+        "rules": RULES,
     }
-    write_outputs(out, rows, summary)
+    write_outputs(out, rows, summary, examples)
     return summary
-
-
-def summarise(rows: list[dict]) -> dict:
-    metrics = [
-        "dice_true",
-        "nsd_true",
-        "dice_control_B_other_category",
-        "dice_control_C_location_only",
-        "dice_baseline_A",
-    ]
-    per_category = {}
-    for category in dict.fromkeys(r["category"] for r in rows):
-        subset = [r for r in rows if r["category"] == category]
-        entry = {m: round(float(np.mean([r[m] for r in subset])), 4) for m in metrics}
-        entry["recall"] = round(
-            sum(r["lesions_found"] for r in subset) / max(sum(r["lesions"] for r in subset), 1), 4
-        )
-        entry["precision"] = round(
-            sum(r["components_on_lesion"] for r in subset)
-            / max(sum(r["components"] for r in subset), 1),
-            4,
-        )
-        entry["seen"], entry["n"] = subset[0]["seen"], len(subset)
-        per_category[category] = entry
-    groups = {}
-    for name, seen in (("seen", True), ("unseen", False)):
-        entries = [e for e in per_category.values() if e["seen"] == seen]
-        if entries:
-            groups[name] = {
-                m: round(float(np.mean([e[m] for e in entries])), 4)
-                for m in [*metrics, "recall", "precision"]
-            }
-    return {"per_category": per_category, "groups": groups}
-
-
-def write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
-    with open(out / "per_case.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        "| category | seen | n | DSC | NSD@2mm | recall | precision | control B (other category) | control C (location only) | baseline A (HU threshold) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for category, e in summary["per_category"].items():
-        lines.append(
-            f"| {category} | {'yes' if e['seen'] else 'no'} | {e['n']} | {e['dice_true']:.3f} | {e['nsd_true']:.3f} | {e['recall']:.2f} | {e['precision']:.2f} | {e['dice_control_B_other_category']:.3f} | {e['dice_control_C_location_only']:.3f} | {e['dice_baseline_A']:.3f} |"
-        )
-    for name, g in summary["groups"].items():
-        lines.append(
-            f"| **mean {name}** | | | **{g['dice_true']:.3f}** | {g['nsd_true']:.3f} | {g['recall']:.2f} | {g['precision']:.2f} | {g['dice_control_B_other_category']:.3f} | {g['dice_control_C_location_only']:.3f} | {g['dice_baseline_A']:.3f} |"
-        )
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    bar_chart(summary, out / "dsc_per_category.png")
-
-
-def bar_chart(summary: dict, path: Path) -> None:
-    """Per-category DSC bars (true prompt vs baseline A), seen blue, unseen orange."""
-    from PIL import Image, ImageDraw
-
-    entries = list(summary["per_category"].items())
-    width, height, left, bottom = 80 + 60 * len(entries), 380, 50, 120
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    plot_h = height - bottom - 20
-    for tick in range(0, 11, 2):
-        y = height - bottom - plot_h * tick / 10
-        draw.line([(left, y), (width - 10, y)], fill=(220, 220, 220))
-        draw.text((8, y - 6), f"{tick / 10:.1f}", fill="black")
-    for i, (category, e) in enumerate(entries):
-        x = left + 10 + 60 * i
-        for j, (value, colour) in enumerate(
-            (
-                (e["dice_true"], (40, 110, 200) if e["seen"] else (230, 130, 40)),
-                (e["dice_baseline_A"], (160, 160, 160)),
-            )
-        ):
-            top = height - bottom - plot_h * value
-            draw.rectangle([x + 22 * j, top, x + 22 * j + 20, height - bottom], fill=colour)
-        label = Image.new("RGB", (bottom - 5, 14), "white")
-        ImageDraw.Draw(label).text((0, 0), category[:18], fill="black")
-        image.paste(label.rotate(90, expand=True), (x + 12, height - bottom + 4))
-    draw.text(
-        (left, 4),
-        "DSC per category: blue = seen, orange = unseen (zero-shot), grey = baseline A",
-        fill="black",
-    )
-    image.save(path)
 
 
 def _run(args: argparse.Namespace) -> int:
     from malenia.inference import Engine
 
-    engine = Engine.load(args.weights, "auto")
+    ablation_paths = parse_ablations(args.ablation_weights)
+    engine = Engine.load(args.weights, args.device)
+    ablations = {name: Engine.load(path, args.device) for name, path in ablation_paths.items()}
     summary = evaluate(
-        engine, args.out, args.categories, args.n_per_category, tuple(args.shape), args.threshold
+        engine,
+        args.out,
+        args.categories,
+        args.n_per_category,
+        tuple(args.shape),
+        args.spacing,
+        args.threshold,
+        ablations,
+        overlays=not args.no_overlays,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print((args.out / "summary.md").read_text())
-    print(json.dumps(summary["groups"], indent=1))
+    print(json.dumps(summary["targets"], indent=1))
     return 0
