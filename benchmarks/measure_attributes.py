@@ -23,16 +23,39 @@ DEFAULT_ANNOTATIONS = REPO.parent / "shared" / "data" / "malenia_annotations" / 
 CODED_KEYS = ATTRIBUTE_KEYS[:-1]
 
 
+def full_table(records):
+    """The knowledge table of all records (+ preset-only categories); callers hold one out."""
+    from malenia.attributes.knowledge import KnowledgeTable
+    from malenia.attributes.presets import preset_only_pseudo_counts
+
+    return KnowledgeTable.from_records(records, extra_categories=preset_only_pseudo_counts())
+
+
 def parser_accuracy(
-    records, language: str = "en", errors_for: str | None = None
+    records,
+    language: str = "en",
+    errors_for: str | None = None,
+    infer: bool = True,
+    table=None,
+    table_records: list | None = None,
 ) -> dict[str, tuple[int, int]]:
+    """Per coded attribute: (parsed == annotators' code, cases with a code).
+
+    ``infer`` applies whole-report conventions; the knowledge table it infers unstated values
+    from is ``table`` with record i (``table_records[i]``) held out, so no record informs its
+    own parse.
+    """
     parser = TextParser()
     correct, total = Counter(), Counter()
-    for record in records:
+    for i, record in enumerate(records):
         text = record.report if language == "en" else record.report_zh
         if not text:
             continue
-        parsed = parser.parse(text, infer_report_defaults=True).description
+        if table is not None:
+            with table.held_out(table_records[i]) as knowledge:
+                parsed = parser.parse(text, infer, knowledge).description
+        else:
+            parsed = parser.parse(text, infer_report_defaults=infer).description
         for key in CODED_KEYS:
             truth = getattr(record.description, key)
             if truth is None:
@@ -52,33 +75,40 @@ def main() -> None:
     parser.add_argument("--errors", help="print the misparsed reports of this attribute")
     args = parser.parse_args()
     records = records_from_annotation_export(args.annotations)
+    bundled = list(load_records())  # same cases, with specific features parsed from reports
+    table = full_table(bundled)
     print(f"{len(records)} annotated real cases")
-    for language in ("en", "zh"):
-        scores = parser_accuracy(records, language, args.errors if language == "en" else None)
-        print(f"\nparser accuracy vs coded attributes ({language} reports)")
+    runs = [
+        ("en", False, "English reports, stated values only"),
+        ("en", True, "English reports, + report conventions and leave-one-out inference"),
+        ("zh", False, "Chinese reports, stated values only"),
+        ("zh", True, "Chinese reports, + report conventions and leave-one-out inference"),
+    ]
+    for language, infer, title in runs:
+        errors = args.errors if (language, infer) == ("en", True) else None
+        scores = parser_accuracy(records, language, errors, infer, table, bundled)
+        print(f"\nparser accuracy vs coded attributes: {title}")
         for key, (ok, n) in scores.items():
             print(f"  {key:18s} {ok:4d}/{n:<4d} = {ok / max(n, 1):.3f}")
 
-    bundled = list(load_records())
-    from malenia.attributes.presets import PRESET_ONLY
+    from malenia.attributes.presets import preset_only_pseudo_counts
 
-    extra = {
-        c: {
-            "prior": 10,
-            "counts": {
-                k: ({i: 10 for i in v} if isinstance(v, list) else {v: 10})
-                for k, v in e["attributes"].items()
-            },
-            "source": "",
-        }
-        for c, e in PRESET_ONLY.items()
-    }
-    loo = leave_one_out_accuracy(bundled, extra_categories=extra)
-    print(
-        f"\nknowledge table, leave-one-out over {loo['n']} records ({len(extra) + 7} categories): "
-        f"top-1 {loo['top1']:.3f}, top-3 {loo['top3']:.3f} (majority class {loo['majority_baseline']:.3f}, "
-        f"uniform chance top-1 {1 / (len(extra) + 7):.3f})"
-    )
+    extra = preset_only_pseudo_counts()
+    for uniform in (False, True):
+        loo = leave_one_out_accuracy(bundled, extra_categories=extra, uniform_prior=uniform)
+        prior = "uniform prior" if uniform else "case-count prior"
+        print(
+            f"\nknowledge table, leave-one-out over {loo['n']} records ({len(extra) + 7} "
+            f"categories, {prior}): top-1 {loo['top1']:.3f}, top-3 {loo['top3']:.3f} "
+            f"(majority class {loo['majority_baseline']:.3f}, uniform chance top-1 "
+            f"{1 / (len(extra) + 7):.3f})"
+        )
+    for dropped in ("location",):
+        loo = leave_one_out_accuracy(bundled, extra_categories=extra, drop_keys=(dropped,))
+        print(
+            f"  without {dropped} (appearance only): top-1 {loo['top1']:.3f}, "
+            f"top-3 {loo['top3']:.3f}"
+        )
 
     try:
         from malenia.text import synonym_separation

@@ -14,7 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 from malenia.attributes.lexicon import LEXICON
-from malenia.attributes.presets import PRESET_ONLY, SEEN_CATEGORIES
+from malenia.attributes.presets import (
+    PRESET_ONLY,
+    PRESET_ONLY_PSEUDO_COUNT,
+    SEEN_CATEGORIES,
+    preset_only_pseudo_counts,
+)
 from malenia.attributes.records import ANNOTATED_CATEGORIES, records_from_annotation_export
 from malenia.attributes.schema import ATTRIBUTE_KEYS
 
@@ -38,7 +43,6 @@ SIZE_MM = {
 FEATURE_SHARE_FOR_PRESET = (
     0.4  # a specific feature joins a preset when this share of reports has it
 )
-PRESET_ONLY_PSEUDO_COUNT = 10  # weight of a literature preset in the knowledge table
 
 
 def write_json(name: str, data: dict) -> None:
@@ -106,21 +110,6 @@ def build_presets(records) -> dict:
         "source": SOURCE + "; preset-only categories from the literature cited per preset",
         "presets": presets,
     }
-
-
-def preset_only_pseudo_counts() -> dict[str, dict]:
-    extra = {}
-    for category, entry in PRESET_ONLY.items():
-        counts = {}
-        for key, value in entry["attributes"].items():
-            items = value if isinstance(value, list) else [value]
-            counts[key] = {item: PRESET_ONLY_PSEUDO_COUNT for item in items}
-        extra[category] = {
-            "prior": PRESET_ONLY_PSEUDO_COUNT,
-            "counts": counts,
-            "source": entry["source"],
-        }
-    return extra
 
 
 def main() -> None:

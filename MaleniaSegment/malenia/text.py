@@ -176,14 +176,19 @@ def load_embedding_table(path: str | None = None) -> EmbeddingTable:
 
 
 def synonym_separation(table: EmbeddingTable | None = None) -> dict[str, tuple[int, int]]:
-    """For every English synonym, is its nearest canonical value (cosine, same template)
-    the right one? Returns {key: (correct, total)}. Loads the text encoder."""
+    """For every English synonym (weak cues excluded), is its nearest canonical value
+    (cosine, same template) the right one? Returns {key: (correct, total)}. Loads the
+    text encoder."""
     table = table or load_embedding_table()
     vocabulary = load_vocabulary()
     encoder = text_encoder()
     scores = {}
     for key in ATTRIBUTE_KEYS:
-        terms = [t for t in vocabulary.terms(key) if t.language == "en" and t.text != t.canonical]
+        terms = [
+            t
+            for t in vocabulary.terms(key)
+            if t.language == "en" and not t.weak and t.text != t.canonical
+        ]
         phrases, matrix = table.vocabulary_matrix(key)
         if not terms:
             continue

@@ -30,7 +30,11 @@ def register(subparsers) -> None:
     parse.add_argument(
         "--json", action="store_true", help="one JSON object with the 8 keys + categories"
     )
-    parse.add_argument("--report", action="store_true", help="apply whole-report conventions")
+    parse.add_argument(
+        "--report",
+        action="store_true",
+        help="whole report: apply report conventions and infer unstated values (stated in notes)",
+    )
     parse.add_argument("--top", type=int, default=3, help="how many categories to rank (default 3)")
     parse.set_defaults(handler=_parse)
 
@@ -66,6 +70,8 @@ def _parse(args: argparse.Namespace) -> int:
     if args.json:
         out = result.description.to_dict()
         out["categories"] = [{"category": name, "probability": round(p, 4)} for name, p in ranking]
+        out["unparsed"] = result.unparsed
+        out["inferred"] = {key: round(p, 4) for key, p in result.inferred.items()}
         out["notes"] = result.notes
         print(json.dumps(out, ensure_ascii=False))
         return 0 if result.evidence else 1

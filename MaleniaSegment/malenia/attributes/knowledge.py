@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -136,6 +137,50 @@ class KnowledgeTable:
         norm = sum(exps.values())
         return sorted(((n, e / norm) for n, e in exps.items()), key=lambda item: -item[1])
 
+    @contextmanager
+    def held_out(self, record) -> Iterator[KnowledgeTable]:
+        """This table without one AttributeRecord's counts (leave-one-out), restored after.
+        Equivalent to rebuilding the table without the record, and much faster."""
+        entry = self.categories[record.category]
+        changes = [("prior", None)]
+        changes += [
+            (key, getattr(record.description, key))
+            for key in SINGLE_KEYS
+            if getattr(record.description, key)
+        ]
+        changes += [("specific_features", f) for f in record.description.specific_features]
+        self._apply(entry, changes, -1)
+        try:
+            yield self
+        finally:
+            self._apply(entry, changes, +1)
+
+    @staticmethod
+    def _apply(entry: dict, changes: list[tuple[str, str | None]], step: int) -> None:
+        for key, value in changes:
+            if value is None:
+                entry["prior"] += step
+            else:
+                entry["counts"][key][value] += step
+
+    def predict(
+        self, key: str, query: LesionDescription | Mapping[str, Mapping[str, float]]
+    ) -> dict[str, float]:
+        """P(value of ``key`` | the other attributes): the category posterior from everything
+        except ``key``, mixed over each category's value distribution. Used to fill an
+        attribute a whole report leaves unstated (and said so in the parse notes)."""
+        soft = {k: v for k, v in _as_soft(query).items() if k != key}
+        values = self.vocabulary.values(key)
+        out = dict.fromkeys(values, 0.0)
+        for name, posterior in self.rank(soft):
+            if key == "specific_features":
+                for value in values:
+                    out[value] += posterior * self._feature_likelihood(name, value)
+                continue
+            for value, p in self.distribution(name, key).items():
+                out[value] += posterior * p
+        return out
+
 
 def _as_soft(query) -> dict[str, dict[str, float]]:
     if isinstance(query, LesionDescription):
@@ -164,32 +209,26 @@ def _load_table(path: str | None) -> KnowledgeTable:
 
 
 def leave_one_out_accuracy(
-    records: list, extra_categories=None, top_k: int = 3
+    records: list,
+    extra_categories=None,
+    top_k: int = 3,
+    uniform_prior: bool = False,
+    drop_keys: tuple[str, ...] = (),
 ) -> dict[str, float]:
-    """Top-1 / top-k category accuracy, each record ranked by a table built without it."""
-    vocabulary = load_vocabulary()
-    full = KnowledgeTable.from_records(records, vocabulary, extra_categories)
+    """Top-1 / top-k category accuracy, each record ranked by a table built without it.
+
+    ``drop_keys`` hides attributes from the query (e.g. location, to see how much the
+    appearance attributes alone carry)."""
+    full = KnowledgeTable.from_records(records, load_vocabulary(), extra_categories)
+    keep = tuple(k for k in ATTRIBUTE_KEYS if k not in drop_keys)
     hits1 = hitsk = 0
     for record in records:
-        entry = full.categories[record.category]
-        # Remove this record's counts (equivalent to rebuilding without it, much faster).
-        entry["prior"] -= 1
-        removed = []
-        for key in SINGLE_KEYS:
-            value = getattr(record.description, key)
-            if value:
-                entry["counts"][key][value] -= 1
-                removed.append((key, value))
-        for feature in record.description.specific_features:
-            entry["counts"]["specific_features"][feature] -= 1
-        ranking = [name for name, _ in full.rank(record.description)]
+        with full.held_out(record) as table:
+            ranking = [
+                name for name, _ in table.rank(record.description.only(*keep), uniform_prior)
+            ]
         hits1 += ranking[0] == record.category
         hitsk += record.category in ranking[:top_k]
-        entry["prior"] += 1
-        for key, value in removed:
-            entry["counts"][key][value] += 1
-        for feature in record.description.specific_features:
-            entry["counts"]["specific_features"][feature] += 1
     n = len(records)
     majority = Counter(r.category for r in records).most_common(1)[0][1] / n
     return {"n": n, "top1": hits1 / n, f"top{top_k}": hitsk / n, "majority_baseline": majority}

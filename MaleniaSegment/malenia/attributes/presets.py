@@ -107,6 +107,25 @@ PRESET_ONLY: dict[str, dict] = {
 }
 
 
+PRESET_ONLY_PSEUDO_COUNT = 10  # weight of a literature preset in the knowledge table
+
+
+def preset_only_pseudo_counts() -> dict[str, dict]:
+    """Preset-only categories as knowledge-table entries: N pseudo-cases of their preset."""
+    extra = {}
+    for category, entry in PRESET_ONLY.items():
+        counts = {}
+        for key, value in entry["attributes"].items():
+            items = value if isinstance(value, list) else [value]
+            counts[key] = dict.fromkeys(items, PRESET_ONLY_PSEUDO_COUNT)
+        extra[category] = {
+            "prior": PRESET_ONLY_PSEUDO_COUNT,
+            "counts": counts,
+            "source": entry["source"],
+        }
+    return extra
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named, typical description of one lesion category."""
