@@ -8,13 +8,17 @@ import pytest
 pytest.importorskip("slicer", reason="slicer-core wheel not installed")
 
 import torch  # noqa: E402
-from malenia.errors import CancelledError  # noqa: E402
-from malenia.inference import CancelToken, Engine  # noqa: E402
+from malenia.errors import (  # noqa: E402
+    CancelledError,  # noqa: E402
+    MaleniaError,
+    UnknownAttributeValueError,
+)
+from malenia.inference import Engine  # noqa: E402
 from malenia.model import MaleniaNet  # noqa: E402
 from malenia.weights import save_weights  # noqa: E402
 from MaleniaSegmentLib import segments, volumes  # noqa: E402
 from MaleniaSegmentLib.engine_client import EngineResult, InProcessEngineClient  # noqa: E402
-from MaleniaSegmentLib.logic import MaleniaSegmentLogic  # noqa: E402
+from MaleniaSegmentLib.logic import CancelFlag, MaleniaSegmentLogic, build_query  # noqa: E402
 
 SPACING, ORIGIN = (0.9, 0.8, 2.5), (-60.0, 40.0, -20.0)
 
@@ -50,13 +54,19 @@ class KnownClient:
     def __init__(self, labelmap, lesions, fail=False):
         self.labelmap, self.lesions, self.fail = labelmap, lesions, fail
         self.threshold = 0.5
+        self.encodes = 0
+        self.known: set[str] = set()
 
     def encode(self, array, ijk_to_ras, roi=None, progress=None, cancel=None):
         if self.fail:
             raise RuntimeError("engine process died")
-        return "v1"
+        self.encodes += 1
+        self.known.add(f"v{self.encodes}")
+        return f"v{self.encodes}"
 
     def segment(self, volume_id, query, threshold):
+        if volume_id not in self.known:
+            raise KeyError(volume_id)  # as an engine that restarted
         self.threshold = threshold
         mask = (
             self.labelmap
@@ -181,7 +191,7 @@ def test_engine_failure_and_cancel_leave_the_scene_unchanged(slicer_scene, ct_no
             ct_node, "renal cyst"
         )
     assert _scene_snapshot(slicer_scene.scene) == before
-    token = CancelToken()
+    token = CancelFlag()
     token.cancel()
     with pytest.raises(CancelledError):
         MaleniaSegmentLogic(slicer_scene, InProcessEngineClient(engine)).segment(
@@ -213,3 +223,95 @@ def test_end_to_end_with_the_real_engine_and_saved_file(slicer_scene, ct_node, e
     reread = slicer_scene.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     storage.ReadData(reread)
     assert segments.segment_names(reread) == segments.segment_names(run.output_node)
+
+
+def snapshot_segments(node) -> list:
+    segmentation = node.GetSegmentation()
+    return [
+        (sid, segmentation.GetSegment(sid).GetName(), segmentation.GetSegment(sid).GetColor())
+        for sid in volumes.segment_ids(node)
+    ]
+
+
+def test_failure_while_adding_segments_rolls_back_everything(slicer_scene, ct_node):
+    output = segments.new_output_node(slicer_scene.scene, ct_node)
+    output.GetSegmentation().AddEmptySegment("mine", "Renal cyst 1")
+    output.GetSegmentation().SetConversionParameter(
+        "Reference image geometry", ""
+    )  # a user's node without geometry: we set it, and must restore it on failure
+    nodes = slicer_scene.scene.GetNumberOfNodes()
+    before = snapshot_segments(output)
+    broken = lesion(2, "Renal cyst 2", "renal cyst", "left kidney")
+    broken["score"] = "not a number"  # a malformed engine answer, met after the import
+    client = KnownClient(
+        known_labelmap((16, 48, 48)),
+        [lesion(1, "Renal cyst 1", "renal cyst", "left kidney"), broken],
+    )
+    logic = MaleniaSegmentLogic(slicer_scene, client)
+    for output_node in (output, None):
+        with pytest.raises((ValueError, TypeError)):
+            logic.segment(ct_node, "renal cyst", output_node=output_node)
+        assert slicer_scene.scene.GetNumberOfNodes() == nodes
+        assert snapshot_segments(output) == before
+        assert segments.reference_geometry(output) == ""
+
+
+def test_results_go_under_the_volume_study_and_centre_on_the_lesion(slicer_scene, ct_node):
+    import slicer
+
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer_scene.scene)
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient")
+    study = hierarchy.CreateStudyItem(patient, "CT study")
+    volume_item = hierarchy.GetItemByDataNode(ct_node) or hierarchy.CreateItem(study, ct_node)
+    hierarchy.SetItemParent(volume_item, study)
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(ct_node)) == study
+    labelmap = known_labelmap((16, 48, 48))
+    client = KnownClient(labelmap, [lesion(1, "Renal cyst 1", "renal cyst", "left kidney")])
+    run = MaleniaSegmentLogic(slicer_scene, client).segment(ct_node, "renal cyst")
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(run.output_node)) == study
+    centre = MaleniaSegmentLogic.lesion_centre_ras(run, run.segment_ids[0])
+    k, j, i = np.argwhere(labelmap == 1).mean(axis=0)
+    expected = (volumes.ijk_to_ras_matrix(ct_node) @ [i, j, k, 1.0])[:3]
+    assert np.allclose(centre, expected, atol=0.6)  # within a voxel (0.8-2.5 mm spacing)
+
+
+def test_volume_is_encoded_once_and_uploaded_again_when_the_engine_forgot_it(slicer_scene, ct_node):
+    client = KnownClient(
+        known_labelmap((16, 48, 48)), [lesion(1, "Renal cyst 1", "renal cyst", "left kidney")]
+    )
+    logic = MaleniaSegmentLogic(slicer_scene, client)
+    logic.segment(ct_node, "renal cyst")
+    logic.segment(ct_node, {"location": "left kidney"})
+    assert client.encodes == 1  # a new description re-uses the encoded volume
+    client.known.clear()  # the engine restarted
+    run = logic.segment(ct_node, "renal cyst")
+    assert client.encodes == 2 and run.volume_id == "v2"
+
+
+def test_recut_of_a_removed_output_says_what_to_do(slicer_scene, ct_node):
+    client = KnownClient(
+        known_labelmap((16, 48, 48)), [lesion(1, "Renal cyst 1", "renal cyst", "left kidney")]
+    )
+    logic = MaleniaSegmentLogic(slicer_scene, client)
+    run = logic.segment(ct_node, "renal cyst")
+    slicer_scene.scene.RemoveNode(run.output_node)
+    with pytest.raises(MaleniaError, match="Segment to run again"):
+        logic.recut(run, 0.6)
+    with pytest.raises(MaleniaError, match="strictly between 0 and 1"):
+        logic.segment(ct_node, "renal cyst", threshold=1.5)
+
+
+def test_query_from_attribute_rows_free_text_or_preset():
+    query = build_query(
+        {"location": "Left Kidney", "density": "", "specific_features": "calcification; septation"}
+    )
+    assert query == {
+        "location": "left kidney",
+        "specific_features": ["calcification", "septation"],
+    } or query == {"location": "left kidney", "specific_features": ("calcification", "septation")}
+    assert build_query({"location": ""}, "cyst in the left kidney") == "cyst in the left kidney"
+    assert build_query({}, "", "renal cyst") == "renal cyst"
+    with pytest.raises(UnknownAttributeValueError, match="Allowed values"):
+        build_query({"density": "purple"})
+    with pytest.raises(MaleniaError, match="Describe the lesion"):
+        build_query({}, "  ", "")

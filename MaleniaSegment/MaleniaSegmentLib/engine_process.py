@@ -1,34 +1,78 @@
 """The module's engine: a supervised local server process, reached through a stdlib client.
 
-Slicer stays responsive because the model runs in another process; if that process dies,
-the next run says so and starts a fresh one.
+Slicer stays responsive because the model runs in another process (and the Slicer process
+never imports torch); Cancel stops the encode on the server. If that process dies, the job
+that was running fails with a message saying so, and the next job starts a fresh process.
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
+
+DEVICES = {"auto": "auto", "gpu": "cuda", "cpu": "cpu"}  # UI choice -> `malenia serve --device`
+
+
+def engine_python() -> str:
+    """The interpreter for the engine: Slicer's PythonSlicer inside Slicer, else this one."""
+    return shutil.which("PythonSlicer") or sys.executable
+
 
 class EngineProcessClient:
-    """EngineClient over HTTP to a server started and restarted on demand."""
+    """EngineClient over HTTP to a server started on demand and restarted when it died."""
 
-    def __init__(self, device: str = "auto", python: str | None = None) -> None:
+    def __init__(
+        self,
+        device: str = "auto",
+        python: str | None = None,
+        weights: str | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         from malenia.client import EngineProcess
 
-        self.process = EngineProcess(device=device, python=python)
-        self.restarted_note = ""
+        self.device = self._check_device(device)
+        self.process = EngineProcess(
+            weights=weights,
+            device=DEVICES[self.device],
+            python=python or engine_python(),
+            extra_args=extra_args,
+        )
+        self._note = ""
+
+    @staticmethod
+    def _check_device(device: str) -> str:
+        from malenia.errors import MaleniaError
+
+        if device not in DEVICES:
+            raise MaleniaError(f"Unknown device '{device}'; choose one of {', '.join(DEVICES)}.")
+        return device
+
+    def set_device(self, device: str) -> None:
+        """Use ``device`` from the next job on (a running engine on another device stops)."""
+        device = self._check_device(device)
+        if device != self.device:
+            self.device = device
+            self.process.device = DEVICES[device]
+            self.process.stop()
+
+    def take_note(self) -> str:
+        """A one-time note for the status line (e.g. that a dead engine was restarted)."""
+        note, self._note = self._note, ""
+        return note
 
     def _client(self):
-        from malenia.client import EngineHTTPClient
-
-        if not self.process.alive():
-            self.restarted_note = (
-                "The engine process was not running (or had died); started a new one."
-                if self.process.started_once
-                else ""
+        """The HTTP client of a healthy engine, starting or restarting it when needed."""
+        had_started = self.process.started_once
+        if self.process.ensure() and had_started:
+            self._note = (
+                "The engine process had stopped (crash or out of memory); a new one was "
+                f"started. Its log: {self.process.log_path}"
             )
-            self.process.start()
-        return EngineHTTPClient(self.process.url, self.process.token)
+        return self.process.client()
 
     def encode(self, array, ijk_to_ras, roi=None, progress=None, cancel=None) -> str:
+        if progress and not self.process.alive():
+            progress("starting the engine", 0, 1)
         return self._client().encode(array, ijk_to_ras, roi=roi, progress=progress, cancel=cancel)
 
     def segment(self, volume_id, query, threshold):
@@ -40,5 +84,12 @@ class EngineProcessClient:
     def find_lesions(self, volume_id, threshold):
         return self._client().find_lesions(volume_id, threshold)
 
+    def info(self) -> dict:
+        """Model card, device and vocabulary of the running engine (starts it if needed)."""
+        return self._client().info()
+
     def stop(self) -> None:
         self.process.stop()
+
+    def close(self) -> None:
+        self.process.close()

@@ -1,17 +1,72 @@
 """MaleniaSegmentLogic: everything the module does, without Qt, testable headless.
 
-logic = MaleniaSegmentLogic(logics, client)
-run = logic.segment(volume_node, "renal cyst", threshold=0.5)      # new segments
-logic.recut(run, 0.7)                                              # only this run's segments
-run = logic.find_lesions(volume_node)
+    logic = MaleniaSegmentLogic(logics, client)
+    run = logic.segment(volume_node, "renal cyst", threshold=0.5)   # new segments
+    logic.recut(run, 0.7)                                           # only this run's segments
+    run = logic.find_lesions(volume_node)
+
+The widget splits a run in three so that Slicer stays responsive and MRML is only touched
+on the main thread: ``prepare`` (main thread: read the scene), ``run_engine`` (worker thread:
+HTTP to the engine process, cancellable) and ``apply`` (main thread: new segments, rolled
+back on failure). ``segment`` / ``find_lesions`` chain the three for scripts and tests.
 """
 
 from __future__ import annotations
 
+import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from malenia.errors import CancelledError, InvalidVolumeError, MaleniaError
 
 from MaleniaSegmentLib import segments, volumes
 from MaleniaSegmentLib.engine_client import EngineClient, EngineResult
+
+ATTRIBUTE_KEYS = (
+    "location",
+    "shape",
+    "density",
+    "density_variation",
+    "surface",
+    "enhancement",
+    "relation",
+    "specific_features",
+)
+
+
+class CancelFlag:
+    """Set from the UI thread, read by the engine client and the engine (stdlib only, so the
+    Slicer process never imports torch): ``cancelled`` for polling, ``check()`` to raise."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise CancelledError("Cancelled by the user; nothing was changed.")
+
+
+@dataclass
+class Job:
+    """What the worker thread needs, read from the scene on the main thread."""
+
+    volume_node: object
+    output_node: object | None
+    array: object  # numpy [k, j, i]
+    ijk_to_ras: object  # numpy 4x4
+    roi: tuple | None  # (centre RAS, size mm)
+    query: object  # str | dict; None = find all lesions
+    threshold: float
+    volume_key: str
+    volume_id: str | None = None  # engine volume already encoded for this key
 
 
 @dataclass
@@ -27,28 +82,63 @@ class Run:
     lesions: list[dict] = field(default_factory=list)
 
 
+def build_query(attributes: dict | None = None, free_text: str = "", preset: str = ""):
+    """The engine query from what the user filled in: the attribute rows (canonicalised, so an
+    unknown value is refused here with the allowed list), else the free text, else the preset.
+
+    ``specific_features`` may be a list or text separated by commas / semicolons.
+    """
+    from malenia.attributes import LesionDescription
+
+    values = {}
+    for key, value in (attributes or {}).items():
+        if key == "specific_features" and isinstance(value, str):
+            value = [v.strip() for v in re.split(r"[,;]", value) if v.strip()]
+        elif isinstance(value, str):
+            value = value.strip()
+        if value:
+            values[key] = value
+    if values:
+        description = LesionDescription.from_dict(values).to_dict()
+        return {k: v for k, v in description.items() if v not in (None, "", [], ())}
+    if free_text.strip():
+        return free_text.strip()
+    if preset.strip():
+        return preset.strip()
+    raise MaleniaError(
+        "Describe the lesion first: pick a preset, set at least one attribute, or type a "
+        "description (or use Find all lesions)."
+    )
+
+
+def _engine_forgot(error: Exception) -> bool:
+    """The engine no longer knows a volume id (restarted, evicted, failed): upload again."""
+    return isinstance(error, KeyError) or getattr(error, "status", None) in (404, 409)
+
+
 class MaleniaSegmentLogic:
     def __init__(self, logics, client: EngineClient) -> None:
         """``logics``: any object with segmentations_logic and terminologies_logic
         (Slicer's module logics in the app, the test harness headless)."""
         self.logics = logics
         self.client = client
-        self._encoded: dict[str, str] = {}  # volume node id + modified time -> engine volume id
+        self._volume_ids: dict[str, str] = {}  # volume content key -> engine volume id
 
-    def volume_input(self, volume_node):
-        """(array [k, j, i], IJK-to-RAS) of a scalar volume node, validated by the engine."""
+    # ------------------------------------------------------------------ main thread: read
+    @staticmethod
+    def volume_input(volume_node):
+        """(array [k, j, i], IJK-to-RAS) of a scalar volume node; the engine validates more."""
         if volume_node is None or not volume_node.IsA("vtkMRMLScalarVolumeNode"):
-            raise ValueError("Select a CT volume (a scalar volume node) as input.")
-        return volumes.array_from_volume_node(volume_node), volumes.ijk_to_ras_matrix(volume_node)
-
-    def encode(self, volume_node, roi=None, progress=None, cancel=None) -> str:
-        key = f"{volume_node.GetID()}:{volume_node.GetMTime()}:{volume_node.GetImageData().GetMTime()}:{roi}"
-        if key not in self._encoded:
-            array, ijk_to_ras = self.volume_input(volume_node)
-            self._encoded[key] = self.client.encode(
-                array, ijk_to_ras, roi=roi, progress=progress, cancel=cancel
+            raise InvalidVolumeError("Select a CT volume (a scalar volume node) as input.")
+        if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InvalidVolumeError(
+                f"'{volume_node.GetName()}' is a labelmap, not a CT; select the CT volume."
             )
-        return self._encoded[key]
+        try:
+            array = volumes.array_from_volume_node(volume_node)
+        except ValueError as error:
+            raise InvalidVolumeError(str(error)) from error
+        return array, volumes.ijk_to_ras_matrix(volume_node)
 
     @staticmethod
     def roi_from_node(roi_node):
@@ -58,8 +148,86 @@ class MaleniaSegmentLogic:
         centre, size = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
         roi_node.GetCenter(centre)
         roi_node.GetSize(size)
+        if min(size) <= 0:
+            raise MaleniaError(
+                f"The region of interest '{roi_node.GetName()}' has no volume; resize it or "
+                "clear the ROI selector."
+            )
         return (tuple(centre), tuple(size))
 
+    def prepare(
+        self, volume_node, query, threshold: float = 0.5, output_node=None, roi_node=None
+    ) -> Job:
+        """Validate the inputs and copy what the engine needs out of the scene."""
+        if not 0.0 < float(threshold) < 1.0:
+            raise MaleniaError(f"Threshold {threshold} must lie strictly between 0 and 1.")
+        if output_node is not None and not output_node.IsA("vtkMRMLSegmentationNode"):
+            raise MaleniaError("The output must be a segmentation node (or empty for a new one).")
+        array, ijk_to_ras = self.volume_input(volume_node)
+        roi = self.roi_from_node(roi_node)
+        image = volume_node.GetImageData()
+        key = (
+            f"{volume_node.GetID()}:{image.GetMTime()}:{image.GetPointData().GetScalars().GetMTime()}"
+            f":{ijk_to_ras.round(6).tolist()}:{roi}"
+        )
+        return Job(
+            volume_node,
+            output_node,
+            array,
+            ijk_to_ras,
+            roi,
+            query,
+            float(threshold),
+            key,
+            self._volume_ids.get(key),
+        )
+
+    # ------------------------------------------------------------------ worker thread
+    def run_engine(
+        self, job: Job, progress: Callable | None = None, cancel=None
+    ) -> tuple[str, EngineResult]:
+        """Encode (once per volume content) and query. Touches no MRML node: safe off the
+        main thread. A volume id the engine forgot (restart, eviction) is re-uploaded."""
+        if job.volume_id is not None:
+            try:
+                return job.volume_id, self._query(job.volume_id, job)
+            except Exception as error:
+                if not _engine_forgot(error):
+                    raise
+                self._volume_ids.pop(job.volume_key, None)
+        volume_id = self.client.encode(
+            job.array, job.ijk_to_ras, roi=job.roi, progress=progress, cancel=cancel
+        )
+        self._volume_ids[job.volume_key] = volume_id
+        if cancel is not None and getattr(cancel, "cancelled", False):
+            raise CancelledError("Cancelled by the user; nothing was changed.")
+        return volume_id, self._query(volume_id, job)
+
+    def _query(self, volume_id: str, job: Job) -> EngineResult:
+        if job.query is None:
+            return self.client.find_lesions(volume_id, job.threshold)
+        return self.client.segment(volume_id, job.query, job.threshold)
+
+    # ------------------------------------------------------------------ main thread: write
+    def apply(self, job: Job, volume_id: str, result: EngineResult, cancel=None) -> Run:
+        """New segments from an engine result; on any failure the scene is as before."""
+        if cancel is not None and getattr(cancel, "cancelled", False):
+            raise CancelledError("Cancelled by the user; nothing was changed.")
+        scene = job.volume_node.GetScene()
+        if scene is None or not scene.IsNodePresent(job.volume_node):
+            raise MaleniaError("The input volume was removed while the engine ran; nothing added.")
+        output = job.output_node
+        if output is not None and not scene.IsNodePresent(output):
+            raise MaleniaError(
+                "The output segmentation was removed while the engine ran; nothing added. "
+                "Choose an output (or none for a new one) and run again."
+            )
+        node, ids, run_id = segments.add_result_segments(
+            self.logics, job.volume_node, result, output
+        )
+        return Run(job.volume_node, node, ids, run_id, volume_id, result, result.lesions)
+
+    # ------------------------------------------------------------------ one call
     def segment(
         self,
         volume_node,
@@ -70,11 +238,13 @@ class MaleniaSegmentLogic:
         progress=None,
         cancel=None,
     ) -> Run:
-        """Segment lesions matching ``query`` into new segments. On any error (engine,
-        cancel, bad input) the scene is left exactly as it was."""
-        volume_id = self.encode(volume_node, self.roi_from_node(roi_node), progress, cancel)
-        result = self.client.segment(volume_id, query, threshold)
-        return self._add(volume_node, result, output_node, volume_id)
+        """Segment lesions matching ``query`` (preset name, free text or attribute dict) into
+        new segments. On any error (engine, cancel, bad input) the scene is left as it was."""
+        if query is None or (isinstance(query, str | dict) and not query):
+            raise MaleniaError("Describe the lesion first (or use find_lesions).")
+        job = self.prepare(volume_node, query, threshold, output_node, roi_node)
+        volume_id, result = self.run_engine(job, progress, cancel)
+        return self.apply(job, volume_id, result, cancel)
 
     def find_lesions(
         self,
@@ -85,33 +255,30 @@ class MaleniaSegmentLogic:
         progress=None,
         cancel=None,
     ) -> Run:
-        volume_id = self.encode(volume_node, self.roi_from_node(roi_node), progress, cancel)
-        result = self.client.find_lesions(volume_id, threshold)
-        return self._add(volume_node, result, output_node, volume_id)
-
-    # The widget splits a run in two: engine work in a worker thread (HTTP only), scene
-    # changes back on the main thread (MRML is not thread-safe).
-    def engine_job(
-        self, array, ijk_to_ras, query, threshold: float, roi=None, progress=None, cancel=None
-    ) -> tuple[str, EngineResult]:
-        """Worker-thread part: encode (cached by the engine) and query. ``query`` None = find all."""
-        volume_id = self.client.encode(array, ijk_to_ras, roi=roi, progress=progress, cancel=cancel)
-        result = (
-            self.client.find_lesions(volume_id, threshold)
-            if query is None
-            else self.client.segment(volume_id, query, threshold)
-        )
-        return volume_id, result
-
-    def apply_result(
-        self, volume_node, volume_id: str, result: EngineResult, output_node=None
-    ) -> Run:
-        """Main-thread part: new segments from an engine result (rolled back on failure)."""
-        return self._add(volume_node, result, output_node, volume_id)
+        """Every lesion the model sees, with predicted attributes and likely category."""
+        job = self.prepare(volume_node, None, threshold, output_node, roi_node)
+        volume_id, result = self.run_engine(job, progress, cancel)
+        return self.apply(job, volume_id, result, cancel)
 
     def recut(self, run: Run, threshold: float) -> Run:
-        """New threshold from the cached probabilities; replaces only this run's segments."""
-        result = self.client.recut(run.volume_id, run.result.result_id, threshold)
+        """New threshold from the engine's cached probabilities (no network pass); replaces
+        only this run's segments, in this run's output node."""
+        if not 0.0 < float(threshold) < 1.0:
+            raise MaleniaError(f"Threshold {threshold} must lie strictly between 0 and 1.")
+        scene = run.volume_node.GetScene()
+        if scene is None or not scene.IsNodePresent(run.output_node):
+            raise MaleniaError(
+                "The output segmentation of that run was removed; click Segment to run again."
+            )
+        try:
+            result = self.client.recut(run.volume_id, run.result.result_id, float(threshold))
+        except Exception as error:
+            if not _engine_forgot(error):
+                raise
+            raise MaleniaError(
+                "The engine no longer holds this run's probabilities (it was restarted or "
+                "freed memory); segments unchanged. Click Segment to run again."
+            ) from error
         new_ids = segments.replace_run_segments(
             self.logics, run.volume_node, result, run.output_node, run.run_id
         )
@@ -125,11 +292,14 @@ class MaleniaSegmentLogic:
             result.lesions,
         )
 
-    def _add(self, volume_node, result: EngineResult, output_node, volume_id: str) -> Run:
-        node, ids, run_id = segments.add_result_segments(
-            self.logics, volume_node, result, output_node
-        )
-        return Run(volume_node, node, ids, run_id, volume_id, result, result.lesions)
+    # ------------------------------------------------------------------ results
+    @staticmethod
+    def lesion_centre_ras(run: Run, segment_id: str) -> tuple[float, float, float]:
+        """Centre (RAS) of a result segment, where a table click moves the views."""
+        centre = run.output_node.GetSegmentCenterRAS(segment_id)
+        if centre is None:
+            raise MaleniaError("That segment is empty or was deleted; nothing to centre on.")
+        return tuple(float(v) for v in centre)  # type: ignore[return-value]
 
     @staticmethod
     def results_table(run: Run) -> list[dict]:
@@ -139,6 +309,8 @@ class MaleniaSegmentLogic:
         rows = []
         for segment_id in run.segment_ids:
             segment = segmentation.GetSegment(segment_id)
+            if segment is None:  # deleted by the user since
+                continue
             tag = lambda name, s=segment: segments._tag(s, name) or ""  # noqa: E731
             rows.append({
                 "segment_id": segment_id,

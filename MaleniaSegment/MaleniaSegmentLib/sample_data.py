@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+SAMPLE_NAME = "MaleniaSampleCT"
 # SHA-256 of Resources/SampleData/sample_ct.nii.gz; a test checks it against the file.
 SAMPLE_CT_SHA256 = "102126e81e34a7e15991fe9399c063d748910988000b666cc10044b2ffef1b29"
 
@@ -17,3 +18,20 @@ def sample_ct_path() -> Path:
 
 def verify_sample_ct() -> bool:
     return hashlib.sha256(sample_ct_path().read_bytes()).hexdigest() == SAMPLE_CT_SHA256
+
+
+def sample_source() -> dict:
+    """Keyword arguments for SampleDataLogic.registerCustomSampleDataSource: the local file
+    as a file:// URI (Sample Data copies it into its cache and checks the SHA-256)."""
+    from malenia.paths import resource
+
+    return {
+        "category": "MaleniaSegment",
+        "sampleName": SAMPLE_NAME,
+        "thumbnailFileName": str(resource("Icons", "MaleniaSegment.png")),
+        "uris": sample_ct_path().resolve().as_uri(),
+        "fileNames": "sample_ct.nii.gz",
+        "checksums": f"SHA256:{SAMPLE_CT_SHA256}",
+        "nodeNames": SAMPLE_NAME,
+        "loadFileTypes": "VolumeFile",
+    }

@@ -25,6 +25,18 @@ def _tag(segment, name: str) -> str | None:
     return str(value) if segment.GetTag(name, value) else None
 
 
+def _geometry_parameter() -> str:
+    import slicer
+
+    return slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+
+
+def reference_geometry(segmentation_node) -> str:
+    """The node's reference image geometry (serialised), '' when it has none yet."""
+    segmentation = segmentation_node.GetSegmentation()
+    return segmentation.GetConversionParameter(_geometry_parameter()) or ""
+
+
 def segment_names(segmentation_node) -> set[str]:
     segmentation = segmentation_node.GetSegmentation()
     return {
@@ -69,9 +81,13 @@ def place_under_study(scene, volume_node, node) -> None:
         return
     volume_item = hierarchy.GetItemByDataNode(volume_node)
     parent = hierarchy.GetItemParent(volume_item) if volume_item else 0
+    if not parent:
+        return
     item = hierarchy.GetItemByDataNode(node)
-    if item and parent:
+    if item:
         hierarchy.SetItemParent(item, parent)
+    else:  # no subject-hierarchy plugins (headless): make the item ourselves
+        hierarchy.CreateItem(parent, node)
 
 
 def add_result_segments(
@@ -87,7 +103,8 @@ def add_result_segments(
     run_id = run_id or uuid.uuid4().hex[:12]
     created_node = output_node is None
     node = output_node or new_output_node(scene, volume_node)
-    if not created_node:
+    geometry_before = reference_geometry(node)
+    if not geometry_before:  # a user's node keeps the geometry it has
         node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     new_ids: list[str] = []
     try:
@@ -115,7 +132,10 @@ def add_result_segments(
             for key, value in {
                 CREATED_BY_TAG: "MaleniaSegment",
                 RUN_TAG: run_id,
-                "Malenia.Query": result.query,
+                "Malenia.Query": str(result.query),
+                "Malenia.RequestedDescription": json.dumps(
+                    getattr(result, "description", None) or {}, ensure_ascii=False
+                ),
                 "Malenia.Description": json.dumps(
                     lesion.get("attributes") or {}, ensure_ascii=False
                 ),
@@ -132,6 +152,8 @@ def add_result_segments(
             node.GetSegmentation().RemoveSegment(segment_id)
         if created_node:
             _remove_node(scene, node)
+        elif reference_geometry(node) != geometry_before:
+            node.GetSegmentation().SetConversionParameter(_geometry_parameter(), geometry_before)
         raise
     return node, new_ids, run_id
 
