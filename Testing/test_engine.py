@@ -295,3 +295,29 @@ def test_outputs_open_as_slicer_segmentation(engine, tmp_path, slicer_scene):
         "centroid_ras",
         "attributes",
     } <= set(report["lesions"][0])
+
+
+def test_labelmap_resampled_around_lesions_equals_the_whole_grid_resample(engine):
+    """The input-grid labelmap is resampled only around the lesions (fast on big CTs); it
+    must be voxel-identical to resampling the whole grid, also for oblique anisotropic input."""
+    from scipy import ndimage
+
+    volume = body_ct(shape=(30, 60, 50), spacing=(2.5, 0.8, 0.9), direction=oblique(20.0))
+    encoded = engine.encode(volume)
+    probability = np.zeros(encoded.shape, np.float32)
+    zz, yy, xx = np.indices(encoded.shape)
+    centre = np.array(encoded.shape) // 2
+    distance = np.sqrt((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2] - 3) ** 2)
+    probability[:] = np.clip(1.2 - distance / 5.0, 0, 1)
+    probability[2:5, 2:5, 2:5] = 0.9  # a second lesion at the edge of the grid
+    result = encoded._result(probability, 0.5, None, "auto", "test", None, 0.001)
+    assert len(result.lesions) == 2
+
+    ids = ndimage.grey_dilation(result.labels_model, size=(3, 3, 3)).astype(np.int16)
+    whole_probability = to_input_grid(
+        probability, encoded.model_reference, encoded.input_reference
+    )
+    whole_ids = to_input_grid(ids, encoded.model_reference, encoded.input_reference, nearest=True)
+    expected = np.where(whole_probability > 0.5, whole_ids, 0)
+    assert expected.max() == 2
+    np.testing.assert_array_equal(result.labelmap, expected)

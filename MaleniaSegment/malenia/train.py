@@ -98,6 +98,7 @@ def make_dataset(config: TrainConfig, model_config: MaleniaConfig, seed_offset: 
             _categories(config), seed=config.seed + seed_offset, length=10**9,
             shape=model_config.patch_size, spacing=model_config.spacing_mm,
             max_lesions=config.data.get("max_lesions", 2),
+            distractor_prob=config.data.get("distractor_prob", 0.0),
         )  # fmt: skip
     if kind in ("msd", "kits23"):
         from malenia.data import RealLesionDataset

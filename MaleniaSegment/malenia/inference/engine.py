@@ -59,12 +59,24 @@ def default_weights_path() -> Path:
 
 @dataclass
 class Window:
-    slices: tuple[slice, slice, slice]  # on the model grid
-    valid: tuple[slice, slice, slice]  # part of the padded patch that lies on the grid
+    """What a query needs of one sliding window: its final mask tokens and the mask
+    features F4 of its core, the voxels nearer to its centre than to any other window's.
+    Cores tile the encoded box, so a query computes every voxel once, with no blending."""
+
+    slices: tuple[slice, slice, slice]  # the core, on the model grid
     tokens: torch.Tensor  # [N, E] final mask tokens
     objectness: torch.Tensor  # [N]
-    f4: torch.Tensor  # [C, d, h, w] float16 mask features
-    weight: torch.Tensor  # [d, h, w] blending weight
+    f4: torch.Tensor  # [C, d, h, w] float32 mask features of the core
+
+
+def _cores(starts: list[int], patch: int, length: int) -> dict[int, slice]:
+    """Per window start on one axis: the part of the axis nearest to that window's centre
+    (boundaries half-way between neighbouring centres), clipped to the grid."""
+    ordered = sorted(set(starts))
+    bounds = [max(ordered[0], 0)]
+    bounds += [(a + b + patch) // 2 for a, b in itertools.pairwise(ordered)]
+    bounds.append(min(ordered[-1] + patch, length))
+    return {s: slice(bounds[i], bounds[i + 1]) for i, s in enumerate(ordered)}
 
 
 EMPTY_WINDOW_HU = -500.0  # a window with nothing denser than this is air: skip the network
@@ -162,7 +174,7 @@ class Engine:
         prompt-free "any lesion" map that ``find_lesions`` reads. All-air windows skip the
         network. Progress and cancel are handled between batches of windows; after a GPU
         out-of-memory the run resumes with smaller batches, finished windows are kept."""
-        from monai.data.utils import compute_importance_map, dense_patch_slices
+        from monai.data.utils import dense_patch_slices
         from monai.inferers import sliding_window_inference
         from monai.inferers.utils import _get_scan_interval
 
@@ -171,14 +183,18 @@ class Engine:
         crop = _extract(hu, crop_start, crop_size)
         image = torch.from_numpy(normalize_ct(crop))[None, None]
         del crop
-        total = len(
-            dense_patch_slices(
+        positions = [
+            tuple(c.start + s for c, s in zip(window, crop_start, strict=True))
+            for window in dense_patch_slices(
                 crop_size, patch, _get_scan_interval(crop_size, patch, 3, (self.overlap,) * 3)
             )
-        )
-        importance = compute_importance_map(patch, mode="gaussian", sigma_scale=0.125)
+        ]
+        total = len(positions)
+        axis_cores = [_cores([p[a] for p in positions], patch[a], hu.shape[a]) for a in range(3)]
+        cores = {p: tuple(axis_cores[a][p[a]] for a in range(3)) for p in positions}
         empty_level = float(normalize_ct(np.float32(EMPTY_WINDOW_HU)))
         done: dict[tuple[int, ...], Window | None] = {}
+        any_lesion_of: dict[tuple[int, ...], torch.Tensor] = {}  # full window, until blended
 
         def predictor(batch: torch.Tensor, coords) -> torch.Tensor:
             out = torch.zeros((len(coords), 1, *patch))
@@ -186,8 +202,8 @@ class Engine:
             for b, coord in enumerate(coords):
                 key = tuple(c.start + s for c, s in zip(coord[2:], crop_start, strict=True))
                 if key in done:
-                    if done[key] is not None:
-                        out[b, 0][done[key].valid] = self._any_lesion(done[key])
+                    if key in any_lesion_of:
+                        out[b, 0] = any_lesion_of[key]
                 elif float(batch[b].max()) < empty_level:
                     done[key] = None
                 else:
@@ -195,12 +211,12 @@ class Engine:
             if todo:
                 if cancel:
                     cancel.check()
-                windows = self._run_batch(
-                    batch[[b for b, _ in todo]], [k for _, k in todo], hu.shape, patch, importance
+                windows, maps = self._run_batch(
+                    batch[[b for b, _ in todo]], [(k, cores[k]) for _, k in todo]
                 )
-                for (b, key), window in zip(todo, windows, strict=True):
+                for (b, key), window, window_map in zip(todo, windows, maps, strict=True):
                     done[key] = window
-                    out[b, 0][window.valid] = self._any_lesion(window)
+                    any_lesion_of[key] = out[b, 0] = window_map
             if progress:
                 progress("encoding", len(done), total)
             return out
@@ -247,36 +263,22 @@ class Engine:
         log.warning(self.device_note)
 
     @torch.no_grad()
-    def _run_batch(
-        self, images: torch.Tensor, starts, grid_shape, patch, importance
-    ) -> list[Window]:
-        """The heavy pass on a batch of windows: features F1..F4 and the final mask tokens."""
+    def _run_batch(self, images: torch.Tensor, placed) -> tuple[list[Window], list[torch.Tensor]]:
+        """The heavy pass on a batch of windows ``placed`` = [(start, core slices)]: the
+        final mask tokens and F4 of the core are kept; the prompt-free map of the whole
+        window goes to MONAI's blending."""
         features = self.model.encode_image(images.to(self.device))
         tokens = self.model.mask_tokens(features)[-1]
         objectness = self.model.objectness(tokens).squeeze(-1)
-        out = []
-        for b, start in enumerate(starts):
-            slices, valid = _overlap(start, patch, grid_shape)
-            f4 = features.f4[b][(slice(None), *valid)].to("cpu", torch.float16)
-            out.append(
-                Window(
-                    slices, valid, tokens[b].cpu(), objectness[b].cpu(), f4,
-                    importance.cpu()[valid],
-                )
-            )  # fmt: skip
-        return out
-
-    @torch.no_grad()
-    def _any_lesion(self, window: Window) -> torch.Tensor:
-        """Prompt-free map of one window: the best objectness-weighted token mask."""
-        masks = torch.sigmoid(
-            torch.einsum(
-                "nc,cdhw->ndhw",
-                self.model.mask_head(window.tokens.to(self.device)).cpu(),
-                window.f4.float(),
-            )
-        )
-        return (masks * torch.sigmoid(window.objectness)[:, None, None, None]).amax(0)
+        # Prompt-free map: the best objectness-weighted token mask.
+        masks = torch.sigmoid(self.model.token_masks(tokens, features.f4))
+        any_lesion = (masks * torch.sigmoid(objectness)[:, :, None, None, None]).amax(1).cpu()
+        windows = []
+        for b, (start, core) in enumerate(placed):
+            local = tuple(slice(c.start - s, c.stop - s) for c, s in zip(core, start, strict=True))
+            f4 = features.f4[b][(slice(None), *local)].to("cpu", torch.float32).contiguous()
+            windows.append(Window(core, tokens[b].cpu(), objectness[b].cpu(), f4))
+        return windows, list(any_lesion)
 
 
 def _overlap(start, size, shape) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
@@ -381,9 +383,6 @@ class EncodedVolume:
         )
         self.model_reference = _blank_like(model_image)
         self.input_reference = _blank_like(volume.to_sitk())
-        self._norm = np.zeros(shape, np.float32)
-        for w in windows:
-            self._norm[w.slices] += w.weight.numpy()
         self._probabilities: dict[str, np.ndarray] = {}  # per query, model grid
         self.any_lesion = np.zeros(shape, np.float32)  # prompt-free map (set by the encoder)
         spacing = engine.config.spacing_mm
@@ -417,18 +416,17 @@ class EncodedVolume:
         if key not in self._probabilities:
             model = self.engine.model
             attributes = self.engine.table.embed(description)[None].to(self.engine.device)
-            logits = np.zeros(self.shape, np.float32)
+            probability = torch.zeros(self.shape)  # outside the encoded box: nothing
             if self.windows:  # one batched prompt pass over every window's tokens
                 tokens = torch.stack([w.tokens for w in self.windows]).to(self.engine.device)
                 vectors = model.prompt_vectors(
                     tokens, attributes.expand(len(self.windows), -1, -1)
                 )["ensemble"].cpu()
             for w, vector in zip(self.windows, vectors if self.windows else [], strict=True):
-                window_logits = torch.einsum("c,cdhw->dhw", vector, w.f4.float())
-                logits[w.slices] += (window_logits * w.weight).numpy()
-            with np.errstate(invalid="ignore", divide="ignore"):
-                logits = np.where(self._norm > 0, logits / np.maximum(self._norm, 1e-6), -20.0)
-            self._probabilities[key] = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+                channels = w.f4.shape[0]
+                logits = (vector[None] @ w.f4.view(channels, -1)).view(w.f4.shape[1:])
+                probability[w.slices] = torch.sigmoid_(logits)
+            self._probabilities[key] = probability.numpy()
             if len(self._probabilities) > 8:
                 self._probabilities.pop(next(iter(self._probabilities)))
         return self._probabilities[key]
@@ -518,8 +516,8 @@ class EncodedVolume:
             raise UnknownAttributeValueError(
                 f"threshold must be between 0 and 1 (exclusive), not {threshold}"
             )
-        labels, boxes = components(
-            probability > threshold, max(1, int(round(min_volume_ml / self.voxel_ml)))
+        labels, boxes = _components_in_box(
+            probability, threshold, max(1, int(round(min_volume_ml / self.voxel_ml)))
         )
         spacing = self.engine.config.spacing_mm
         lesions = []
@@ -552,16 +550,75 @@ class EncodedVolume:
     def to_input_labelmap(
         self, probability: np.ndarray, labels_model: np.ndarray, threshold: float
     ) -> np.ndarray:
+        """Lesion ids on the input grid: probabilities resampled (linear) and cut again on
+        the input grid for smooth edges, ids from the nearest model voxel. Only the input
+        voxels around the lesions are resampled, so the cost follows lesion size."""
         from scipy import ndimage
 
-        probability_in = to_input_grid(probability, self.model_reference, self.input_reference)
-        ids = labels_model
-        if ids.max() > 0:
-            ids = ndimage.grey_dilation(ids, size=(3, 3, 3))
-        ids_in = to_input_grid(
-            ids.astype(np.int16), self.model_reference, self.input_reference, nearest=True
-        )
-        return np.where(probability_in > threshold, ids_in, 0).astype(np.int16)
+        labelmap = np.zeros(self.volume.array.shape, np.int16)
+        if labels_model.max() == 0:
+            return labelmap
+        box = _input_box(labels_model > 0, self.model_reference, self.input_reference)
+        if box is None:
+            return labelmap
+        reference = _sub_grid(self.input_reference, box)
+        ids = ndimage.grey_dilation(labels_model, size=(3, 3, 3)).astype(np.int16)
+        probability_in = to_input_grid(probability, self.model_reference, reference)
+        ids_in = to_input_grid(ids, self.model_reference, reference, nearest=True)
+        labelmap[box] = np.where(probability_in > threshold, ids_in, 0)
+        return labelmap
+
+
+def _components_in_box(probability: np.ndarray, threshold: float, min_voxels: int):
+    """Connected components of ``probability > threshold``, labelled only inside the box
+    holding the foreground (most of a CT is not lesion; labelling all of it is slow)."""
+    foreground = probability > threshold
+    labels = np.zeros(probability.shape, np.int16)
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(foreground.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hit.size == 0:
+            return labels, []
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    box = tuple(box)
+    local, boxes = components(foreground[box], min_voxels)
+    labels[box] = local
+    shifted = [
+        tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(inner, box, strict=True))
+        for inner in boxes
+    ]
+    return labels, shifted
+
+
+def _input_box(mask: np.ndarray, model_image, input_image, margin_vox: int = 2):
+    """The box of input-grid voxels (k, j, i slices) covering ``mask`` on the model grid,
+    grown by a couple of model voxels; None when it misses the input grid."""
+    hit = [
+        np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)
+    ]
+    low = [int(h[0]) - margin_vox for h in hit]
+    high = [int(h[-1]) + margin_vox for h in hit]
+    corners = []
+    for z, y, x in itertools.product(*zip(low, high, strict=True)):
+        point = model_image.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(z)))
+        corners.append(input_image.TransformPhysicalPointToContinuousIndex(point)[::-1])
+    corners = np.asarray(corners)
+    size = input_image.GetSize()[::-1]
+    start = np.maximum(np.floor(corners.min(0)).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(corners.max(0)).astype(int) + 2, size)
+    if np.any(stop <= start):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+
+
+def _sub_grid(image: sitk.Image, box) -> sitk.Image:
+    """A blank image on the part ``box`` (k, j, i slices) of ``image``'s grid."""
+    size = [b.stop - b.start for b in box[::-1]]
+    sub = sitk.Image(size, sitk.sitkUInt8)
+    sub.SetSpacing(image.GetSpacing())
+    sub.SetDirection(image.GetDirection())
+    sub.SetOrigin(image.TransformIndexToPhysicalPoint([b.start for b in box[::-1]]))
+    return sub
 
 
 def _blank_like(image) -> sitk.Image:

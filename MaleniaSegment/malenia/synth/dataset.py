@@ -41,8 +41,12 @@ def make_sample(
     shape: tuple[int, int, int] = (64, 64, 64),
     spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
     max_lesions: int = 2,
+    distractor_prob: float = 0.0,
 ) -> Sample:
-    """One volume around a lesion of a random category in ``categories`` (+ maybe others)."""
+    """One volume around a lesion of a random category in ``categories`` (+ maybe others).
+
+    With ``distractor_prob`` a lesion of another of ``categories`` in the same body region is
+    added: a volume holding two kinds of lesion is what makes the description matter."""
     rng = np.random.default_rng(seed)
     first = _draw(rng, categories)
     location = first.description.location
@@ -53,12 +57,23 @@ def make_sample(
     centre = np.array(LOCATION_CENTRES[location]) + rng.uniform(-20, 20, size=3)
     phantom = make_phantom(int(rng.integers(2**31)), shape, spacing, region, phase, tuple(centre))
     records = [first]
+    same_region = [
+        c
+        for c in categories
+        if c != first.category and _region(lesion_pool(c)[0].description.location) == region
+    ]
+    if same_region and rng.random() < distractor_prob:
+        records.append(_draw(rng, tuple(same_region)))
     for _ in range(int(rng.integers(0, max_lesions))):
         other = _draw(rng, categories)
         if (other.description.location in CHEST_LOCATIONS) == (region == "chest"):
             records.append(other)
     ct, instances, rendered = render_lesions(phantom.ct, phantom.labels, records, rng, spacing)
     return Sample(ct, phantom.labels, instances, rendered, spacing, phase)
+
+
+def _region(location: str | None) -> str:
+    return "chest" if location in CHEST_LOCATIONS else "abdomen"
 
 
 def _draw(rng, categories) -> LesionRecord:
@@ -83,9 +98,11 @@ class SyntheticLesionDataset:
         shape: tuple[int, int, int] = (64, 64, 64),
         spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
         max_lesions: int = 2,
+        distractor_prob: float = 0.0,
     ) -> None:
         self.categories, self.seed, self.length = tuple(categories), seed, length
         self.shape, self.spacing, self.max_lesions = shape, spacing, max_lesions
+        self.distractor_prob = distractor_prob
 
     def __len__(self) -> int:
         return self.length
@@ -98,6 +115,7 @@ class SyntheticLesionDataset:
                 self.shape,
                 self.spacing,
                 self.max_lesions,
+                self.distractor_prob,
             )
             if sample.lesions:
                 break
