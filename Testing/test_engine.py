@@ -314,9 +314,7 @@ def test_labelmap_resampled_around_lesions_equals_the_whole_grid_resample(engine
     assert len(result.lesions) == 2
 
     ids = ndimage.grey_dilation(result.labels_model, size=(3, 3, 3)).astype(np.int16)
-    whole_probability = to_input_grid(
-        probability, encoded.model_reference, encoded.input_reference
-    )
+    whole_probability = to_input_grid(probability, encoded.model_reference, encoded.input_reference)
     whole_ids = to_input_grid(ids, encoded.model_reference, encoded.input_reference, nearest=True)
     expected = np.where(whole_probability > 0.5, whole_ids, 0)
     assert expected.max() == 2

@@ -198,3 +198,20 @@ def test_lesions_render_into_a_real_ct(shared_data):
     x_left = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in left[::-1]))[0]
     x_right = image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in right[::-1]))[0]
     assert x_left > x_right
+
+
+@pytest.mark.parametrize(
+    ("seed", "seen_only"),
+    [(10_256, False), (10_380, False)],  # found by drawing 400 samples; each crashed training
+)
+def test_samples_near_the_volume_edge_render(seed, seen_only):
+    """Organ slivers one voxel thick (no room for vessels) and pleural strands reaching the
+    edge of the volume once raised errors that stopped a training run."""
+    from malenia.attributes.presets import load_presets
+    from malenia.synth.dataset import make_sample
+    from malenia.synth.split import SEEN_CATEGORIES
+
+    categories = SEEN_CATEGORIES if seen_only else tuple(load_presets())
+    sample = make_sample(seed, categories, distractor_prob=0.7)
+    assert sample.ct.shape == sample.instance_mask.shape == (64, 64, 64)
+    assert np.isfinite(sample.ct).all()

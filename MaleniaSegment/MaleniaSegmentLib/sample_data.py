@@ -7,7 +7,7 @@ from pathlib import Path
 
 SAMPLE_NAME = "MaleniaSampleCT"
 # SHA-256 of Resources/SampleData/sample_ct.nii.gz; a test checks it against the file.
-SAMPLE_CT_SHA256 = "102126e81e34a7e15991fe9399c063d748910988000b666cc10044b2ffef1b29"
+SAMPLE_CT_SHA256 = "ec5e473e0b5685ab4c914495f84f2d71a5330a5017520ec44d1e0570e05f9fa0"
 
 
 def sample_ct_path() -> Path:

@@ -295,7 +295,7 @@ def _lesion_intensity(record, d, features, host_hu, rng, distance, radius_vox) -
             "mixed ground-glass and solid": -550.0,
         }.get(d.density or "", 35.0)
     elif record.category in _CYSTS and d.density == "hypodense":
-        base = float(rng.uniform(2, 18))  # water, whatever the phase
+        base = float(rng.uniform(-2, 10))  # simple fluid (0-10 HU), whatever the phase
     else:
         offset = {
             "hypodense": -rng.uniform(40, 75),
@@ -425,9 +425,9 @@ def _pleural_traction(ct, labels, centre, spacing, rng, instances) -> None:
             continue
         if instances[box][tuple(q)] > 0:
             continue
-        patch = tuple(
-            slice(max(c - 1, 0), c + 2) for c in (q + lo)
-        )  # 3-voxel neighbourhood, graded by distance to the strand's axis
+        patch = tuple(  # 3-voxel neighbourhood (clipped to the grid), graded by distance
+            slice(max(c - 1, 0), min(c + 2, n)) for c, n in zip(q + lo, ct.shape, strict=True)
+        )
         zz, yy, xx = np.meshgrid(*[np.arange(s.start, s.stop) for s in patch], indexing="ij")
         dist = np.sqrt(
             ((zz - p[0] - lo[0]) * spacing[0]) ** 2

@@ -117,6 +117,8 @@ def tube_network(rng, shape, spacing, correlation_mm: float, radius_mm: float) -
     ``|f| / |grad f|`` approximates the distance (mm) to each field's zero surface; the
     intersection of two such surfaces is a curve, so thresholding both gives vessel-like tubes.
     """
+    if min(shape) < 2:  # a sliver of an organ at the edge of the volume: too thin for vessels
+        return np.zeros(shape, bool)
     distances = []
     for _ in range(2):
         f = smooth_noise_mm(rng, shape, spacing, correlation_mm)
