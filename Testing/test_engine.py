@@ -319,3 +319,28 @@ def test_labelmap_resampled_around_lesions_equals_the_whole_grid_resample(engine
     expected = np.where(whole_probability > 0.5, whole_ids, 0)
     assert expected.max() == 2
     np.testing.assert_array_equal(result.labelmap, expected)
+
+
+def test_components_are_ordered_by_size_and_small_ones_dropped():
+    from malenia.inference.postprocess import components
+
+    mask = np.zeros((20, 30, 30), bool)
+    mask[2:5, 2:5, 2:5] = True  # 27 voxels
+    mask[10:16, 10:20, 10:20] = True  # 600 voxels
+    mask[18, 28, 28] = True  # 1 voxel: below the minimum
+    labels, boxes = components(mask, min_voxels=2)
+    assert labels.dtype == np.int16 and labels.max() == 2 and len(boxes) == 2
+    assert (labels == 1).sum() == 600 and (labels == 2).sum() == 27
+    assert labels[18, 28, 28] == 0
+    assert boxes[0] == (slice(10, 16), slice(10, 20), slice(10, 20))
+
+
+def test_longest_axial_diameter_of_a_disc_and_a_thin_line():
+    from malenia.inference.postprocess import longest_axial_diameter
+
+    yy, xx = np.indices((41, 41))
+    disc = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 15**2)[None].repeat(3, 0)
+    disc[0] = False
+    disc[0, 20, 5:36] = True  # a one-voxel-thin line of 31 voxels (no edge after erosion)
+    diameter = longest_axial_diameter(disc, (5.0, 0.5, 0.5))
+    assert diameter == pytest.approx(31 * 0.5, abs=0.01)  # 30 voxel centres apart + one voxel

@@ -133,6 +133,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--baseline-windows", type=int, default=3)
     parser.add_argument(
+        "--overlap", type=float, default=None, help="window overlap (default: the engine's)"
+    )
+    parser.add_argument(
         "--baseline-only",
         type=float,
         default=None,
@@ -156,13 +159,19 @@ def main() -> None:
         print(f"baseline ({how}): {estimate:.1f} s; ratio {estimate / args.baseline_only:.1f}x")
         return
     engine = Engine.load(args.weights, args.device)
+    if args.overlap is not None:
+        engine.overlap = args.overlap
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {engine.device_note}")
     print(f"weights: {engine.weights_path} ({engine.model_id})")
     print(f"CT {array.shape[::-1]} voxels at {SPACING_XYZ} mm; RSS before: ", end="")
     print(f"{psutil.Process().memory_info().rss / 2**30:.2f} GB")
     encoded, encode_s = timed("encode whole CT (heavy pass)", lambda: engine.encode(volume), rows)
-    print(f"  {len(encoded.windows)} windows run (empty ones skipped), model grid {encoded.shape}")
+    print(
+        f"  {len(encoded.windows)} windows run (empty ones skipped; overlap {engine.overlap}),"
+        f" model grid {encoded.shape}"
+    )
     first, first_s = timed("first query (preset)", lambda: encoded.segment("renal cyst"), rows)
+    print(f"  {len(first.lesions)} lesions at threshold 0.5")
     _, requery_s = timed(
         "re-query",
         lambda: encoded.segment({"location": "right liver lobe", "density": "hypodense"}),

@@ -39,31 +39,39 @@ class LesionInfo:
 
 def components(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, list[tuple[slice, ...]]]:
     """Connected components (26-connectivity) of at least ``min_voxels``, relabelled 1..n
-    by decreasing size."""
+    by decreasing size. Relabelling writes only inside each kept component's box."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    out = np.zeros(mask.shape, np.int16)
     if count == 0:
-        return labels.astype(np.int16), []
+        return out, []
     sizes = np.bincount(labels.ravel())[1:]
-    order = [i + 1 for i in np.argsort(-sizes) if sizes[i] >= min_voxels]
-    remap = np.zeros(count + 1, np.int16)
-    for new, old in enumerate(order, start=1):
-        remap[old] = new
-    relabelled = remap[labels]
-    boxes = ndimage.find_objects(relabelled)
-    return relabelled, [b for b in boxes if b is not None]
+    objects = ndimage.find_objects(labels)
+    boxes = []
+    for old in np.argsort(-sizes, kind="stable"):
+        if sizes[old] < min_voxels or len(boxes) == np.iinfo(np.int16).max:
+            break
+        box = objects[old]
+        out[box][labels[box] == old + 1] = len(boxes) + 1
+        boxes.append(box)
+    return out, boxes
 
 
 def longest_axial_diameter(mask: np.ndarray, spacing_zyx) -> float:
     """Largest in-plane extent over the axial slices of a binary mask, in mm."""
+    # The farthest pair of a slice lies on its edge: one in-plane erosion for all slices.
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    edges = mask & ~ndimage.binary_erosion(mask, in_plane)
+    # Slices whose edge is empty (one-voxel-thin) fall back to all their voxels.
+    thin = mask.any(axis=(1, 2)) & ~edges.any(axis=(1, 2))
+    edges[thin] = mask[thin]
+    z, y, x = np.nonzero(edges)
+    points = np.stack([y, x], 1).astype(np.float64) * np.asarray(spacing_zyx[1:])
     best = 0.0
-    for z in np.flatnonzero(mask.any(axis=(1, 2))):
-        edge = mask[z] & ~ndimage.binary_erosion(mask[z])  # the farthest pair lies on the edge
-        points = np.argwhere(edge if edge.any() else mask[z]).astype(np.float64) * np.asarray(
-            spacing_zyx[1:]
-        )
-        if len(points) > 400:
-            points = points[np.linspace(0, len(points) - 1, 400).astype(int)]
-        if len(points) >= 2:
-            difference = points[:, None, :] - points[None, :, :]
+    for slice_points in np.split(points, np.flatnonzero(np.diff(z)) + 1):
+        if len(slice_points) > 400:
+            slice_points = slice_points[np.linspace(0, len(slice_points) - 1, 400).astype(int)]
+        if len(slice_points) >= 2:
+            difference = slice_points[:, None, :] - slice_points[None, :, :]
             best = max(best, float(np.sqrt((difference**2).sum(-1)).max()))
     return best + float(np.mean(spacing_zyx[1:]))  # voxel extent, not centre distance
