@@ -227,3 +227,58 @@ def test_msd_and_kits_layouts_are_read_and_joined_with_records(tmp_path):
         tmp_path / "kits", "kits23", patch=(32, 32, 32), spacing=(2.0, 2.0, 2.0)
     )[0]
     assert item["instance_mask"].any() and item["categories"] == [cases[0].record.category]
+
+
+def test_the_description_changes_the_prompted_mask_through_the_direct_path():
+    """The direct prompt path starts at zero (a trained model keeps its function) and, once
+    trained, makes different descriptions give different masks on the same image."""
+    torch.manual_seed(0)
+    model = MaleniaNet(small_config()).eval()
+    image = torch.randn(1, 1, 32, 32, 32)
+    first, second = torch.randn(1, 8, 384), torch.randn(1, 8, 384)
+    with torch.no_grad():
+        assert model.prompt_direct(first.flatten(1)).abs().max() == 0
+        torch.nn.init.normal_(model.prompt_direct.weight, std=0.05)
+        a = model(image, first)["prompt_logits"]["ensemble"]
+        b = model(image, second)["prompt_logits"]["ensemble"]
+    assert (a - b).abs().mean() > 0.01
+
+
+def test_older_weights_without_the_direct_path_still_load(tmp_path):
+    from malenia.errors import WeightsError
+    from malenia.weights import load_weights, save_weights, sha256_of
+
+    torch.manual_seed(0)
+    path = save_weights(MaleniaNet(small_config()), tmp_path / "w.safetensors", {"name": "old"})
+    from safetensors.torch import load_file, save_file
+
+    def rewrite(state):
+        save_file(state, str(path))
+        card_file = path.with_suffix(".json")
+        card = json.loads(card_file.read_text())
+        card["sha256"] = sha256_of(path)
+        card_file.write_text(json.dumps(card))
+
+    state = load_file(str(path))
+    rewrite({k: v for k, v in state.items() if not k.startswith("prompt_direct.")})
+    model, _ = load_weights(path)
+    assert model.prompt_direct.weight.abs().max() == 0
+    rewrite({k: v for k, v in state.items() if k != "objectness.bias"})
+    with pytest.raises(WeightsError, match="objectness.bias"):
+        load_weights(path)
+
+
+def test_training_can_start_from_published_weights(tmp_path):
+    from malenia.weights import load_weights
+
+    first = train(_config(tmp_path / "a", 2))
+    config = _config(tmp_path / "b", 1)
+    config.init_from = str(tmp_path / "a" / "last.safetensors")
+    start, _ = load_weights(tmp_path / "a" / "last.safetensors")
+    second = train(config)
+    card = json.loads((tmp_path / "b" / "last.json").read_text())
+    assert card["training"]["initialised_from"]["steps"] == 2
+    moved = [
+        (second["model"].state_dict()[k] - v).abs().max() for k, v in start.state_dict().items()
+    ]
+    assert first["step"] == 2 and max(moved) < 0.05  # one small step away, not a fresh model

@@ -50,6 +50,7 @@ class TrainConfig:
     align_weight: float = 0.5
     objectness_weight: float = 0.5
     data: dict = field(default_factory=lambda: {"type": "synthetic", "max_lesions": 2})
+    init_from: str | None = None  # weights to start from when ``out`` has no checkpoint yet
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -300,7 +301,23 @@ def model_card(model: MaleniaNet, config: TrainConfig, step: int, history: dict)
             "seed": config.seed,
             "last_losses": history.get("last", {}),
             "validation_dice": history.get("val", {}),
+            "initialised_from": _init_summary(config.init_from),
         },
+    }
+
+
+def _init_summary(path: str | None) -> dict | None:
+    """Which weights a run started from (name, sha256, their own steps), for the card."""
+    if not path:
+        return None
+    from malenia.weights import read_card
+
+    card = read_card(Path(path))
+    return {
+        "file": Path(path).name,
+        "sha256": card.get("sha256"),
+        "steps": card.get("training", {}).get("steps"),
+        "initialised_from": card.get("training", {}).get("initialised_from"),
     }
 
 
@@ -362,6 +379,11 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
         step = load_checkpoint(out, model, optimizer, torch_device)
         if rank == 0:
             print(f"resumed from {out} at step {step}")
+    elif config.init_from:
+        start, _ = load_weights(Path(config.init_from), torch_device)
+        model.load_state_dict(start.state_dict())
+        if rank == 0:
+            print(f"initialised from {config.init_from} (fresh optimizer)")
     if world > 1:
         for parameter in model.parameters():  # identical start on every rank
             dist.broadcast(parameter.data, 0)

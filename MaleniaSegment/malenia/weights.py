@@ -80,7 +80,12 @@ def load_weights(path: Path, device: str | torch.device = "cpu") -> tuple[Maleni
     try:
         state = load_file(str(path))
         model = MaleniaNet(MaleniaConfig.from_dict(card["config"]))
-        model.load_state_dict({k: v.float() for k, v in state.items()})
+        missing, unexpected = model.load_state_dict(
+            {k: v.float() for k, v in state.items()}, strict=False
+        )
+        missing = [k for k in missing if k not in MaleniaNet.OPTIONAL_KEYS]
+        if missing or unexpected:
+            raise ValueError(f"missing tensors {missing[:5]}, unexpected tensors {unexpected[:5]}")
     except Exception as error:
         raise WeightsError(
             f"Weights file {path} cannot be loaded into MaleniaNet ({error})."

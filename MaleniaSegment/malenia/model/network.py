@@ -89,6 +89,10 @@ class CMKILayer(nn.Module):
 
 
 class MaleniaNet(nn.Module):
+    # Parameters added after weights were first published; a file without them loads with
+    # their initial values (zero), which leaves the older model's function unchanged.
+    OPTIONAL_KEYS = ("prompt_direct.weight", "prompt_direct.bias")
+
     def __init__(self, config: MaleniaConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or MaleniaConfig.tiny()
@@ -123,6 +127,13 @@ class MaleniaNet(nn.Module):
         self.text_mask_head = nn.Sequential(
             nn.Linear(e, e), nn.GELU(), nn.Linear(e, config.mask_dim)
         )
+        # Direct path from the 8 attribute embeddings to a mask vector. The fused paths above
+        # learned to ignore the prompt (MiniLM embeddings of different values differ little
+        # next to the token norms); this linear map gives the prompt a gradient from step one.
+        # Zero at start, so adding it to a trained model changes nothing until it is trained.
+        self.prompt_direct = nn.Linear(len(ATTRIBUTE_KEYS) * config.text_dim, config.mask_dim)
+        nn.init.zeros_(self.prompt_direct.weight)
+        nn.init.zeros_(self.prompt_direct.bias)
 
     # ----------------------------------------------------------------- image side (heavy)
     def encode_image(self, image: torch.Tensor) -> ImageFeatures:
@@ -203,10 +214,11 @@ class MaleniaNet(nn.Module):
             weights = torch.softmax(similarity * self.logit_scale.exp().clamp(max=100), dim=1)
         mask_vector = torch.einsum("bn,bnc->bc", weights, self.mask_head(fused_tokens))
         text_vector = self.text_mask_head(fused_text.mean(1))
+        direct = self.prompt_direct(attributes.flatten(1))
         return {
             "mask": mask_vector,
             "text": text_vector,
-            "ensemble": 0.5 * (mask_vector + text_vector),
+            "ensemble": 0.5 * (mask_vector + text_vector) + direct,
             "weights": weights,
         }
 
