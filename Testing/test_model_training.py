@@ -61,8 +61,13 @@ def test_gradients_reach_every_part():
         model, [item], vocab, TrainConfig(negative_prompt_prob=0.0), 0, {}, "cpu"
     )
     loss.backward()
+    # A bias added to every token's relevance logit cancels in the softmax over tokens:
+    # its gradient is zero by construction (CI's BLAS gives exactly 0.0), so it is not asked for.
+    shift_invariant = {"relevance.bias"}
     missing = [
-        name for name, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)
+        name
+        for name, p in model.named_parameters()
+        if name not in shift_invariant and (p.grad is None or not torch.any(p.grad != 0))
     ]
     assert not missing, missing
     for part in (

@@ -57,7 +57,7 @@ def small_server():
     """Room for one waiting volume and about two encoded 48^3 volumes."""
     process = EngineProcess(
         device="cpu",
-        extra_args=["--queue-size", "1", "--cache-mb", "20", "--max-upload-mb", "8"],
+        extra_args=["--queue-size", "1", "--cache-mb", "36", "--max-upload-mb", "8"],
     )
     process.start()
     yield process
