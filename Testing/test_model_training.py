@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from malenia.model import MaleniaConfig, MaleniaNet, count_parameters
-from malenia.train import TrainConfig, Vocabulary, compute_loss, train
+from malenia.train import TrainConfig, Vocabulary, compute_loss, contrast_prompts, train
 
 torch.set_num_threads(2)
 
@@ -83,6 +83,73 @@ def test_gradients_reach_every_part():
         "objectness",
     ):
         assert any(name.startswith(part) for name, _ in model.named_parameters()), part
+
+
+def _two_category_item():
+    """A volume holding a renal cell carcinoma and a renal cyst (same region)."""
+    from malenia.synth import SyntheticLesionDataset
+
+    dataset = SyntheticLesionDataset(
+        ("renal cell carcinoma", "renal cyst"), seed=5, shape=(32, 32, 32),
+        spacing=(3.0, 3.0, 3.0), max_lesions=1, distractor_prob=1.0,
+    )  # fmt: skip
+    for index in range(20):
+        item = dataset[index]
+        if len(set(item["categories"])) == 2 and all(
+            np.any(item["instance_mask"] == i + 1) for i in range(2)
+        ):
+            return item
+    raise AssertionError("no two-category volume in the first 20 samples")
+
+
+def test_contrast_prompts_are_the_other_categories_and_an_absent_one():
+    import random
+
+    item = _two_category_item()
+    first, second = item["categories"]
+    pool = {c: [item["descriptions"][0]] for c in ("renal cell carcinoma", "renal cyst")}
+    pool["lung cancer"] = ["lung description"]
+    descriptions, targets = contrast_prompts(item, first, random.Random(0), pool)
+    assert descriptions == [item["descriptions"][1], "lung description"]
+    np.testing.assert_array_equal(targets[0] > 0, item["instance_mask"] == 2)
+    assert not targets[1].any()  # absent category: empty target
+
+
+def test_contrast_loss_trains_the_prompt_path():
+    item = _two_category_item()
+    model = MaleniaNet(small_config())
+    vocab = Vocabulary("cpu")
+    pool = {c: [d] for c, d in zip(item["categories"], item["descriptions"], strict=True)}
+    config = TrainConfig(negative_prompt_prob=0.0, contrast_prompt_weight=1.0)
+    loss, parts = compute_loss(model, [item], vocab, config, 0, pool, "cpu")
+    assert parts["contrast"] > 0
+    loss.backward()
+    assert torch.any(model.prompt_direct.weight.grad != 0)
+
+
+@pytest.mark.slow
+def test_contrast_prompts_teach_the_model_to_read_the_description():
+    """Same image, two descriptions: after training each prompt finds its own lesion."""
+    torch.manual_seed(0)
+    item = _two_category_item()
+    model = MaleniaNet(small_config())
+    vocab = Vocabulary("cpu")
+    pool = {c: [d] for c, d in zip(item["categories"], item["descriptions"], strict=True)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    config = TrainConfig(negative_prompt_prob=0.0, contrast_prompt_weight=1.0)
+    for step in range(300):
+        loss, _ = compute_loss(model, [item], vocab, config, step, pool, "cpu")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        for index, description in enumerate(item["descriptions"]):
+            out = model(torch.from_numpy(item["image"][None]), vocab.table.embed(description)[None])
+            pred = out["prompt_logits"]["ensemble"][0].numpy() > 0
+            own, other = item["instance_mask"] == index + 1, item["instance_mask"] == 2 - index
+            assert 2 * (pred & own).sum() / (pred.sum() + own.sum()) > 0.6
+            assert (pred & other).sum() < 0.2 * other.sum()
 
 
 @pytest.mark.slow

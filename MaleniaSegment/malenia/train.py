@@ -47,6 +47,10 @@ class TrainConfig:
     val_samples: int = 4
     num_workers: int = 1
     negative_prompt_prob: float = 0.25
+    # Weight of the contrast prompts: on the same image, every other category present and one
+    # absent category are also prompted (cheap: the image pass is shared). Same image, different
+    # description, different target is the signal that makes the model read the prompt.
+    contrast_prompt_weight: float = 0.0
     align_weight: float = 0.5
     objectness_weight: float = 0.5
     data: dict = field(default_factory=lambda: {"type": "synthetic", "max_lesions": 2})
@@ -54,7 +58,9 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        return cls(**json.loads(Path(path).read_text()))
+        """Read a config JSON; keys starting with "_" are comments."""
+        data = json.loads(Path(path).read_text())
+        return cls(**{k: v for k, v in data.items() if not k.startswith("_")})
 
 
 def register(subparsers) -> None:
@@ -160,17 +166,37 @@ class Vocabulary:
 
 def choose_prompt(item: dict, rng: random.Random, negative_prob: float, pool: dict):
     """(description, target mask) for the prompted loss: a lesion's description and the
-    union of lesions of its category; sometimes an absent category with an empty target."""
+    union of lesions of its category; sometimes an absent category with an empty target.
+    Returns (category, description, target)."""
     instance = item["instance_mask"]
     present = set(item["categories"])
     absent = [c for c in pool if c not in present]
     if absent and rng.random() < negative_prob:
         category = rng.choice(absent)
-        return rng.choice(pool[category]), np.zeros(instance.shape, np.float32)
+        return category, rng.choice(pool[category]), np.zeros(instance.shape, np.float32)
     j = rng.randrange(len(item["descriptions"]))
     category = item["categories"][j]
     ids = [i + 1 for i, c in enumerate(item["categories"]) if c == category]
-    return item["descriptions"][j], np.isin(instance, ids).astype(np.float32)
+    return category, item["descriptions"][j], np.isin(instance, ids).astype(np.float32)
+
+
+def contrast_prompts(item: dict, primary: str, rng: random.Random, pool: dict):
+    """(descriptions, targets) for the categories in ``item`` other than ``primary`` (the
+    category already prompted) and one absent category."""
+    instance = item["instance_mask"]
+    descriptions, targets, done = [], [], {primary}
+    for j, category in enumerate(item["categories"]):
+        if category in done:
+            continue
+        done.add(category)
+        ids = [i + 1 for i, c in enumerate(item["categories"]) if c == category]
+        descriptions.append(item["descriptions"][j])
+        targets.append(np.isin(instance, ids).astype(np.float32))
+    absent = sorted(c for c in pool if c not in set(item["categories"]) | done)
+    if absent:
+        descriptions.append(rng.choice(pool[rng.choice(absent)]))
+        targets.append(np.zeros(instance.shape, np.float32))
+    return descriptions, targets
 
 
 def compute_loss(
@@ -184,11 +210,14 @@ def compute_loss(
 ) -> tuple[torch.Tensor, dict]:
     rng = random.Random(config.seed * 7919 + step)
     images = torch.from_numpy(np.stack([item["image"] for item in batch])).to(device)
-    prompts, prompt_targets = [], []
+    prompts, prompt_targets, primaries = [], [], []
     for item in batch:
-        description, target = choose_prompt(item, rng, config.negative_prompt_prob, prompt_pool)
+        category, description, target = choose_prompt(
+            item, rng, config.negative_prompt_prob, prompt_pool
+        )
         prompts.append(vocabulary.table.embed(description))
         prompt_targets.append(target)
+        primaries.append(category)
     attributes = torch.stack(prompts).to(device)
     out = model(images, attributes, vocabulary.matrices)
     core = model.module if isinstance(model, DistributedDataParallel) else model
@@ -232,8 +261,29 @@ def compute_loss(
     )
     total = total + prompted + branches
     parts["prompt"] = float(prompted.detach())
+    if config.contrast_prompt_weight > 0:
+        contrast = _contrast_loss(core, out, batch, primaries, vocabulary, rng, prompt_pool, device)
+        total = total + config.contrast_prompt_weight * contrast
+        parts["contrast"] = float(contrast.detach())
     parts["total"] = float(total.detach())
     return total / len(batch), parts
+
+
+def _contrast_loss(core, out, batch, primaries, vocabulary, rng, pool, device) -> torch.Tensor:
+    """Mask loss of the contrast prompts, through the shared image pass of ``out``."""
+    losses = []
+    for b, item in enumerate(batch):
+        descriptions, targets = contrast_prompts(item, primaries[b], rng, pool)
+        if not descriptions:
+            continue
+        count = len(descriptions)
+        attributes = torch.stack([vocabulary.table.embed(d) for d in descriptions]).to(device)
+        tokens = out["block_tokens"][-1][b : b + 1].expand(count, -1, -1)
+        vectors = core.prompt_vectors(tokens, attributes)
+        f4 = out["features"].f4[b : b + 1].expand(count, -1, -1, -1, -1)
+        logits = core.vector_logits(vectors["ensemble"], f4)
+        losses.append(mask_loss(logits, torch.from_numpy(np.stack(targets)).to(device)))
+    return torch.stack(losses).mean() if losses else out["features"].f4.sum() * 0.0
 
 
 # --------------------------------------------------------------------------- checkpoints

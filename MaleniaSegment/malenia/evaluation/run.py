@@ -32,8 +32,8 @@ from malenia.evaluation.testset import (
     held_out_cases,
 )
 
-DEFAULT_SHAPE = (96, 96, 96)
-DEFAULT_SPACING_MM = 1.5
+DEFAULT_SHAPE = (64, 64, 64)  # one model window at the model spacing: measures the model itself
+DEFAULT_SPACING_MM = 2.0
 RULES = {
     "ground_truth": "union of every lesion of the target lesion's category in the volume",
     "prompt": "the target lesion's own description, from a real Malenia record of its "
