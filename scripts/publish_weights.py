@@ -1,0 +1,79 @@
+"""Publish a training checkpoint as the bundled weights, with its model card.
+
+    python scripts/publish_weights.py runs/tiny_stage2/last.safetensors \
+        --eval docs/eval/synthetic/metrics.json --real-ct docs/eval/real_ct.json \
+        --config configs/tiny_cpu_stage2.json --hardware "2-core CPU, no GPU"
+
+The checkpoint's card (training history, data, split, start weights) is kept; the evaluation
+summary, the config file name and the hardware are added; the weights are re-saved (fp32 unless
+--half) so the card's sha256 is the bundled file's, which the engine verifies on load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "MaleniaSegment"))
+
+DEFAULT_TARGET = REPO / "Resources" / "Weights" / "malenia-tiny.safetensors"
+
+
+def evaluation_summary(metrics_file: Path | None, real_ct_file: Path | None) -> dict:
+    """The figures a user needs from the card: group means and real-CT DSC per case."""
+    summary: dict = {}
+    if metrics_file:
+        metrics = json.loads(metrics_file.read_text())
+        summary["synthetic_held_out"] = {
+            "groups": metrics["groups"],
+            "settings": {k: v for k, v in metrics["settings"].items() if k != "model"},
+            "report": "docs/EVALUATION.md",
+        }
+    if real_ct_file:
+        real = json.loads(real_ct_file.read_text())
+        summary["real_ct_dsc"] = {case["case"]: case["dsc"] for case in real["cases"]}
+    return summary
+
+
+def main() -> None:
+    from malenia.weights import card_path, load_weights, read_card, save_weights
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="a .safetensors with its .json card")
+    parser.add_argument("--out", type=Path, default=DEFAULT_TARGET)
+    parser.add_argument("--eval", type=Path, default=None, help="metrics.json of `malenia eval`")
+    parser.add_argument("--real-ct", type=Path, default=None, help="scripts/eval_real_ct.py output")
+    parser.add_argument("--config", default=None, help="the training config file, for the card")
+    parser.add_argument("--hardware", default=None, help="where it was trained, for the card")
+    parser.add_argument("--description", default=None, help="one line for users")
+    parser.add_argument("--half", action="store_true", help="store fp16 (check accuracy first)")
+    args = parser.parse_args()
+
+    model, card = load_weights(args.checkpoint)
+    card = {k: v for k, v in card.items() if k not in ("sha256", "weights_file")}
+    card["name"] = args.out.stem
+    if card_path(args.out).is_file():  # keep the hand-written parts of the previous card
+        previous = read_card(args.out)
+        for key in ("description", "architecture_details"):
+            if key in previous:
+                card.setdefault(key, previous[key])
+    training = card.setdefault("training", {})
+    if args.config:
+        training["config"] = args.config
+    if args.hardware:
+        training["hardware"] = args.hardware
+    if args.description:
+        card["description"] = args.description
+    evaluation = evaluation_summary(args.eval, args.real_ct)
+    if evaluation:
+        card["evaluation"] = evaluation
+    save_weights(model, args.out, card, half=args.half)
+    _, card = load_weights(args.out)  # proves the published pair loads and verifies
+    print(f"published {args.out} (sha256 {card['sha256'][:12]}..., {training.get('steps')} steps)")
+
+
+if __name__ == "__main__":
+    main()
