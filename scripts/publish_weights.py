@@ -39,7 +39,7 @@ def evaluation_summary(metrics_file: Path | None, real_ct_file: Path | None) -> 
 
 
 def main() -> None:
-    from malenia.weights import card_path, load_weights, read_card, save_weights
+    from malenia.weights import card_path, load_weights, read_card, save_weights, sha256_of
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="a .safetensors with its .json card")
@@ -70,7 +70,16 @@ def main() -> None:
     evaluation = evaluation_summary(args.eval, args.real_ct)
     if evaluation:
         card["evaluation"] = evaluation
-    save_weights(model, args.out, card, half=args.half)
+    if args.checkpoint.resolve() == args.out.resolve() and not args.half:
+        # Only the card changes: keep the file's bytes (and so its sha256 and model id);
+        # safetensors does not promise the same header bytes when saved again.
+        card.update(
+            architecture="MaleniaNet", config=model.config.to_dict(), dtype="float32",
+            weights_file=args.out.name, sha256=sha256_of(args.out),
+        )  # fmt: skip
+        card_path(args.out).write_text(json.dumps(card, indent=1))
+    else:
+        save_weights(model, args.out, card, half=args.half)
     _, card = load_weights(args.out)  # proves the published pair loads and verifies
     print(f"published {args.out} (sha256 {card['sha256'][:12]}..., {training.get('steps')} steps)")
 
