@@ -354,3 +354,39 @@ def test_training_can_start_from_published_weights(tmp_path):
         (second["model"].state_dict()[k] - v).abs().max() for k, v in start.state_dict().items()
     ]
     assert first["step"] == 2 and max(moved) < 0.05  # one small step away, not a fresh model
+
+
+def test_publish_weights_makes_a_checkpoint_the_verified_bundled_pair(tmp_path):
+    """scripts/publish_weights.py: card keeps the training record and gains the evaluation;
+    re-publishing only the card keeps the weights' bytes (and so the model id)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from malenia.weights import load_weights, sha256_of
+
+    train(_config(tmp_path / "run", 1))
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(
+        json.dumps({"groups": {"seen": {"dice_true": 0.5}}, "settings": {"model": "x", "n": 1}})
+    )
+    script = Path(__file__).resolve().parents[1] / "scripts" / "publish_weights.py"
+    target = tmp_path / "bundle" / "malenia-tiny.safetensors"
+    run = [sys.executable, str(script)]
+    subprocess.run(
+        [*run, str(tmp_path / "run" / "last.safetensors"), "--out", str(target),
+         "--hardware", "test CPU"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    _, card = load_weights(target)
+    assert card["name"] == "malenia-tiny" and card["training"]["steps"] == 1
+    assert card["training"]["hardware"] == "test CPU" and "evaluation" not in card
+    digest = sha256_of(target)
+    subprocess.run(
+        [*run, str(target), "--out", str(target), "--eval", str(metrics)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    _, card = load_weights(target)
+    assert sha256_of(target) == digest == card["sha256"]
+    assert card["evaluation"]["synthetic_held_out"]["groups"]["seen"]["dice_true"] == 0.5
+    assert card["training"]["hardware"] == "test CPU"  # kept from the first publish
