@@ -137,19 +137,29 @@ def test_contrast_prompts_teach_the_model_to_read_the_description():
     pool = {c: [d] for c, d in zip(item["categories"], item["descriptions"], strict=True)}
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     config = TrainConfig(negative_prompt_prob=0.0, contrast_prompt_weight=1.0)
-    for step in range(300):
+    for step in range(300):  # reads both prompts apart by step ~150 on a 2-core CPU
         loss, _ = compute_loss(model, [item], vocab, config, step, pool, "cpu")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if step % 25 == 24 and all(_finds_own_lesion_only(model, item, vocab)):
+            break
+    assert all(_finds_own_lesion_only(model, item, vocab)), step
+
+
+@torch.no_grad()
+def _finds_own_lesion_only(model, item, vocab) -> list[bool]:
+    """Per description: Dice > 0.6 with its own lesion, < 20 % of the other lesion marked."""
     model.eval()
-    with torch.no_grad():
-        for index, description in enumerate(item["descriptions"]):
-            out = model(torch.from_numpy(item["image"][None]), vocab.table.embed(description)[None])
-            pred = out["prompt_logits"]["ensemble"][0].numpy() > 0
-            own, other = item["instance_mask"] == index + 1, item["instance_mask"] == 2 - index
-            assert 2 * (pred & own).sum() / (pred.sum() + own.sum()) > 0.6
-            assert (pred & other).sum() < 0.2 * other.sum()
+    verdicts = []
+    for index, description in enumerate(item["descriptions"]):
+        out = model(torch.from_numpy(item["image"][None]), vocab.table.embed(description)[None])
+        pred = out["prompt_logits"]["ensemble"][0].numpy() > 0
+        own, other = item["instance_mask"] == index + 1, item["instance_mask"] == 2 - index
+        dice = 2 * (pred & own).sum() / (pred.sum() + own.sum())
+        verdicts.append(bool(dice > 0.6 and (pred & other).sum() < 0.2 * other.sum()))
+    model.train()
+    return verdicts
 
 
 @pytest.mark.slow
