@@ -164,10 +164,16 @@ class Vocabulary:
         return self.phrases[key_index].index(value) if value in self.phrases[key_index] else -1
 
 
+def _category_mask(item: dict, category: str) -> np.ndarray:
+    """The union of the item's lesions of ``category`` (the target of its description)."""
+    ids = [i + 1 for i, c in enumerate(item["categories"]) if c == category]
+    return np.isin(item["instance_mask"], ids).astype(np.float32)
+
+
 def choose_prompt(item: dict, rng: random.Random, negative_prob: float, pool: dict):
-    """(description, target mask) for the prompted loss: a lesion's description and the
-    union of lesions of its category; sometimes an absent category with an empty target.
-    Returns (category, description, target)."""
+    """(category, description, target mask) for the prompted loss: a lesion's description
+    and the union of lesions of its category; sometimes an absent category with an empty
+    target."""
     instance = item["instance_mask"]
     present = set(item["categories"])
     absent = [c for c in pool if c not in present]
@@ -176,8 +182,7 @@ def choose_prompt(item: dict, rng: random.Random, negative_prob: float, pool: di
         return category, rng.choice(pool[category]), np.zeros(instance.shape, np.float32)
     j = rng.randrange(len(item["descriptions"]))
     category = item["categories"][j]
-    ids = [i + 1 for i, c in enumerate(item["categories"]) if c == category]
-    return category, item["descriptions"][j], np.isin(instance, ids).astype(np.float32)
+    return category, item["descriptions"][j], _category_mask(item, category)
 
 
 def contrast_prompts(item: dict, primary: str, rng: random.Random, pool: dict):
@@ -189,9 +194,8 @@ def contrast_prompts(item: dict, primary: str, rng: random.Random, pool: dict):
         if category in done:
             continue
         done.add(category)
-        ids = [i + 1 for i, c in enumerate(item["categories"]) if c == category]
         descriptions.append(item["descriptions"][j])
-        targets.append(np.isin(instance, ids).astype(np.float32))
+        targets.append(_category_mask(item, category))
     absent = sorted(c for c in pool if c not in set(item["categories"]) | done)
     if absent:
         descriptions.append(rng.choice(pool[rng.choice(absent)]))
