@@ -5,8 +5,9 @@
         --config configs/tiny_cpu_stage2.json --hardware "2-core CPU, no GPU"
 
 The checkpoint's card (training history, data, split, start weights) is kept; the evaluation
-summary, the config file name and the hardware are added; the weights are re-saved (fp32 unless
---half) so the card's sha256 is the bundled file's, which the engine verifies on load.
+summary, the config file name and the hardware are added; the weights are saved (fp32 unless
+--half) with the card's sha256, which the engine verifies on load. Given the bundled file itself,
+only its card is rewritten.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def evaluation_summary(metrics_file: Path | None, real_ct_file: Path | None) -> 
 
 
 def main() -> None:
-    from malenia.weights import card_path, load_weights, read_card, save_weights, sha256_of
+    from malenia.weights import card_path, load_weights, read_card, save_weights, write_card
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="a .safetensors with its .json card")
@@ -73,11 +74,7 @@ def main() -> None:
     if args.checkpoint.resolve() == args.out.resolve() and not args.half:
         # Only the card changes: keep the file's bytes (and so its sha256 and model id);
         # safetensors does not promise the same header bytes when saved again.
-        card.update(
-            architecture="MaleniaNet", config=model.config.to_dict(), dtype="float32",
-            weights_file=args.out.name, sha256=sha256_of(args.out),
-        )  # fmt: skip
-        card_path(args.out).write_text(json.dumps(card, indent=1))
+        write_card(model, args.out, card, card.get("dtype", "float32"))
     else:
         save_weights(model, args.out, card, half=args.half)
     _, card = load_weights(args.out)  # proves the published pair loads and verifies

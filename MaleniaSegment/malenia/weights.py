@@ -38,14 +38,19 @@ def save_weights(
     temporary = path.with_suffix(".tmp")
     save_file(state, str(temporary), metadata={"format": "pt", "architecture": "MaleniaNet"})
     temporary.replace(path)
+    write_card(model, path, card, "float16" if half else "float32")
+    return path
+
+
+def write_card(model: MaleniaNet, path: Path, card: dict | None, dtype: str) -> None:
+    """The model card of the weights file ``path`` as it is on disk (its sha256 included)."""
     full_card = dict(card or {})
     full_card["architecture"] = "MaleniaNet"
     full_card["config"] = model.config.to_dict()
-    full_card["dtype"] = "float16" if half else "float32"
-    full_card["weights_file"] = path.name
+    full_card["dtype"] = dtype
+    full_card["weights_file"] = Path(path).name
     full_card["sha256"] = sha256_of(path)
     card_path(path).write_text(json.dumps(full_card, indent=1))
-    return path
 
 
 def read_card(path: Path) -> dict:
