@@ -211,6 +211,10 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTags = []
         self._job = None  # dict: thread, cancel flag, outcome, prepared job
         self._run = None  # last Run, for threshold re-cuts and the table
+        # Until the user moves the slider, runs use the model's calibrated threshold and the
+        # slider then shows the one used (set without triggering a re-cut).
+        self._thresholdChosen = False
+        self._showingThreshold = False
         self._gpu = {}  # filled by a background probe
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(100)
@@ -404,8 +408,9 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         try:
             self.logic.client.set_device(p.device)
+            threshold = p.threshold if self._thresholdChosen else None
             job = self.logic.core.prepare(
-                p.inputVolume, query, p.threshold, p.outputSegmentation, p.roi
+                p.inputVolume, query, threshold, p.outputSegmentation, p.roi
             )
         except Exception as error:
             self.ui.statusLabel.text = str(error)
@@ -455,6 +460,11 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"Nothing changed: {error}"
             return
         self._parameterNode.outputSegmentation = self._run.output_node
+        self._showingThreshold = True
+        try:
+            self._parameterNode.threshold = result.threshold
+        finally:
+            self._showingThreshold = False
         self._fillTable()
         found = len(self._run.segment_ids)
         self.ui.statusLabel.text = (
@@ -462,6 +472,9 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ).strip()
 
     def onThresholdChanged(self, value: float) -> None:
+        if self._showingThreshold:
+            return
+        self._thresholdChosen = True
         if self._run and not self._job:
             self._recutTimer.start()
 

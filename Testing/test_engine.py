@@ -344,3 +344,28 @@ def test_longest_axial_diameter_of_a_disc_and_a_thin_line():
     disc[0, 20, 5:36] = True  # a one-voxel-thin line of 31 voxels (no edge after erosion)
     diameter = longest_axial_diameter(disc, (5.0, 0.5, 0.5))
     assert diameter == pytest.approx(31 * 0.5, abs=0.01)  # 30 voxel centres apart + one voxel
+
+
+def test_the_model_cards_calibrated_threshold_is_the_default(weights, tmp_path):
+    """A card with postprocess.threshold (from `malenia calibrate`) sets the threshold a
+    query gets when the caller gives none; an explicit threshold still wins."""
+    import json
+    import shutil
+
+    from malenia.weights import card_path
+
+    calibrated = tmp_path / "calibrated.safetensors"
+    shutil.copy(weights, calibrated)
+    card = json.loads(card_path(weights).read_text())
+    card["postprocess"] = {"threshold": 0.2}
+    card_path(calibrated).write_text(json.dumps(card))
+    engine = Engine.load(calibrated, device="cpu")
+    assert Engine.load(weights, device="cpu").default_threshold == 0.5  # uncalibrated card
+    assert engine.default_threshold == 0.2
+    encoded = engine.encode(body_ct())
+    default = encoded.segment("renal cyst")
+    assert default.threshold == 0.2
+    expected = (default.probability > 0.2).sum()
+    assert int((default.labels_model > 0).sum()) <= expected
+    assert encoded.segment("renal cyst", threshold=0.6).threshold == 0.6
+    assert encoded.find_lesions().threshold == 0.5  # the prompt-free map is not calibrated

@@ -80,3 +80,33 @@ def test_smoke_eval_writes_every_output(tmp_path):
         "dice_baseline_A",
         "recall_baseline_A",
     } <= set(entry)
+
+
+def test_calibration_uses_the_validation_set_of_seen_categories_only():
+    """`malenia calibrate` never sees the test set or an unseen category, and picks the
+    threshold with the best validation Dice (ties towards 0.5)."""
+    from malenia.evaluation.calibrate import calibrate
+    from malenia.evaluation.testset import make_case
+    from malenia.inference import Engine
+    from malenia.synth.split import SEEN_CATEGORIES, VALIDATION_SET_SEED
+
+    validation = make_case(
+        "liver cancer", 0, (64, 64, 64), (2.0, 2.0, 2.0), VALIDATION_SET_SEED,
+        tuple(SEEN_CATEGORIES),
+    )  # fmt: skip
+    test = make_case("liver cancer", 0, (64, 64, 64), (2.0, 2.0, 2.0))
+    assert not np.array_equal(validation.ct, test.ct)
+    for case in held_out_cases(
+        list(SEEN_CATEGORIES), 3, (64, 64, 64), (2.0, 2.0, 2.0), VALIDATION_SET_SEED,
+        tuple(SEEN_CATEGORIES),
+    ):  # fmt: skip
+        assert set(case.categories) <= set(SEEN_CATEGORIES)
+
+    engine = Engine.load(device="cpu")
+    result = calibrate(engine, n_per_category=1, thresholds=(0.1, 0.5, 0.9))
+    by_threshold = {float(t): d for t, d in result["mean_dice_by_threshold"].items()}
+    assert set(by_threshold) == {0.1, 0.5, 0.9}
+    assert result["validation_dice"] == max(by_threshold.values())
+    assert by_threshold[result["threshold"]] == result["validation_dice"]
+    assert result["validation_set"]["categories"] == list(SEEN_CATEGORIES)
+    assert result["validation_set"]["seed"] == VALIDATION_SET_SEED

@@ -9,8 +9,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from malenia.attributes.schema import LesionDescription
 from malenia.model import MaleniaConfig, MaleniaNet, count_parameters
-from malenia.train import TrainConfig, Vocabulary, compute_loss, contrast_prompts, train
+from malenia.train import (
+    TrainConfig,
+    Vocabulary,
+    compute_loss,
+    contrast_prompts,
+    drop_attributes,
+    fits,
+    learning_rate,
+    prompt_target,
+    train,
+)
 
 torch.set_num_threads(2)
 
@@ -107,12 +118,56 @@ def test_contrast_prompts_are_the_other_categories_and_an_absent_one():
 
     item = _two_category_item()
     first, second = item["categories"]
+    lung = LesionDescription(location="right upper lobe", density="isodense")
     pool = {c: [item["descriptions"][0]] for c in ("renal cell carcinoma", "renal cyst")}
-    pool["lung cancer"] = ["lung description"]
+    pool["lung cancer"] = [lung]
     descriptions, targets = contrast_prompts(item, first, random.Random(0), pool)
-    assert descriptions == [item["descriptions"][1], "lung description"]
+    assert descriptions == [item["descriptions"][1], lung]
     np.testing.assert_array_equal(targets[0] > 0, item["instance_mask"] == 2)
     assert not targets[1].any()  # absent category: empty target
+
+
+def test_a_shortened_prompt_targets_every_lesion_it_fits():
+    """Attribute dropout: "left kidney, hypodense" means every hypodense left-kidney lesion,
+    whatever category it was drawn from; a contradicting attribute excludes a lesion."""
+    import dataclasses
+    import random
+
+    item = _two_category_item()
+    first, second = item["descriptions"]
+    shared = dataclasses.replace(second, location=first.location, density=first.density)
+    item["descriptions"] = [first, shared]
+    short = first.only("location", "density")
+    assert fits(shared, short) and fits(first, short)
+    np.testing.assert_array_equal(prompt_target(item, None, short) > 0, item["instance_mask"] > 0)
+    other_density = next(d for d in ("hypodense", "isodense", "hyperdense") if d != first.density)
+    contradicted = dataclasses.replace(short, density=other_density)
+    assert not prompt_target(item, None, contradicted).any()
+    # The category a prompt was drawn from stays its target whatever was left out.
+    np.testing.assert_array_equal(
+        prompt_target(item, item["categories"][0], contradicted) > 0, item["instance_mask"] == 1
+    )
+    rng = random.Random(3)
+    shortened = [drop_attributes(first, rng, 0.5) for _ in range(200)]
+    assert all(s.specified_keys() for s in shortened)
+    assert all(fits(first, s) for s in shortened)
+    assert sum(s == first for s in shortened) < 50  # it does shorten
+    located = sum("location" in s.specified_keys() for s in shortened) / len(shortened)
+    assert located > 0.7  # location is left out at a third of the rate
+    assert drop_attributes(first, rng, 0.0) == first
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor():
+    config = TrainConfig(
+        lr=1e-3, warmup_steps=10, steps=110, lr_schedule="cosine", min_lr_ratio=0.1
+    )
+    assert learning_rate(config, 0) == pytest.approx(1e-4)
+    assert learning_rate(config, 10) == pytest.approx(1e-3)
+    assert learning_rate(config, 60) == pytest.approx(0.55e-3)
+    assert learning_rate(config, 110) == pytest.approx(1e-4)
+    assert learning_rate(TrainConfig(lr=1e-3, warmup_steps=10), 90) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        learning_rate(TrainConfig(lr_schedule="step", warmup_steps=0), 5)
 
 
 def test_contrast_loss_trains_the_prompt_path():
@@ -380,6 +435,11 @@ def test_publish_weights_makes_a_checkpoint_the_verified_bundled_pair(tmp_path):
     metrics.write_text(
         json.dumps({"groups": {"seen": {"dice_true": 0.5}}, "settings": {"model": "x", "n": 1}})
     )
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(
+        json.dumps({"threshold": 0.2, "validation_dice": 0.7, "dice_at_0.5": 0.6,
+                    "validation_set": {"seed": 1}, "mean_dice_by_threshold": {}})
+    )  # fmt: skip
     script = Path(__file__).resolve().parents[1] / "scripts" / "publish_weights.py"
     target = tmp_path / "bundle" / "malenia-tiny.safetensors"
     run = [sys.executable, str(script)]
@@ -393,10 +453,15 @@ def test_publish_weights_makes_a_checkpoint_the_verified_bundled_pair(tmp_path):
     assert card["training"]["hardware"] == "test CPU" and "evaluation" not in card
     digest = sha256_of(target)
     subprocess.run(
-        [*run, str(target), "--out", str(target), "--eval", str(metrics)],
+        [*run, str(target), "--out", str(target), "--eval", str(metrics),
+         "--calibration", str(calibration)],
         check=True, capture_output=True,
     )  # fmt: skip
     _, card = load_weights(target)
     assert sha256_of(target) == digest == card["sha256"]
     assert card["evaluation"]["synthetic_held_out"]["groups"]["seen"]["dice_true"] == 0.5
     assert card["training"]["hardware"] == "test CPU"  # kept from the first publish
+    assert card["postprocess"]["threshold"] == 0.2  # the engine's default threshold
+    from malenia.inference import Engine
+
+    assert Engine.load(target, device="cpu").default_threshold == 0.2

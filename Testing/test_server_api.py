@@ -401,3 +401,12 @@ def test_killed_server_gives_a_clear_error_and_the_restart_serves(small_server):
     result = client.segment(client.encode(phantom(4), affine), "renal cyst")
     assert result.labelmap.shape == (48, 48, 48)
     assert small_server.ensure() is False  # healthy: left alone
+
+
+def test_a_query_without_threshold_gets_the_models_calibrated_default(server):
+    client = EngineHTTPClient(server.url, server.token)
+    default = client.info()["default_threshold"]
+    assert 0.0 < default < 1.0
+    volume_id = client.encode(phantom(1), np.diag([2.0, 2.0, 2.0, 1.0]))
+    assert client.segment(volume_id, "renal cyst").threshold == default
+    assert client.segment(volume_id, "renal cyst", 0.65).threshold == 0.65

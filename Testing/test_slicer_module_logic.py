@@ -315,3 +315,28 @@ def test_query_from_attribute_rows_free_text_or_preset():
         build_query({"density": "purple"})
     with pytest.raises(MaleniaError, match="Describe the lesion"):
         build_query({}, "  ", "")
+
+
+def test_without_a_threshold_the_models_calibrated_one_is_used_and_tagged(
+    slicer_scene, ct_node, tmp_path
+):
+    """The widget passes no threshold until the user moves the slider: the engine applies
+    the model card's calibrated threshold, and the segments record which one it was."""
+    import json
+
+    from malenia.weights import card_path
+
+    torch.manual_seed(0)
+    path = save_weights(MaleniaNet(), tmp_path / "calibrated.safetensors", {"name": "m"})
+    card = json.loads(card_path(path).read_text())
+    card["postprocess"] = {"threshold": 0.35}
+    card_path(path).write_text(json.dumps(card))
+    logic = MaleniaSegmentLogic(slicer_scene, InProcessEngineClient(Engine.load(path, "cpu")))
+    job = logic.prepare(ct_node, "renal cyst")
+    assert job.threshold is None
+    run = logic.segment(ct_node, "renal cyst")
+    assert run.result.threshold == 0.35
+    assert run.segment_ids  # an untrained model finds plenty at 0.35
+    segmentation = run.output_node.GetSegmentation()
+    for segment_id in run.segment_ids:
+        assert segments._tag(segmentation.GetSegment(segment_id), "Malenia.Threshold") == "0.350"

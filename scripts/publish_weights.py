@@ -50,6 +50,12 @@ def main() -> None:
     parser.add_argument("--config", default=None, help="the training config file, for the card")
     parser.add_argument("--hardware", default=None, help="where it was trained, for the card")
     parser.add_argument("--description", default=None, help="one line for users")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="`malenia calibrate` output: the default threshold, stored in the card",
+    )
     parser.add_argument("--half", action="store_true", help="store fp16 (check accuracy first)")
     args = parser.parse_args()
 
@@ -68,6 +74,12 @@ def main() -> None:
         training["hardware"] = args.hardware
     if args.description:
         card["description"] = args.description
+    if args.calibration:
+        calibration = json.loads(args.calibration.read_text())
+        card["postprocess"] = {
+            key: calibration[key]
+            for key in ("threshold", "validation_dice", "dice_at_0.5", "validation_set")
+        } | {"calibrated_with": "malenia calibrate"}
     evaluation = evaluation_summary(args.eval, args.real_ct)
     if evaluation:
         card["evaluation"] = evaluation

@@ -1,7 +1,7 @@
 """MaleniaSegmentLogic: everything the module does, without Qt, testable headless.
 
     logic = MaleniaSegmentLogic(logics, client)
-    run = logic.segment(volume_node, "renal cyst", threshold=0.5)   # new segments
+    run = logic.segment(volume_node, "renal cyst")   # new segments (model's default threshold)
     logic.recut(run, 0.7)                                           # only this run's segments
     run = logic.find_lesions(volume_node)
 
@@ -64,7 +64,7 @@ class Job:
     ijk_to_ras: object  # numpy 4x4
     roi: tuple | None  # (centre RAS, size mm)
     query: object  # str | dict; None = find all lesions
-    threshold: float
+    threshold: float | None  # None: the model's calibrated default
     volume_key: str
     volume_id: str | None = None  # engine volume already encoded for this key
 
@@ -156,10 +156,11 @@ class MaleniaSegmentLogic:
         return (tuple(centre), tuple(size))
 
     def prepare(
-        self, volume_node, query, threshold: float = 0.5, output_node=None, roi_node=None
+        self, volume_node, query, threshold: float | None = None, output_node=None, roi_node=None
     ) -> Job:
-        """Validate the inputs and copy what the engine needs out of the scene."""
-        if not 0.0 < float(threshold) < 1.0:
+        """Validate the inputs and copy what the engine needs out of the scene. ``threshold``
+        None: the model's calibrated default, chosen by the engine."""
+        if threshold is not None and not 0.0 < float(threshold) < 1.0:
             raise MaleniaError(f"Threshold {threshold} must lie strictly between 0 and 1.")
         if output_node is not None and not output_node.IsA("vtkMRMLSegmentationNode"):
             raise MaleniaError("The output must be a segmentation node (or empty for a new one).")
@@ -177,7 +178,7 @@ class MaleniaSegmentLogic:
             ijk_to_ras,
             roi,
             query,
-            float(threshold),
+            None if threshold is None else float(threshold),
             key,
             self._volume_ids.get(key),
         )
@@ -232,7 +233,7 @@ class MaleniaSegmentLogic:
         self,
         volume_node,
         query,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         output_node=None,
         roi_node=None,
         progress=None,
@@ -249,7 +250,7 @@ class MaleniaSegmentLogic:
     def find_lesions(
         self,
         volume_node,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         output_node=None,
         roi_node=None,
         progress=None,

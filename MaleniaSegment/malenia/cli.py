@@ -16,7 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "malenia.synth.cli",  # synth
     "malenia.train",  # train
     "malenia.inference.cli",  # segment, find, info
-    "malenia.evaluation",  # eval
+    "malenia.evaluation",  # eval, calibrate
     "malenia.server.cli",  # serve
 )
 

@@ -314,7 +314,7 @@ class EngineHTTPClient:
             dtype,
         )
 
-    def segment(self, volume_id: str, query, threshold: float = 0.5) -> ClientResult:
+    def segment(self, volume_id: str, query, threshold: float | None = None) -> ClientResult:
         return self._result(
             self._json(
                 "POST",
@@ -332,7 +332,7 @@ class EngineHTTPClient:
             )
         )
 
-    def find_lesions(self, volume_id: str, threshold: float = 0.5) -> ClientResult:
+    def find_lesions(self, volume_id: str, threshold: float | None = None) -> ClientResult:
         return self._result(
             self._json("POST", f"{API}/volumes/{volume_id}/find", {"threshold": threshold})
         )

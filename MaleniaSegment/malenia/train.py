@@ -24,7 +24,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
-from malenia.attributes.schema import ATTRIBUTE_KEYS
+from malenia.attributes.schema import ATTRIBUTE_KEYS, LesionDescription
 from malenia.losses import alignment_loss, hungarian_match, mask_loss
 from malenia.model import MaleniaConfig, MaleniaNet, count_parameters
 from malenia.preprocessing import HU_WINDOW
@@ -51,6 +51,13 @@ class TrainConfig:
     # absent category are also prompted (cheap: the image pass is shared). Same image, different
     # description, different target is the signal that makes the model read the prompt.
     contrast_prompt_weight: float = 0.0
+    # Probability of leaving out each attribute of a prompt (location at a third of it). The
+    # target is then every lesion the shorter description fits, so each attribute is learnt
+    # as one more constraint rather than as part of a category's fixed signature.
+    prompt_attribute_dropout: float = 0.0
+    # "constant" after warmup, or "cosine" down to min_lr_ratio * lr at the last step.
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.1
     align_weight: float = 0.5
     objectness_weight: float = 0.5
     data: dict = field(default_factory=lambda: {"type": "synthetic", "max_lesions": 2})
@@ -164,42 +171,73 @@ class Vocabulary:
         return self.phrases[key_index].index(value) if value in self.phrases[key_index] else -1
 
 
-def _category_mask(item: dict, category: str) -> np.ndarray:
-    """The union of the item's lesions of ``category`` (the target of its description)."""
-    ids = [i + 1 for i, c in enumerate(item["categories"]) if c == category]
+def fits(lesion: LesionDescription, prompt: LesionDescription) -> bool:
+    """Whether a lesion matches every attribute the prompt specifies."""
+    for key in prompt.specified_keys():
+        wanted, has = getattr(prompt, key), getattr(lesion, key)
+        if key == "specific_features":
+            if not set(wanted) <= set(has):
+                return False
+        elif wanted != has:
+            return False
+    return True
+
+
+def prompt_target(item: dict, category: str | None, prompt: LesionDescription) -> np.ndarray:
+    """The target of a prompt: the item's lesions of ``category`` (the category the prompt was
+    drawn from; None for none) and every other lesion the description fits."""
+    ids = [
+        i + 1
+        for i, (c, d) in enumerate(zip(item["categories"], item["descriptions"], strict=True))
+        if c == category or fits(d, prompt)
+    ]
     return np.isin(item["instance_mask"], ids).astype(np.float32)
 
 
-def choose_prompt(item: dict, rng: random.Random, negative_prob: float, pool: dict):
+def drop_attributes(
+    description: LesionDescription, rng: random.Random, rate: float
+) -> LesionDescription:
+    """The description with each attribute left out with probability ``rate`` (location with
+    ``rate / 3``); at least one attribute is kept."""
+    if rate <= 0:
+        return description
+    keys = description.specified_keys()
+    kept = [k for k in keys if rng.random() >= (rate / 3 if k == "location" else rate)]
+    return description.only(*(kept or [rng.choice(keys)])) if keys else description
+
+
+def choose_prompt(item: dict, rng: random.Random, negative_prob: float, pool: dict, dropout=0.0):
     """(category, description, target mask) for the prompted loss: a lesion's description
-    and the union of lesions of its category; sometimes an absent category with an empty
-    target."""
-    instance = item["instance_mask"]
+    and the lesions it describes; sometimes an absent category's description (whose target
+    is empty unless its description fits a lesion present)."""
     present = set(item["categories"])
     absent = [c for c in pool if c not in present]
     if absent and rng.random() < negative_prob:
         category = rng.choice(absent)
-        return category, rng.choice(pool[category]), np.zeros(instance.shape, np.float32)
+        description = drop_attributes(rng.choice(pool[category]), rng, dropout)
+        return category, description, prompt_target(item, None, description)
     j = rng.randrange(len(item["descriptions"]))
     category = item["categories"][j]
-    return category, item["descriptions"][j], _category_mask(item, category)
+    description = drop_attributes(item["descriptions"][j], rng, dropout)
+    return category, description, prompt_target(item, category, description)
 
 
-def contrast_prompts(item: dict, primary: str, rng: random.Random, pool: dict):
+def contrast_prompts(item: dict, primary: str, rng: random.Random, pool: dict, dropout=0.0):
     """(descriptions, targets) for the categories in ``item`` other than ``primary`` (the
     category already prompted) and one absent category."""
-    instance = item["instance_mask"]
     descriptions, targets, done = [], [], {primary}
     for j, category in enumerate(item["categories"]):
         if category in done:
             continue
         done.add(category)
-        descriptions.append(item["descriptions"][j])
-        targets.append(_category_mask(item, category))
+        description = drop_attributes(item["descriptions"][j], rng, dropout)
+        descriptions.append(description)
+        targets.append(prompt_target(item, category, description))
     absent = sorted(c for c in pool if c not in set(item["categories"]) | done)
     if absent:
-        descriptions.append(rng.choice(pool[rng.choice(absent)]))
-        targets.append(np.zeros(instance.shape, np.float32))
+        description = drop_attributes(rng.choice(pool[rng.choice(absent)]), rng, dropout)
+        descriptions.append(description)
+        targets.append(prompt_target(item, None, description))
     return descriptions, targets
 
 
@@ -217,7 +255,7 @@ def compute_loss(
     prompts, prompt_targets, primaries = [], [], []
     for item in batch:
         category, description, target = choose_prompt(
-            item, rng, config.negative_prompt_prob, prompt_pool
+            item, rng, config.negative_prompt_prob, prompt_pool, config.prompt_attribute_dropout
         )
         prompts.append(vocabulary.table.embed(description))
         prompt_targets.append(target)
@@ -266,18 +304,23 @@ def compute_loss(
     total = total + prompted + branches
     parts["prompt"] = float(prompted.detach())
     if config.contrast_prompt_weight > 0:
-        contrast = _contrast_loss(core, out, batch, primaries, vocabulary, rng, prompt_pool, device)
+        contrast = _contrast_loss(
+            core, out, batch, primaries, vocabulary, rng, prompt_pool, device,
+            config.prompt_attribute_dropout,
+        )  # fmt: skip
         total = total + config.contrast_prompt_weight * contrast
         parts["contrast"] = float(contrast.detach())
     parts["total"] = float(total.detach())
     return total / len(batch), parts
 
 
-def _contrast_loss(core, out, batch, primaries, vocabulary, rng, pool, device) -> torch.Tensor:
+def _contrast_loss(
+    core, out, batch, primaries, vocabulary, rng, pool, device, dropout=0.0
+) -> torch.Tensor:
     """Mask loss of the contrast prompts, through the shared image pass of ``out``."""
     losses = []
     for b, item in enumerate(batch):
-        descriptions, targets = contrast_prompts(item, primaries[b], rng, pool)
+        descriptions, targets = contrast_prompts(item, primaries[b], rng, pool, dropout)
         if not descriptions:
             continue
         count = len(descriptions)
@@ -401,6 +444,18 @@ def validate(model: MaleniaNet, config: TrainConfig, vocabulary: Vocabulary, dev
 # --------------------------------------------------------------------------- loop
 
 
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warmup, then constant or cosine decay to ``min_lr_ratio * lr``."""
+    warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
+    if config.lr_schedule == "constant" or step < config.warmup_steps:
+        return config.lr * warm
+    if config.lr_schedule != "cosine":
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r} (constant | cosine)")
+    progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
+    floor = config.min_lr_ratio
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
 def _setup_distributed(device_request: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -480,7 +535,7 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
                 ]
             )
         while step < config.steps:
-            lr = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+            lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             torch.manual_seed(config.seed * 100_003 + step)

@@ -1,5 +1,7 @@
-"""`malenia eval`: held-out synthetic test set, metrics, baseline A, controls, ablations."""
+"""`malenia eval` and `malenia calibrate`: held-out synthetic test set, metrics, baseline A,
+controls, ablations; the default threshold chosen on a validation set."""
 
+from malenia.evaluation import calibrate as _calibrate
 from malenia.evaluation.metrics import (
     DETECTION_IOU,
     NSD_TOLERANCE_MM,
@@ -8,7 +10,8 @@ from malenia.evaluation.metrics import (
     lesion_detection,
     nsd,
 )
-from malenia.evaluation.run import EvaluationError, evaluate, register, summarise
+from malenia.evaluation.run import EvaluationError, evaluate, summarise
+from malenia.evaluation.run import register as _register_eval
 from malenia.evaluation.testset import (
     HeldOutCase,
     HeldOutSetError,
@@ -34,3 +37,8 @@ __all__ = [
     "register",
     "summarise",
 ]
+
+
+def register(subparsers) -> None:
+    _register_eval(subparsers)
+    _calibrate.register(subparsers)

@@ -70,7 +70,12 @@ def register(subparsers) -> None:
         "--shape", type=int, nargs=3, default=DEFAULT_SHAPE, metavar=("Z", "Y", "X")
     )
     parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING_MM, help="mm, isotropic")
-    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="default: each model's calibrated threshold (model card, `malenia calibrate`)",
+    )
     parser.add_argument(
         "--ablation-weights",
         nargs="+",
@@ -105,13 +110,13 @@ def _volume(case: HeldOutCase):
     return CTVolume(case.ct, (sx, sy, sz), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), case.name)
 
 
-def _predict(encoded, description, threshold: float) -> np.ndarray:
+def _predict(encoded, description, threshold: float | None) -> np.ndarray:
     labelmap = encoded.segment(description, threshold).labelmap
     return labelmap > 0
 
 
 def evaluate_case(
-    case: HeldOutCase, engine, ablations: dict, threshold: float
+    case: HeldOutCase, engine, ablations: dict, threshold: float | None
 ) -> tuple[dict, dict]:
     """Metrics of one case; also the masks (for overlays)."""
     from malenia.baselines import threshold_baseline
@@ -231,7 +236,7 @@ def evaluate(
     n_per_category: int = 20,
     shape=DEFAULT_SHAPE,
     spacing_mm: float = DEFAULT_SPACING_MM,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     ablations: dict | None = None,
     overlays: bool = True,
     log=None,
@@ -273,7 +278,11 @@ def evaluate(
         "n_per_category": n_per_category,
         "shape_zyx": list(shape),
         "spacing_mm": list(spacing),
-        "threshold": threshold,
+        "threshold": engine.default_threshold if threshold is None else threshold,
+        "ablation_thresholds": {
+            name: e.default_threshold if threshold is None else threshold
+            for name, e in ablations.items()
+        },
         "nsd_tolerance_mm": NSD_TOLERANCE_MM,
         "test_set_seed": TEST_SET_SEED,
         "second_same_category_p": SECOND_SAME_CATEGORY_P,

@@ -109,15 +109,21 @@ def make_case(
     index: int,
     shape: tuple[int, int, int],
     spacing_zyx: tuple[float, float, float],
+    seed: int | None = None,
+    distractor_categories: tuple[str, ...] | None = None,
 ) -> HeldOutCase:
-    """Case ``index`` of ``category``; redrawn (deterministically) until the target renders."""
+    """Case ``index`` of ``category``; redrawn (deterministically) until the target renders.
+
+    ``seed`` defaults to the test set's; the validation set uses its own seed and draws
+    distractors from the training categories only (``distractor_categories``)."""
     from malenia.synth.lesions import render_lesions
     from malenia.synth.phantom import LOCATION_CENTRES, make_phantom
     from malenia.synth.split import TEST_SET_SEED
 
     check_categories([category])
+    seed = TEST_SET_SEED if seed is None else seed
     for attempt in range(MAX_ATTEMPTS):
-        rng = np.random.default_rng([TEST_SET_SEED, zlib.crc32(category.encode()), index, attempt])
+        rng = np.random.default_rng([seed, zlib.crc32(category.encode()), index, attempt])
         target = _draw(rng, category)
         d = target.description
         region = _region(d)
@@ -132,6 +138,8 @@ def make_case(
         if rng.random() < SECOND_SAME_CATEGORY_P:
             records.append(_draw(rng, category))
         others = other_categories_in_region(category, region)
+        if distractor_categories is not None:
+            others = [c for c in others if c in distractor_categories]
         if others and rng.random() < DISTRACTOR_P:
             records.append(_draw(rng, others[int(rng.integers(len(others)))]))
         ct, instances, rendered = render_lesions(
@@ -160,12 +168,14 @@ def held_out_cases(
     n_per_category: int,
     shape: tuple[int, int, int],
     spacing_zyx: tuple[float, float, float],
+    seed: int | None = None,
+    distractor_categories: tuple[str, ...] | None = None,
 ):
-    """Yield the test set category by category."""
+    """Yield the test set (or, with another seed, the validation set) category by category."""
     check_categories(categories)
     for category in categories:
         for index in range(n_per_category):
-            yield make_case(category, index, shape, spacing_zyx)
+            yield make_case(category, index, shape, spacing_zyx, seed, distractor_categories)
 
 
 def control_b_prompt(case: HeldOutCase) -> LesionDescription:

@@ -33,7 +33,12 @@ def register(subparsers) -> None:
             metavar=("R", "A", "S", "SX", "SY", "SZ"),
             help="region of interest: centre (RAS mm) and size (mm)",
         )
-        parser.add_argument("--threshold", type=float, default=0.5)
+        parser.add_argument(
+            "--threshold",
+            type=float,
+            default=None,
+            help="probability cut-off (default: the model's calibrated threshold, see `malenia info`)",
+        )
         parser.add_argument("-o", "--output", type=Path, help="Slicer segmentation (.seg.nrrd)")
         parser.add_argument("--labelmap", type=Path, help="labelmap NIfTI on the input grid")
         parser.add_argument("--report", type=Path, help="JSON lesion report")
@@ -134,6 +139,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"weights: {engine.weights_path or default_weights_path()}")
     print(f"model:   {engine.model_id}  ({engine.card.get('parameters', '?')} parameters)")
     print(f"device:  {engine.device_note}  (torch {torch.__version__})")
+    print(f"default threshold: {engine.default_threshold}")
     print("model card:")
     print(json.dumps(engine.card, indent=1))
     return 0

@@ -136,6 +136,13 @@ class Engine:
         return cls(model.to(torch_device).eval(), card, torch_device, note, path)
 
     @property
+    def default_threshold(self) -> float:
+        """The threshold these weights were calibrated for on the validation set
+        (``malenia calibrate``, stored in the model card); 0.5 for an uncalibrated card."""
+        value = (self.card.get("postprocess") or {}).get("threshold")
+        return float(value) if value is not None else 0.5
+
+    @property
     def model_id(self) -> str:
         return f"{self.card.get('name', 'malenia')}@{str(self.card.get('sha256', ''))[:12]}"
 
@@ -432,9 +439,13 @@ class EncodedVolume:
         return self._probabilities[key]
 
     def segment(
-        self, query, threshold: float = 0.5, min_volume_ml: float = 0.1
+        self, query, threshold: float | None = None, min_volume_ml: float = 0.1
     ) -> SegmentationResult:
-        """Lesions matching a preset name, attribute dict / LesionDescription, or free text."""
+        """Lesions matching a preset name, attribute dict / LesionDescription, or free text.
+
+        ``threshold`` None: the model's calibrated default (``Engine.default_threshold``)."""
+        if threshold is None:
+            threshold = self.engine.default_threshold
         description, readable, category = self.resolve(query)
         probability = self.probability(description)
         ranking = [(category, 1.0)] if category else self.engine.knowledge.rank(description)[:3]
@@ -453,12 +464,14 @@ class EncodedVolume:
 
     @torch.no_grad()
     def find_lesions(
-        self, threshold: float = 0.5, min_volume_ml: float = 0.1
+        self, threshold: float | None = None, min_volume_ml: float = 0.1
     ) -> SegmentationResult:
-        """Every lesion the model sees (objectness-weighted tokens), with predicted attributes."""
+        """Every lesion the model sees (objectness-weighted tokens), with predicted attributes.
+
+        The prompt-free map is not calibrated, so ``threshold`` None means 0.5 here."""
         result = self._result(
             self.any_lesion,
-            threshold,
+            0.5 if threshold is None else threshold,
             None,
             "auto",
             "all lesions",

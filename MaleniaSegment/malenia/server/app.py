@@ -96,6 +96,7 @@ def create_app(
         return {
             "model_id": backend.model_id,
             "model_card": backend.card,
+            "default_threshold": backend.default_threshold,
             "device": backend.device_note,
             "max_upload_bytes": max_upload_bytes,
             "vocabulary": {k: vocabulary.values(k) for k in ATTRIBUTE_KEYS},
@@ -163,7 +164,8 @@ def create_app(
 
     @app.post(f"{API}/volumes/{{volume_id}}/segment", dependencies=[Depends(authorised)])
     def segment(volume_id: str, body: dict = Body(...)) -> dict:
-        """Body: {"query": preset name | free text | {attribute: value}, "threshold": 0.5}."""
+        """Body: {"query": preset name | free text | {attribute: value}, "threshold"}; no
+        threshold (or null): the model's calibrated default."""
         query = body.get("query")
         if query is None or (isinstance(query, str) and not query.strip()):
             raise HTTPException(
@@ -179,6 +181,8 @@ def create_app(
     def recut(volume_id: str, body: dict = Body(...)) -> dict:
         """Body: {"result_id": from a segment/find answer, "threshold"}; no network pass."""
         threshold = _threshold(body)
+        if threshold is None:
+            raise HTTPException(400, "'threshold' is required for a re-cut.")
         entry = ready(volume_id)
         previous = entry.results.get(str(body.get("result_id", "")))
         if previous is None:
@@ -236,8 +240,11 @@ def _too_large(size: int, limit: int) -> str:
     )
 
 
-def _threshold(body: dict) -> float:
-    value = body.get("threshold", 0.5)
+def _threshold(body: dict) -> float | None:
+    """The request's threshold; None (absent or null) lets the engine use its default."""
+    value = body.get("threshold")
+    if value is None:
+        return None
     try:
         threshold = float(value)
     except (TypeError, ValueError):

@@ -38,6 +38,10 @@ class EngineBackend:
         return self.engine.card
 
     @property
+    def default_threshold(self) -> float:
+        return self.engine.default_threshold
+
+    @property
     def device_note(self) -> str:
         return self.engine.device_note
 
@@ -49,7 +53,7 @@ class EngineBackend:
         return self.engine.encode(volume, roi=roi, progress=progress, cancel=cancel)
 
     @staticmethod
-    def segment(encoded, query, threshold: float):
+    def segment(encoded, query, threshold: float | None):
         return encoded.segment(query, threshold)
 
     @staticmethod
@@ -57,7 +61,7 @@ class EngineBackend:
         return encoded.recut(result, threshold)
 
     @staticmethod
-    def find_lesions(encoded, threshold: float):
+    def find_lesions(encoded, threshold: float | None):
         return encoded.find_lesions(threshold)
 
 

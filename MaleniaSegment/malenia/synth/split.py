@@ -21,5 +21,12 @@ def unseen_categories() -> tuple[str, ...]:
 
 UNSEEN_CATEGORIES = UNSEEN_ANNOTATED  # the annotated unseen ones; see unseen_categories()
 TEST_SET_SEED = 20261122  # fixed seed of the held-out evaluation volumes
+VALIDATION_SET_SEED = 20261201  # calibration of post-processing: seen categories only
 TRAIN_SEED_OFFSET = 0
-__all__ = ["SEEN_CATEGORIES", "UNSEEN_CATEGORIES", "TEST_SET_SEED", "unseen_categories"]
+__all__ = [
+    "SEEN_CATEGORIES",
+    "UNSEEN_CATEGORIES",
+    "TEST_SET_SEED",
+    "VALIDATION_SET_SEED",
+    "unseen_categories",
+]
