@@ -106,7 +106,10 @@ def test_calibration_uses_the_validation_set_of_seen_categories_only():
     result = calibrate(engine, n_per_category=1, thresholds=(0.1, 0.5, 0.9))
     by_threshold = {float(t): d for t, d in result["mean_dice_by_threshold"].items()}
     assert set(by_threshold) == {0.1, 0.5, 0.9}
-    assert result["validation_dice"] == max(by_threshold.values())
+    assert result["best_validation_dice"] == max(by_threshold.values())
     assert by_threshold[result["threshold"]] == result["validation_dice"]
+    assert result["validation_dice"] >= result["best_validation_dice"] - 0.01
+    closer = [t for t in by_threshold if abs(t - 0.5) < abs(result["threshold"] - 0.5)]
+    assert all(by_threshold[t] < result["best_validation_dice"] - 0.01 for t in closer)
     assert result["validation_set"]["categories"] == list(SEEN_CATEGORIES)
     assert result["validation_set"]["seed"] == VALIDATION_SET_SEED

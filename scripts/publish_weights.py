@@ -78,7 +78,8 @@ def main() -> None:
         calibration = json.loads(args.calibration.read_text())
         card["postprocess"] = {
             key: calibration[key]
-            for key in ("threshold", "validation_dice", "dice_at_0.5", "validation_set")
+            for key in ("threshold", "rule", "validation_dice", "dice_at_0.5", "validation_set")
+            if key in calibration
         } | {"calibrated_with": "malenia calibrate"}
     evaluation = evaluation_summary(args.eval, args.real_ct)
     if evaluation:

@@ -22,7 +22,8 @@ import numpy as np
 from malenia.evaluation.metrics import dice
 from malenia.evaluation.testset import held_out_cases
 
-THRESHOLDS: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
+TOLERANCE = 0.01
+THRESHOLDS: tuple[float, ...] = (0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def register(subparsers) -> None:
@@ -46,7 +47,7 @@ def calibrate(
     spacing_mm: float = 2.0,
     log=None,
 ) -> dict:
-    """Mean Dice per threshold (macro over the seen categories) and the best threshold."""
+    """Mean Dice per threshold (macro over the seen categories) and the chosen threshold."""
     from malenia.evaluation.run import _volume
     from malenia.synth.split import SEEN_CATEGORIES, VALIDATION_SET_SEED
 
@@ -68,11 +69,16 @@ def calibrate(
     mean_dice = {
         t: float(np.mean([np.mean(per[t]) for per in scores.values()])) for t in thresholds
     }
-    # Ties go to the threshold nearest 0.5, the uncalibrated default.
-    best = max(thresholds, key=lambda t: (round(mean_dice[t], 4), -abs(t - 0.5)))
+    # Among thresholds within TOLERANCE of the best Dice, the one nearest 0.5: a lower cut
+    # also admits more false positives off the training distribution (real CT).
+    top = max(mean_dice.values())
+    near = [t for t in thresholds if mean_dice[t] >= top - TOLERANCE]
+    best = min(near, key=lambda t: (abs(t - 0.5), t))
     return {
         "threshold": best,
+        "rule": f"the threshold nearest 0.5 whose mean Dice is within {TOLERANCE} of the best",
         "validation_dice": round(mean_dice[best], 4),
+        "best_validation_dice": round(top, 4),
         "dice_at_0.5": round(mean_dice[0.5], 4) if 0.5 in mean_dice else None,
         "mean_dice_by_threshold": {str(t): round(v, 4) for t, v in mean_dice.items()},
         "model": engine.model_id,
