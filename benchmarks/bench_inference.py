@@ -171,7 +171,7 @@ def main() -> None:
         f" model grid {encoded.shape}"
     )
     first, first_s = timed("first query (preset)", lambda: encoded.segment("renal cyst"), rows)
-    print(f"  {len(first.lesions)} lesions at threshold 0.5")
+    print(f"  {len(first.lesions)} lesions at threshold {first.threshold} (the model's default)")
     _, requery_s = timed(
         "re-query",
         lambda: encoded.segment({"location": "right liver lobe", "density": "hypodense"}),

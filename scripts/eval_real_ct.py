@@ -51,7 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "eval" / "real_ct.json")
-    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="default: the model's calibrated one"
+    )
     args = parser.parse_args()
     engine = Engine.load(args.weights, "auto")
     rows = []
@@ -59,6 +61,7 @@ def main() -> None:
         volume = read_volume(DATA / image)
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / mask))) > 0
         result = engine.encode(volume).segment(query, args.threshold)
+        threshold = result.threshold
         score = dice(result.labelmap > 0, truth)
         rows.append(
             {
@@ -79,7 +82,7 @@ def main() -> None:
         engine._cache.clear()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"model": engine.model_id, "threshold": args.threshold, "cases": rows}, indent=1)
+        json.dumps({"model": engine.model_id, "threshold": threshold, "cases": rows}, indent=1)
     )
 
 
