@@ -196,7 +196,7 @@ class MaleniaSegmentParameterNode:
     relation: str = ""
     specificFeatures: str = ""
     freeText: str = ""
-    threshold: Annotated[float, WithinRange(0.05, 0.95)] = 0.5
+    threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5  # the slider's range
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
 

@@ -212,3 +212,23 @@ def test_sample_ct_source_points_at_the_file_with_its_checksum(tmp_path):
     urllib.request.urlretrieve(source["uris"], copy)  # what Sample Data does with the URI
     assert copy.read_bytes() == data
     assert Path(source["thumbnailFileName"]).is_file()
+
+
+def test_threshold_parameter_slider_and_calibrated_thresholds_share_one_range():
+    """The widget writes the threshold a run used (possibly a calibrated one) into the
+    parameter node: a value outside its WithinRange would raise inside Slicer."""
+    from malenia.evaluation.calibrate import THRESHOLDS
+
+    bounds = None
+    for node in ast.walk(module_tree()):
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "threshold":
+            within = next(
+                n for n in ast.walk(node.annotation)
+                if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "WithinRange"
+            )  # fmt: skip
+            bounds = tuple(ast.literal_eval(a) for a in within.args)
+    assert bounds is not None, "threshold parameter with WithinRange not found"
+    slider = ui_widgets()["thresholdSlider"]
+    slider_range = tuple(float(ui_property(slider, k)) for k in ("minimum", "maximum"))
+    assert bounds == slider_range
+    assert all(bounds[0] <= t <= bounds[1] for t in THRESHOLDS)
