@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from malenia.inference import default_weights_path
-from malenia.synth import make_phantom
+from malenia.synth import make_sample
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "MaleniaSegment"
 
@@ -94,7 +94,9 @@ def running(pid: int) -> bool:
 def test_numpy_free_manager_dies_and_its_engine_exits_too(tmp_path):
     """A client without numpy gets the raw mask; when the manager is killed (no atexit, as
     in a Slicer crash) the engine notices and exits by itself."""
-    ct = make_phantom(1, shape=(48, 48, 48), spacing=(2.0, 2.0, 2.0)).ct.astype("<i2")
+    # A renal cyst rendered in a small abdomen: what the bundled model is asked for.
+    ct = make_sample(1, ("renal cyst",), (48, 48, 48), (2.0, 2.0, 2.0), max_lesions=1).ct
+    ct = ct.astype("<i2")
     (tmp_path / "ct.raw").write_bytes(ct.tobytes())
     manager = subprocess.Popen(
         [

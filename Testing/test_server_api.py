@@ -22,7 +22,7 @@ from malenia.client import EngineBusyError, EngineHTTPClient, EngineProcess, Eng
 from malenia.errors import CancelledError, EngineUnavailableError, MaleniaError
 from malenia.inference import default_weights_path
 from malenia.io import CTVolume
-from malenia.synth import make_phantom
+from malenia.synth import make_phantom, make_sample
 
 pytestmark = pytest.mark.skipif(
     not default_weights_path().is_file(), reason="bundled weights are not in this checkout"
@@ -33,13 +33,23 @@ AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])  # IJK-to-RAS of a volume at SPACING
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
-def phantom(seed: int, shape=(48, 48, 48)) -> np.ndarray:
-    """A small synthetic abdomen (real anatomy labels, lesions the bundled model reacts to)."""
-    return make_phantom(seed, shape=shape, spacing=SPACING).ct.astype(np.int16)
+def phantom(seed: int, shape=(48, 48, 48), lesion: str | None = None) -> np.ndarray:
+    """A small synthetic abdomen; with ``lesion``, one lesion of that category rendered in it
+    (which the bundled model, asked for that category, finds)."""
+    if lesion is None:
+        return make_phantom(seed, shape=shape, spacing=SPACING).ct.astype(np.int16)
+    for attempt in range(20):
+        sample = make_sample(seed * 100 + attempt, (lesion,), shape, SPACING, max_lesions=1)
+        if sample.lesions:
+            return sample.ct.astype(np.int16)
+    raise AssertionError(f"no {lesion} could be placed in a {shape} volume")
 
 
-def volume(seed: int, shape=(48, 48, 48), spacing=SPACING, direction=IDENTITY) -> CTVolume:
-    return CTVolume(phantom(seed, shape), spacing, (-40.0, 12.0, 300.0), direction, f"p{seed}")
+def volume(
+    seed: int, shape=(48, 48, 48), spacing=SPACING, direction=IDENTITY, lesion=None
+) -> CTVolume:
+    array = phantom(seed, shape, lesion)
+    return CTVolume(array, spacing, (-40.0, 12.0, 300.0), direction, f"p{seed}")
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +240,10 @@ def test_malformed_queries_get_a_readable_400(server):
 def test_every_upload_form_lands_on_the_input_grid(server, tmp_path):
     """Raw array + IJK-to-RAS, raw array + LPS geometry, and an NRRD file give the same
     labelmap and lesions, on the uploaded grid (oblique-free but flipped, anisotropic)."""
-    ct = volume(2, (40, 48, 44), spacing=(2.0, 1.8, 2.2), direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1))
+    ct = volume(
+        2, (40, 48, 44), spacing=(2.0, 1.8, 2.2), direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1),
+        lesion="renal cyst",
+    )  # fmt: skip
     client = EngineHTTPClient(server.url, server.token)
     by_matrix = client.upload(ct.array, ct.ijk_to_ras())
     by_geometry = client.upload(
@@ -263,7 +276,7 @@ def test_eight_concurrent_clients_each_get_their_own_result(server):
     def run(client_index: int) -> None:
         try:
             client = EngineHTTPClient(server.url, server.token)
-            volume_id = client.encode(phantom(10 + client_index % 4), AFFINE)
+            volume_id = client.encode(phantom(10 + client_index % 4, lesion="liver cancer"), AFFINE)
             results[client_index] = client.segment(volume_id, "liver cancer", 0.5)
             client.delete(volume_id)
         except Exception as error:  # collected and asserted below
@@ -279,7 +292,7 @@ def test_eight_concurrent_clients_each_get_their_own_result(server):
     alone = EngineHTTPClient(server.url, server.token)
     masks = []
     for seed in range(4):
-        volume_id = alone.encode(phantom(10 + seed), AFFINE)
+        volume_id = alone.encode(phantom(10 + seed, lesion="liver cancer"), AFFINE)
         expected = alone.segment(volume_id, "liver cancer", 0.5)
         alone.delete(volume_id)
         for client_index in (seed, seed + 4):

@@ -67,6 +67,7 @@ class KnownClient:
     def segment(self, volume_id, query, threshold):
         if volume_id not in self.known:
             raise KeyError(volume_id)  # as an engine that restarted
+        threshold = 0.5 if threshold is None else threshold  # as the engine's default
         self.threshold = threshold
         mask = (
             self.labelmap

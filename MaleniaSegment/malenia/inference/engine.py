@@ -299,11 +299,12 @@ def _overlap(start, size, shape) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
 
 
 def _extract(hu: np.ndarray, start, size) -> np.ndarray:
-    """A box at ``start`` (may reach outside the grid: filled with air)."""
+    """A box at ``start``; where it reaches outside the grid (a volume smaller than one
+    window), the edge voxels are repeated: the model was trained on windows full of body, and
+    a wall of air cutting through the abdomen makes it see nothing."""
     inside, in_box = _overlap(start, size, hu.shape)
-    box = np.full(size, -1024.0, np.float32)
-    box[in_box] = hu[inside]
-    return box
+    pad = [(b.start, n - b.stop) for b, n in zip(in_box, size, strict=True)]
+    return np.pad(hu[inside].astype(np.float32, copy=False), pad, mode="edge")
 
 
 def _roi_slices(roi, model_image) -> tuple[slice, slice, slice]:
