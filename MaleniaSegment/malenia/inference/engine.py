@@ -84,7 +84,7 @@ EMPTY_WINDOW_HU = -500.0  # a window with nothing denser than this is air: skip 
 
 def _crop_box(region, patch) -> tuple[list[int], list[int]]:
     """Start and size of the box MONAI slides over: the region, grown to at least one
-    patch per axis (centred; may reach outside the grid, where it is filled with air)."""
+    patch per axis (centred; may reach outside the grid, where `_extract` repeats the edge)."""
     starts, sizes = [], []
     for r, p in zip(region, patch, strict=True):
         length = r.stop - r.start
