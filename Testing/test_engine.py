@@ -369,3 +369,34 @@ def test_the_model_cards_calibrated_threshold_is_the_default(weights, tmp_path):
     assert int((default.labels_model > 0).sum()) <= expected
     assert encoded.segment("renal cyst", threshold=0.6).threshold == 0.6
     assert encoded.find_lesions().threshold == 0.5  # the prompt-free map is not calibrated
+
+
+def test_anatomy_grounding_only_adds_lesions_inside_the_named_organ(weights, tmp_path):
+    """Weights with a location head answer with the prompt map plus the prompt-free lesion
+    map inside the named organ's region: nothing the prompt branch found is removed,
+    nothing outside the region is added; weights without the head are not grounded."""
+    from malenia.attributes import LesionDescription
+    from malenia.inference.grounding import location_region
+    from malenia.model import MaleniaConfig
+
+    assert not Engine.load(weights, device="cpu").anatomy_grounding
+    torch.manual_seed(1)
+    model = MaleniaNet(MaleniaConfig(location_head=True))
+    with torch.no_grad():  # an untrained head; a bias that calls everything "organ"
+        model.location_head[-1].bias[-1] = 3.0
+    path = save_weights(model, tmp_path / "grounded.safetensors", {"name": "grounded"})
+    engine = Engine.load(path, device="cpu")
+    assert engine.anatomy_grounding
+    encoded = engine.encode(body_ct())
+    query = LesionDescription(location="right kidney", density="hypodense")
+    grounded = encoded.probability(query)
+    alone = encoded.probability(query, grounding=False)
+    region = location_region(encoded.location_probability("right kidney"), (2.0, 2.0, 2.0))
+    assert region.any() and np.all(grounded >= alone)
+    np.testing.assert_array_equal(grounded[~region], alone[~region])
+    np.testing.assert_array_equal(grounded[region], np.maximum(alone, encoded.any_lesion)[region])
+    engine.grounding = False  # switched off: the prompt branch alone
+    np.testing.assert_array_equal(
+        engine.encode(body_ct(seed=3)).probability(query),
+        engine.encode(body_ct(seed=3)).probability(query, grounding=False),
+    )

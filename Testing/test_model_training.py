@@ -465,3 +465,69 @@ def test_publish_weights_makes_a_checkpoint_the_verified_bundled_pair(tmp_path):
     from malenia.inference import Engine
 
     assert Engine.load(target, device="cpu").default_threshold == 0.2
+
+
+# --------------------------------------------------------------------------- anatomy grounding
+
+
+def test_organ_targets_include_the_lumen_of_that_organ_only():
+    from malenia.synth.anatomy import LABELS, organ_mask
+    from malenia.synth.phantom import LOCATION_CENTRES, make_phantom
+
+    phantom = make_phantom(
+        4,
+        (64, 64, 64),
+        (2.0, 2.0, 2.0),
+        "abdomen",
+        "portal_venous",
+        LOCATION_CENTRES["sigmoid colon"],
+    )
+    labels = phantom.labels
+    sigmoid = organ_mask(labels, "sigmoid colon")
+    assert (labels == LABELS["sigmoid colon"]).sum() > 0
+    assert sigmoid[labels == LABELS["colon lumen"]].any()  # "in the sigmoid colon" fills its lumen
+    assert not sigmoid[labels == LABELS["urinary bladder"]].any()
+    np.testing.assert_array_equal(organ_mask(labels, "spleen"), labels == LABELS["spleen"])
+
+
+def test_anatomy_targets_ask_for_organs_in_view_and_sometimes_one_that_is_not():
+    import random
+
+    from malenia.synth.anatomy import LOCATION_LABEL
+    from malenia.train import anatomy_targets
+
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[:4] = LOCATION_LABEL["spleen"]
+    labels[4:, :4] = LOCATION_LABEL["left kidney"]
+    seen_absent = False
+    for seed in range(20):
+        names, targets = anatomy_targets(labels, random.Random(seed), 3, 0.5)
+        assert {"spleen", "left kidney"} <= set(names)
+        for name, target in zip(names, targets, strict=True):
+            if name in ("spleen", "left kidney"):
+                np.testing.assert_array_equal(target > 0, labels == LOCATION_LABEL[name])
+            else:
+                seen_absent = True
+                assert target.sum() == 0  # an organ out of view: the answer is empty
+    assert seen_absent
+
+
+def test_anatomy_task_trains_the_location_head_only(tmp_path):
+    """Starting from lesion weights without a location head, the anatomy task adds one and
+    trains it; every lesion-model tensor stays bit-identical (seen results cannot move)."""
+    from malenia.weights import load_weights
+
+    train(_config(tmp_path / "lesions", 1))
+    start, _ = load_weights(tmp_path / "lesions" / "last.safetensors")
+    assert start.location_head is None
+    config = _config(tmp_path / "anatomy", 3, task="anatomy", batch_size=1, lr=1e-2)
+    config.init_from = str(tmp_path / "lesions" / "last.safetensors")
+    history = train(config)
+    model = history["model"]
+    assert model.location_head is not None
+    for key, value in start.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    loaded, card = load_weights(tmp_path / "anatomy" / "last.safetensors")
+    assert card["config"]["location_head"] is True and loaded.location_head is not None
+    resumed = train(_config(tmp_path / "anatomy", 4, task="anatomy", batch_size=1, lr=1e-2))
+    assert resumed["step"] == 4

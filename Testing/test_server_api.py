@@ -418,8 +418,10 @@ def test_killed_server_gives_a_clear_error_and_the_restart_serves(small_server):
 
 def test_a_query_without_threshold_gets_the_models_calibrated_default(server):
     client = EngineHTTPClient(server.url, server.token)
-    default = client.info()["default_threshold"]
+    info = client.info()
+    default = info["default_threshold"]
     assert 0.0 < default < 1.0
+    assert info["anatomy_grounding"] is True  # the bundled weights have a location head
     volume_id = client.encode(phantom(1), np.diag([2.0, 2.0, 2.0, 1.0]))
     assert client.segment(volume_id, "renal cyst").threshold == default
     assert client.segment(volume_id, "renal cyst", 0.65).threshold == 0.65

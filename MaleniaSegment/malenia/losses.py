@@ -22,6 +22,16 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (dice_loss(logits, target) + bce).mean()
 
 
+def organ_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE on every map, Dice only where the organ is in view (an empty target's Dice would
+    push every map towards nothing)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    present = target.flatten(1).sum(1) > 0
+    if not present.any():
+        return bce
+    return bce + dice_loss(logits[present], target[present]).mean()
+
+
 @torch.no_grad()
 def hungarian_match(
     token_logits: torch.Tensor, targets: torch.Tensor

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
 from malenia.attributes.schema import ATTRIBUTE_KEYS, LesionDescription
-from malenia.losses import alignment_loss, hungarian_match, mask_loss
+from malenia.losses import alignment_loss, hungarian_match, mask_loss, organ_loss
 from malenia.model import MaleniaConfig, MaleniaNet, count_parameters
 from malenia.preprocessing import HU_WINDOW
 from malenia.weights import load_weights, save_weights
@@ -62,6 +62,12 @@ class TrainConfig:
     objectness_weight: float = 0.5
     data: dict = field(default_factory=lambda: {"type": "synthetic", "max_lesions": 2})
     init_from: str | None = None  # weights to start from when ``out`` has no checkpoint yet
+    # "lesions": the whole model on lesion masks. "anatomy": only the location head, on organ
+    # masks, everything else frozen (its lesion behaviour stays bit-identical).
+    task: str = "lesions"
+    locations_per_item: int = 3
+    absent_location_prob: float = 0.25
+    anatomy_windows: int | None = None  # distinct windows the anatomy task cycles through
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -333,6 +339,113 @@ def _contrast_loss(
     return torch.stack(losses).mean() if losses else out["features"].f4.sum() * 0.0
 
 
+# --------------------------------------------------------------------------- anatomy task
+
+
+def anatomy_targets(
+    labels: np.ndarray,
+    rng: random.Random,
+    count: int,
+    absent_prob: float,
+    masks: dict | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """Locations to ask for in one window and their organ masks: mostly organs in view,
+    sometimes one that is not (its answer is empty). ``masks`` memoises organ masks."""
+    from malenia.synth.anatomy import LOCATION_LABEL, organ_mask
+
+    present_ids = set(np.unique(labels).tolist())
+    present = sorted(name for name, i in LOCATION_LABEL.items() if i in present_ids)
+    absent = sorted(name for name in LOCATION_LABEL if name not in present)
+    chosen = rng.sample(present, min(count, len(present)))
+    if absent and (rng.random() < absent_prob or not chosen):
+        chosen.append(rng.choice(absent))
+    masks = {} if masks is None else masks
+    for name in chosen:
+        if name not in masks:
+            masks[name] = organ_mask(labels, name)
+    return chosen, np.stack([masks[name] for name in chosen]).astype(np.float32)
+
+
+def _coordinates(model: MaleniaNet, batch: list[dict]) -> torch.Tensor:
+    """Plane coordinates of each window from its body-frame origin (phantom centre = 0)."""
+    from malenia.model.network import plane_coordinates
+
+    spacing, shape = model.config.spacing_mm, model.config.patch_size
+    return torch.stack([plane_coordinates(item["origin_mm"], spacing, shape) for item in batch])
+
+
+def compute_anatomy_loss(
+    model: MaleniaNet,
+    batch: list[dict],
+    vocabulary: Vocabulary,
+    config: TrainConfig,
+    step: int,
+    device,
+) -> tuple[torch.Tensor, dict]:
+    """Location head on frozen image features: each location phrase -> its organ's mask."""
+    rng = random.Random(config.seed * 7919 + step)
+    # The encoder is frozen: a kept window's F2 (and its organ masks) are computed once and
+    # stored in the item the dataset keeps.
+    for item in batch:
+        if "_f2" not in item:
+            with torch.no_grad():
+                image = torch.from_numpy(item["image"][None]).to(device)
+                item["_f2"] = model.encode_image(image).f2[0]
+            item["_masks"] = {}
+    from malenia.model.network import ImageFeatures
+
+    f2 = torch.stack([item["_f2"] for item in batch])
+    features = ImageFeatures(f1=None, f2=f2, f3=None, f4=None)
+    location_features = model.location_feature_map(features, _coordinates(model, batch))
+    size = tuple(batch[0]["image"].shape[1:])
+    losses = []
+    for b, item in enumerate(batch):
+        names, targets = anatomy_targets(
+            item["labels"], rng, config.locations_per_item, config.absent_location_prob,
+            item["_masks"],
+        )  # fmt: skip
+        embeddings = torch.stack([vocabulary.table.value_embedding("location", n) for n in names])
+        logits = model.location_logits(
+            embeddings.to(device),
+            location_features[b : b + 1].expand(len(names), -1, -1, -1, -1),
+            size,
+        )
+        losses.append(organ_loss(logits, torch.from_numpy(targets).to(device)))
+    loss = torch.stack(losses).mean()
+    value = float(loss.detach())
+    return loss, {"total": value, "mask": 0.0, "objectness": 0.0, "align": 0.0, "prompt": value}
+
+
+@torch.no_grad()
+def validate_anatomy(
+    model: MaleniaNet, config: TrainConfig, vocabulary: Vocabulary, device
+) -> float:
+    """Mean organ Dice of the location head over every organ in view of fixed held-out windows."""
+    from malenia.synth.dataset import AnatomyDataset
+
+    dataset = AnatomyDataset(
+        _categories(config), config.seed + 999_983, model.config.patch_size, model.config.spacing_mm
+    )
+    rng = random.Random(0)
+    scores = []
+    for index in range(config.val_samples):
+        item = dataset[index]
+        names, targets = anatomy_targets(item["labels"], rng, 99, 0.0)
+        image = torch.from_numpy(item["image"][None]).to(device)
+        location_features = model.location_feature_map(
+            model.encode_image(image), _coordinates(model, [item])
+        )
+        embeddings = torch.stack([vocabulary.table.value_embedding("location", n) for n in names])
+        logits = model.location_logits(
+            embeddings.to(device),
+            location_features.expand(len(names), -1, -1, -1, -1),
+            tuple(image.shape[2:]),
+        )
+        for pred, target in zip((logits > 0).cpu().numpy(), targets > 0, strict=True):
+            scores.append(2 * (pred & target).sum() / max(pred.sum() + target.sum(), 1))
+    return float(np.mean(scores))
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -390,7 +503,10 @@ def model_card(model: MaleniaNet, config: TrainConfig, step: int, history: dict)
         "text_encoder": TEXT_ENCODER_NAME,
         "embedding_table_sha256": load_embedding_table().sha256,
         "training": {
-            "data": config.data,
+            "task": config.task,
+            "data": config.data
+            if config.task == "lesions"
+            else {"type": "synthetic anatomy", "windows": config.anatomy_windows},
             "categories": list(_categories(config)),
             "steps": step,
             "batch_size": config.batch_size,
@@ -479,9 +595,21 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
         if isinstance(config.model, dict)
         else getattr(MaleniaConfig, config.model)()
     )
+    if config.task not in ("lesions", "anatomy"):
+        raise ValueError(f"unknown task {config.task!r} (lesions | anatomy)")
+    anatomy = config.task == "anatomy"
+    if anatomy:
+        model_config.location_head = True
     model = MaleniaNet(model_config).to(torch_device)
+    if anatomy:  # only the location head learns; the lesion model stays as it was
+        table = Vocabulary(torch_device).matrices[ATTRIBUTE_KEYS.index("location")]
+        model.location_centre.copy_(table.mean(0))
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith(("location_head.", "location_features.")))
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
     )
     step = 0
     if (out / "last.safetensors").is_file() and (out / "optimizer.json").is_file():
@@ -490,7 +618,19 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
             print(f"resumed from {out} at step {step}")
     elif config.init_from:
         start, _ = load_weights(Path(config.init_from), torch_device)
-        model.load_state_dict(start.state_dict())
+        missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+        new = [
+            k
+            for k in missing
+            if not (
+                anatomy
+                and k.startswith(("location_head.", "location_features.", "location_centre"))
+            )
+        ]
+        if new or unexpected:
+            raise ValueError(
+                f"{config.init_from} does not fit this model: missing {new[:5]}, unexpected {unexpected[:5]}"
+            )
         if rank == 0:
             print(f"initialised from {config.init_from} (fresh optimizer)")
     if world > 1:
@@ -501,9 +641,15 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
     from malenia.synth.dataset import lesion_pool
 
     prompt_pool = {c: [r.description for r in lesion_pool(c)] for c in _categories(config)}
-    batches = Batches(
-        make_dataset(config, model_config), config.batch_size, rank, world, config.num_workers
-    )
+    if anatomy:
+        from malenia.synth.dataset import AnatomyDataset
+
+        dataset = AnatomyDataset(
+            _categories(config), config.seed, model_config.patch_size, model_config.spacing_mm
+        )
+    else:
+        dataset = make_dataset(config, model_config)
+    batches = Batches(dataset, config.batch_size, rank, world, config.num_workers)
     amp = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if torch_device.type == "cuda"
@@ -542,9 +688,14 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
             batch = batches.get(step)
             tick = time.time()
             with amp:
-                loss, parts = compute_loss(
-                    trained, batch, vocabulary, config, step, prompt_pool, torch_device
-                )
+                if anatomy:
+                    loss, parts = compute_anatomy_loss(
+                        model, batch, vocabulary, config, step, torch_device
+                    )
+                else:
+                    loss, parts = compute_loss(
+                        trained, batch, vocabulary, config, step, prompt_pool, torch_device
+                    )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -553,7 +704,8 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
             history["last"] = {k: round(v, 4) for k, v in parts.items()}
             val = ""
             if rank == 0 and config.validate_every and step % config.validate_every == 0:
-                val = round(validate(model, config, vocabulary, torch_device), 4)
+                check = validate_anatomy if anatomy else validate
+                val = round(check(model, config, vocabulary, torch_device), 4)
                 history["val"][str(step)] = val
             if rank == 0:
                 writer.writerow(

@@ -52,6 +52,9 @@ RULES = {
 }
 
 
+NO_GROUNDING = "no_grounding"  # ablation row: the same weights without anatomy grounding
+
+
 class EvaluationError(MaleniaError):
     """The evaluation cannot run as asked."""
 
@@ -107,7 +110,8 @@ def _volume(case: HeldOutCase):
     from malenia.io import CTVolume
 
     sz, sy, sx = case.spacing_zyx
-    return CTVolume(case.ct, (sx, sy, sz), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), case.name)
+    oz, oy, ox = case.origin_mm
+    return CTVolume(case.ct, (sx, sy, sz), (ox, oy, oz), tuple(np.eye(3).ravel()), case.name)
 
 
 def _predict(encoded, description, threshold: float | None) -> np.ndarray:
@@ -132,6 +136,10 @@ def evaluate_case(
         "control_C": _predict(encoded, case.prompt.only("location"), threshold),
         "baseline_A": threshold_baseline(case.ct, case.labels, case.prompt),
     }
+    if encoded.grounded:  # same weights, same encoding: the prompt branch alone
+        predictions[f"ablation_{NO_GROUNDING}"] = (
+            encoded.segment(case.prompt, threshold, grounding=False).labelmap > 0
+        )
     for name, ablation_engine in ablations.items():
         predictions[f"ablation_{name}"] = _predict(
             ablation_engine.encode(volume), case.prompt, threshold
@@ -273,7 +281,12 @@ def evaluate(
     summary = summarise(rows, set(SEEN_CATEGORIES))
     summary["settings"] = {
         "model": engine.model_id,
-        "ablations": {name: e.model_id for name, e in ablations.items()},
+        "ablations": (
+            {NO_GROUNDING: f"{engine.model_id}, prompt branch only"}
+            if engine.anatomy_grounding
+            else {}
+        )
+        | {name: e.model_id for name, e in ablations.items()},
         "categories": categories,
         "n_per_category": n_per_category,
         "shape_zyx": list(shape),

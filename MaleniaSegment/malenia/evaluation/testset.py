@@ -42,6 +42,9 @@ class HeldOutCase:
     descriptions: list[LesionDescription]
     spacing_zyx: tuple[float, float, float]
     phase: str
+    # Scanner position (z, y, x) of voxel [0, 0, 0]: the body centre is at 0, as a patient
+    # lies at the gantry centre, so the volume's geometry is that of a real scan.
+    origin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def prompt(self) -> LesionDescription:
@@ -156,6 +159,7 @@ def make_case(
                 [r.description for r in rendered],
                 tuple(spacing_zyx),
                 phase,
+                tuple(float(o) for o in phantom.origin_mm),
             )
     raise HeldOutSetError(
         f"Could not place a '{category}' lesion in {MAX_ATTEMPTS} phantoms of shape {shape} at "

@@ -140,6 +140,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"model:   {engine.model_id}  ({engine.card.get('parameters', '?')} parameters)")
     print(f"device:  {engine.device_note}  (torch {torch.__version__})")
     print(f"default threshold: {engine.default_threshold}")
+    print(f"anatomy grounding: {'on' if engine.anatomy_grounding else 'off (no location head)'}")
     print("model card:")
     print(json.dumps(engine.card, indent=1))
     return 0

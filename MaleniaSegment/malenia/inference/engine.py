@@ -67,6 +67,10 @@ class Window:
     tokens: torch.Tensor  # [N, E] final mask tokens
     objectness: torch.Tensor  # [N]
     f4: torch.Tensor  # [C, d, h, w] float32 mask features of the core
+    # Location features of the whole window at 1/4 resolution (None without a location
+    # head) and where the core lies inside the window.
+    location: torch.Tensor | None = None
+    local: tuple[slice, slice, slice] | None = None
 
 
 def _cores(starts: list[int], patch: int, length: int) -> dict[int, slice]:
@@ -108,6 +112,7 @@ class Engine:
         self.weights_path = weights_path
         self.config = model.config
         self.window_batch = 4 if device.type == "cuda" else 1
+        self.grounding = True  # answers grounded in the named organ when the weights can
         self.overlap = 0.25
         self._cache: OrderedDict[str, EncodedVolume] = OrderedDict()
         self.cache_size = 2
@@ -143,6 +148,12 @@ class Engine:
         return float(value) if value is not None else 0.5
 
     @property
+    def anatomy_grounding(self) -> bool:
+        """Whether prompts are answered in the organ their location names as well
+        (``malenia.inference.grounding``): weights with a location head, not switched off."""
+        return self.grounding and self.model.location_head is not None
+
+    @property
     def model_id(self) -> str:
         return f"{self.card.get('name', 'malenia')}@{str(self.card.get('sha256', ''))[:12]}"
 
@@ -166,6 +177,7 @@ class Engine:
         region = body_bounding_box(hu)
         if roi is not None:
             region = _intersect(region, _roi_slices(roi, model_image))
+        self._grid_origin_zyx = tuple(reversed(model_image.GetOrigin()))
         windows, any_lesion = self._encode_windows(hu, region, progress, cancel)
         encoded = EncodedVolume(self, volume, model_image, hu.shape, windows, region)
         encoded.any_lesion = any_lesion
@@ -280,11 +292,37 @@ class Engine:
         # Prompt-free map: the best objectness-weighted token mask.
         masks = torch.sigmoid(self.model.token_masks(tokens, features.f4))
         any_lesion = (masks * torch.sigmoid(objectness)[:, :, None, None, None]).amax(1).cpu()
+        location = None
+        if self.model.location_head is not None:
+            from malenia.model.network import plane_coordinates
+
+            spacing, patch = self.config.spacing_mm, self.config.patch_size
+            coordinates = torch.stack(
+                [
+                    plane_coordinates(
+                        [o + i * s for o, i, s in zip(self._grid_origin_zyx, start, spacing, strict=True)],
+                        spacing,
+                        patch,
+                    )
+                    for start, _ in placed
+                ]
+            )
+            location = self.model.location_feature_map(features, coordinates.to(self.device))
+            location = location.to("cpu", torch.float32)
         windows = []
         for b, (start, core) in enumerate(placed):
             local = tuple(slice(c.start - s, c.stop - s) for c, s in zip(core, start, strict=True))
             f4 = features.f4[b][(slice(None), *local)].to("cpu", torch.float32).contiguous()
-            windows.append(Window(core, tokens[b].cpu(), objectness[b].cpu(), f4))
+            windows.append(
+                Window(
+                    core,
+                    tokens[b].cpu(),
+                    objectness[b].cpu(),
+                    f4,
+                    None if location is None else location[b],
+                    local,
+                )  # fmt: skip
+            )
         return windows, list(any_lesion)
 
 
@@ -418,8 +456,58 @@ class EncodedVolume:
             )
         return parsed.description, text, None
 
+    @property
+    def grounded(self) -> bool:
+        """Whether answers are grounded in the named organ (weights with a location head)."""
+        return self.engine.anatomy_grounding
+
+    def probability(
+        self, description: LesionDescription, grounding: bool | None = None
+    ) -> np.ndarray:
+        """The answer's probability map on the model grid. ``grounding`` None: on whenever
+        the weights have a location head (``malenia.inference.grounding``); False gives
+        the prompt branch alone (for ablations)."""
+        grounding = self.grounded if grounding is None else grounding and self.grounded
+        if not grounding or not description.location:
+            return self._prompt_probability(description)
+        key = "grounded " + repr(description)
+        if key not in self._probabilities:
+            from malenia.inference.grounding import grounded_probability, location_region
+
+            region = location_region(
+                self.location_probability(description.location), self.engine.config.spacing_mm
+            )
+            self._remember(
+                key,
+                grounded_probability(
+                    self._prompt_probability(description), self.any_lesion, region
+                ),
+            )
+        return self._probabilities[key]
+
+    def _remember(self, key: str, probability: np.ndarray) -> None:
+        self._probabilities[key] = probability
+        if len(self._probabilities) > 8:
+            self._probabilities.pop(next(iter(self._probabilities)))
+
     @torch.no_grad()
-    def probability(self, description: LesionDescription) -> np.ndarray:
+    def location_probability(self, location: str) -> np.ndarray:
+        """[model grid] probability of being inside the organ a canonical location names."""
+        key = "location " + location
+        if key not in self._probabilities:
+            model, table = self.engine.model, self.engine.table
+            embedding = table.value_embedding("location", location)[None].to(self.engine.device)
+            vectors = model.location_vectors(embedding).cpu()
+            patch = tuple(self.engine.config.patch_size)
+            probability = torch.zeros(self.shape)
+            for w in self.windows:
+                logits = model.location_map_logits(vectors, w.location[None], patch)[0]
+                probability[w.slices] = torch.sigmoid_(logits[w.local])
+            self._remember(key, probability.numpy())
+        return self._probabilities[key]
+
+    @torch.no_grad()
+    def _prompt_probability(self, description: LesionDescription) -> np.ndarray:
         key = repr(description)
         if key not in self._probabilities:
             model = self.engine.model
@@ -434,21 +522,24 @@ class EncodedVolume:
                 channels = w.f4.shape[0]
                 logits = (vector[None] @ w.f4.view(channels, -1)).view(w.f4.shape[1:])
                 probability[w.slices] = torch.sigmoid_(logits)
-            self._probabilities[key] = probability.numpy()
-            if len(self._probabilities) > 8:
-                self._probabilities.pop(next(iter(self._probabilities)))
+            self._remember(key, probability.numpy())
         return self._probabilities[key]
 
     def segment(
-        self, query, threshold: float | None = None, min_volume_ml: float = 0.1
+        self,
+        query,
+        threshold: float | None = None,
+        min_volume_ml: float = 0.1,
+        grounding: bool | None = None,
     ) -> SegmentationResult:
         """Lesions matching a preset name, attribute dict / LesionDescription, or free text.
 
-        ``threshold`` None: the model's calibrated default (``Engine.default_threshold``)."""
+        ``threshold`` None: the model's calibrated default (``Engine.default_threshold``).
+        ``grounding`` None: anatomy grounding whenever the weights support it."""
         if threshold is None:
             threshold = self.engine.default_threshold
         description, readable, category = self.resolve(query)
-        probability = self.probability(description)
+        probability = self.probability(description, grounding)
         ranking = [(category, 1.0)] if category else self.engine.knowledge.rank(description)[:3]
         return self._result(
             probability, threshold, description, "prompt", readable, ranking, min_volume_ml

@@ -18,6 +18,9 @@ class MaleniaConfig:
     temperature: float = 0.07
     use_cmki: bool = True  # ablation: False = prompt by token-attribute similarity only
     align_blocks: tuple[int, ...] = (0, 1, 2)  # ablation: (2,) = alignment at the last block only
+    # Anatomy grounding: a head that maps a location phrase to the organ it names, trained on
+    # organ masks (anatomy only, no lesion of any category). Weights without it leave it off.
+    location_head: bool = False
     patch_size: tuple[int, int, int] = (64, 64, 64)
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
     extra: dict = field(default_factory=dict)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from monai.networks.blocks import UnetResBlock, UnetUpBlock
 from torch import nn
@@ -32,6 +33,27 @@ class ImageFeatures:
     f2: torch.Tensor
     f3: torch.Tensor
     f4: torch.Tensor  # [B, mask_dim, D, H, W] mask features
+
+
+LOCATION_STRIDE = 4  # location features live on the 1/4 grid of the decoder map F2
+COORDINATE_SCALE_MM = 100.0
+
+
+def plane_coordinates(origin_zyx, spacing_zyx, shape_zyx) -> torch.Tensor:
+    """[2, D/4, H/4, W/4] LPS (y, x) in units of 100 mm at the centres of the location grid.
+
+    Scanners put the patient at the gantry centre, so x is the offset from the midline
+    (left or right kidney?) and y the anterior-posterior offset; z (table position) carries
+    no anatomy and is left out. A window alone cannot tell left from right."""
+    axes = []
+    for axis in (1, 2):
+        n = shape_zyx[axis] // LOCATION_STRIDE
+        centres = (np.arange(n) * LOCATION_STRIDE + (LOCATION_STRIDE - 1) / 2) * spacing_zyx[axis]
+        axes.append((origin_zyx[axis] + centres) / COORDINATE_SCALE_MM)
+    depth = shape_zyx[0] // LOCATION_STRIDE
+    y = np.broadcast_to(axes[0][None, :, None], (depth, len(axes[0]), len(axes[1])))
+    x = np.broadcast_to(axes[1][None, None, :], y.shape)
+    return torch.from_numpy(np.stack([y, x]).astype(np.float32))
 
 
 def _coords(shape, device) -> torch.Tensor:
@@ -134,6 +156,25 @@ class MaleniaNet(nn.Module):
         self.prompt_direct = nn.Linear(len(ATTRIBUTE_KEYS) * config.text_dim, config.mask_dim)
         nn.init.zeros_(self.prompt_direct.weight)
         nn.init.zeros_(self.prompt_direct.bias)
+        # Anatomy grounding: location phrase -> (vector, bias) dotted with location features
+        # computed from the 1/4-resolution decoder map (organs are large; F4 is tuned to
+        # lesions). Lesion masks of the training categories only ever lie in a few organs;
+        # this head learns every organ from organ masks, so a description can point at one
+        # no training lesion was in.
+        if config.location_head:
+            self.location_features = nn.Sequential(
+                nn.Conv3d(f[2] + 2, e, 3, padding=1), nn.GELU(),
+                nn.Conv3d(e, e, 3, padding=1), nn.GELU(), nn.Conv3d(e, config.mask_dim, 1),
+            )
+            self.location_head = nn.Sequential(
+                nn.Linear(config.text_dim, e), nn.GELU(), nn.Linear(e, config.mask_dim + 1)
+            )
+            # Mean embedding of the location vocabulary, taken off every location phrase:
+            # MiniLM embeddings of organ names share most of their direction (mean cosine
+            # 0.57), what tells them apart is the rest. Set when the head is trained.
+            self.register_buffer("location_centre", torch.zeros(config.text_dim))
+        else:
+            self.location_features = self.location_head = None
 
     # ----------------------------------------------------------------- image side (heavy)
     def encode_image(self, image: torch.Tensor) -> ImageFeatures:
@@ -221,6 +262,39 @@ class MaleniaNet(nn.Module):
             "ensemble": 0.5 * (mask_vector + text_vector) + direct,
             "weights": weights,
         }
+
+    def location_feature_map(
+        self, features: ImageFeatures, coordinates: torch.Tensor
+    ) -> torch.Tensor:
+        """[B, mask_dim, D/4, H/4, W/4] features the location vectors are dotted with, from
+        F2 and the windows' ``plane_coordinates`` [B, 2, D/4, H/4, W/4]."""
+        if self.location_features is None:
+            raise ValueError("this model has no location head (config.location_head is off)")
+        return self.location_features(torch.cat([features.f2, coordinates.to(features.f2)], 1))
+
+    def location_vectors(self, location_embeddings: torch.Tensor) -> torch.Tensor:
+        """[B, mask_dim + 1] (vector, bias) of location phrases [B, text_dim]."""
+        if self.location_head is None:
+            raise ValueError("this model has no location head (config.location_head is off)")
+        return self.location_head(location_embeddings - self.location_centre)
+
+    @staticmethod
+    def location_map_logits(
+        vectors: torch.Tensor, location_features: torch.Tensor, size: tuple[int, ...]
+    ) -> torch.Tensor:
+        """[B, *size] "inside the named organ" logits, upsampled from the 1/4 grid."""
+        low = torch.einsum("bc,bcdhw->bdhw", vectors[:, :-1], location_features)
+        low = low + vectors[:, -1, None, None, None]
+        return nn.functional.interpolate(
+            low[:, None], size=size, mode="trilinear", align_corners=False
+        )[:, 0]
+
+    def location_logits(
+        self, location_embeddings: torch.Tensor, location_features: torch.Tensor, size
+    ) -> torch.Tensor:
+        return self.location_map_logits(
+            self.location_vectors(location_embeddings), location_features, size
+        )
 
     @staticmethod
     def vector_logits(vector: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:

@@ -97,6 +97,7 @@ def create_app(
             "model_id": backend.model_id,
             "model_card": backend.card,
             "default_threshold": backend.default_threshold,
+            "anatomy_grounding": backend.anatomy_grounding,
             "device": backend.device_note,
             "max_upload_bytes": max_upload_bytes,
             "vocabulary": {k: vocabulary.values(k) for k in ATTRIBUTE_KEYS},

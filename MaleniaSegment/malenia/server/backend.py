@@ -42,6 +42,10 @@ class EngineBackend:
         return self.engine.default_threshold
 
     @property
+    def anatomy_grounding(self) -> bool:
+        return self.engine.anatomy_grounding
+
+    @property
     def device_note(self) -> str:
         return self.engine.device_note
 

@@ -6,6 +6,8 @@ so "right kidney" lies at small x.
 
 from __future__ import annotations
 
+import numpy as np
+
 LABELS: dict[str, int] = {
     "air": 0, "body": 1, "subcutaneous fat": 2, "muscle": 3, "vertebra": 4, "rib": 5,
     "aorta": 6, "ivc": 7, "right liver lobe": 8, "left liver lobe": 9, "right kidney": 10,
@@ -55,3 +57,30 @@ TISSUE_HU: dict[str, tuple[float, float]] = {
     "renal sinus": (-80, -80), "bowel gas": (-950, -950), "spinal canal": (15, 15),
 }  # fmt: skip
 PHASES = ("portal_venous", "non_contrast")
+
+# Spaces a radiologist counts as part of the organ that encloses them ("a mass in the sigmoid
+# colon" may fill its lumen); the label map keeps them apart for rendering.
+INNER_LABELS: dict[str, tuple[int, ...]] = {
+    **{
+        name: (LABELS["colon lumen"], LABELS["bowel gas"])
+        for name in ("ascending colon", "transverse colon", "descending colon", "sigmoid colon", "rectum")
+    },
+    "stomach": (LABELS["stomach lumen"],),
+    **{name: (LABELS["pancreatic duct"],) for name in ("pancreatic head", "pancreatic body", "pancreatic tail")},
+    "right kidney": (LABELS["renal sinus"],),
+    "left kidney": (LABELS["renal sinus"],),
+}  # fmt: skip
+INNER_REACH_VOX = 3  # how far from the organ's own voxels its inner spaces are claimed
+
+
+def organ_mask(labels: np.ndarray, location: str) -> np.ndarray:
+    """Voxels of the organ a canonical location names, with its lumen/duct/sinus (the target
+    of the location head)."""
+    from scipy import ndimage
+
+    own = labels == LOCATION_LABEL[location]
+    inner = INNER_LABELS.get(location)
+    if not inner or not own.any():
+        return own
+    near = ndimage.binary_dilation(own, iterations=INNER_REACH_VOX)
+    return own | (near & np.isin(labels, inner))

@@ -22,6 +22,7 @@ class Sample:
     lesions: list[LesionRecord]
     spacing: tuple[float, float, float]
     phase: str
+    origin_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)  # body frame (z, y, x) of voxel 0
 
 
 def lesion_pool(category: str) -> list[LesionRecord]:
@@ -69,7 +70,7 @@ def make_sample(
         if (other.description.location in CHEST_LOCATIONS) == (region == "chest"):
             records.append(other)
     ct, instances, rendered = render_lesions(phantom.ct, phantom.labels, records, rng, spacing)
-    return Sample(ct, phantom.labels, instances, rendered, spacing, phase)
+    return Sample(ct, phantom.labels, instances, rendered, spacing, phase, phantom.origin_mm)
 
 
 def _region(location: str | None) -> str:
@@ -125,4 +126,64 @@ class SyntheticLesionDataset:
             "descriptions": [r.description for r in sample.lesions],
             "categories": [r.category for r in sample.lesions],
             "reports": [r.report for r in sample.lesions],
+        }
+
+
+class AnatomyDataset:
+    """Windows for the location head: image + organ label map, no lesion labels used.
+
+    Half the items are training-category samples (windows around their lesions, which the
+    organ label still covers); the other half are lesion-free phantoms centred on any
+    canonical location, so organs no training lesion lies in (spleen, adrenals, colon) are
+    seen as often as the rest."""
+
+    def __init__(
+        self,
+        categories: tuple[str, ...],
+        seed: int = 0,
+        shape: tuple[int, int, int] = (64, 64, 64),
+        spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
+        distinct: int | None = None,
+    ) -> None:
+        self.lesions = SyntheticLesionDataset(categories, seed, 10**9, shape, spacing)
+        self.seed, self.shape, self.spacing = seed, shape, spacing
+        # ``distinct`` windows, generated once and kept: the head trained on them is small
+        # and the frozen encoder sees them afresh, while a phantom costs about a second.
+        self.distinct, self._kept = distinct, {}
+
+    def __len__(self) -> int:
+        return self.distinct or 10**9
+
+    def __getitem__(self, index: int) -> dict:
+        if self.distinct is None:
+            return self._make(index)
+        index %= self.distinct
+        if index not in self._kept:
+            self._kept[index] = self._make(index)
+        return self._kept[index]
+
+    def _make(self, index: int) -> dict:
+        if index % 2 == 0:
+            rng = np.random.default_rng([self.seed, index, 7])
+            sample = make_sample(
+                int(rng.integers(2**31)), self.lesions.categories, self.shape, self.spacing
+            )
+            return {
+                "image": normalize_ct(sample.ct)[None],
+                "labels": sample.labels,
+                "origin_mm": sample.origin_mm,
+            }
+        rng = np.random.default_rng([self.seed, index, 11])
+        locations = sorted(LOCATION_CENTRES)
+        location = locations[int(rng.integers(len(locations)))]
+        centre = np.array(LOCATION_CENTRES[location]) + rng.uniform(-25, 25, size=3)
+        region = "chest" if location in CHEST_LOCATIONS else "abdomen"
+        phase = ("portal_venous", "non_contrast")[int(rng.random() < 0.3)]
+        phantom = make_phantom(
+            int(rng.integers(2**31)), self.shape, self.spacing, region, phase, tuple(centre)
+        )
+        return {
+            "image": normalize_ct(phantom.ct)[None],
+            "labels": phantom.labels,
+            "origin_mm": phantom.origin_mm,
         }

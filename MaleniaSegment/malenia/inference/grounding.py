@@ -1,0 +1,42 @@
+"""Anatomy grounding: answer a description in the organ its location names.
+
+The prompt branch learnt lesions only in the organs of the training categories (kidney,
+liver, pancreas, lung); asked for a lesion in the spleen it finds nothing, although the
+prompt-free lesion map sees the lesion there. The location head knows every organ (trained
+on organ masks, no lesion labels). A prompt's answer is therefore the union of
+
+    prompt map                          (what the description as a whole points at)
+    any-lesion map x location region    (every lesion the model sees in the named organ)
+
+Both are probabilities on the model grid, so the calibrated threshold applies to the union.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+# The region grows this far beyond the organ: lesions bulge out of it (exophytic renal
+# masses, colon tumours through the wall) and the location map is soft at organ borders.
+ORGAN_MARGIN_MM = 6.0
+LOCATION_THRESHOLD = 0.5
+
+
+def location_region(location_probability: np.ndarray, spacing_mm) -> np.ndarray:
+    """Where the named organ is, holes filled (a large lesion inside an organ is not organ
+    tissue to the location head) and grown by ``ORGAN_MARGIN_MM``."""
+    organ = ndimage.binary_fill_holes(location_probability > LOCATION_THRESHOLD)
+    if not organ.any():
+        return organ
+    radius = [max(1, int(round(ORGAN_MARGIN_MM / s))) for s in spacing_mm]
+    ball = np.zeros([2 * r + 1 for r in radius], bool)
+    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    ball[sum((g / r) ** 2 for g, r in zip(grid, radius, strict=True)) <= 1.0] = True
+    return ndimage.binary_dilation(organ, structure=ball)
+
+
+def grounded_probability(
+    prompt_probability: np.ndarray, any_lesion: np.ndarray, region: np.ndarray
+) -> np.ndarray:
+    """Union (voxel-wise max) of the prompt map and the lesion map inside the region."""
+    return np.maximum(prompt_probability, np.where(region, any_lesion, 0.0)).astype(np.float32)

@@ -1,0 +1,30 @@
+"""Anatomy grounding: the named organ's region and the union with the prompt map."""
+
+from __future__ import annotations
+
+import numpy as np
+from malenia.inference.grounding import ORGAN_MARGIN_MM, grounded_probability, location_region
+
+
+def test_region_fills_a_lesion_inside_the_organ_and_grows_by_the_margin():
+    location = np.zeros((40, 40, 40), np.float32)
+    location[10:30, 10:30, 10:30] = 0.9
+    location[17:23, 17:23, 17:23] = 0.1  # a cyst the location head does not call organ
+    region = location_region(location, (2.0, 2.0, 2.0))
+    assert region[20, 20, 20]  # the hole is filled
+    reach = int(ORGAN_MARGIN_MM / 2.0)
+    assert region[20, 20, 30 + reach - 1] and not region[20, 20, 30 + reach + 1]
+    assert not location_region(np.zeros_like(location), (2.0, 2.0, 2.0)).any()
+
+
+def test_grounded_answer_adds_lesions_in_the_region_and_nothing_outside():
+    prompt = np.zeros((10, 10, 10), np.float32)
+    prompt[1, 1, 1] = 0.8  # what the prompt branch found stays
+    any_lesion = np.zeros_like(prompt)
+    any_lesion[5, 5, 5] = 0.9  # a lesion inside the named organ
+    any_lesion[8, 8, 8] = 0.9  # a lesion elsewhere
+    region = np.zeros(prompt.shape, bool)
+    region[3:7, 3:7, 3:7] = True
+    answer = grounded_probability(prompt, any_lesion, region)
+    assert answer[1, 1, 1] == np.float32(0.8) and answer[5, 5, 5] == np.float32(0.9)
+    assert answer[8, 8, 8] == 0.0 and answer.dtype == np.float32
