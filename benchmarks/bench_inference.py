@@ -177,6 +177,18 @@ def main() -> None:
         lambda: encoded.segment({"location": "right liver lobe", "density": "hypodense"}),
         rows,
     )
+    timed(
+        "re-query, prompt branch alone (no anatomy grounding)",
+        lambda: encoded.segment(
+            {"location": "left kidney", "density": "hyperdense"}, grounding=False
+        ),
+        rows,
+    )
+    timed(
+        "re-query, grounded (same query, new location)",
+        lambda: encoded.segment({"location": "left kidney", "density": "hypodense"}),
+        rows,
+    )
     _, recut_s = timed("threshold re-cut", lambda: encoded.recut(first, 0.7), rows)
     _, labelmap_s = timed(
         "labelmap on the 512x512x300 input grid",

@@ -300,7 +300,10 @@ class Engine:
             coordinates = torch.stack(
                 [
                     plane_coordinates(
-                        [o + i * s for o, i, s in zip(self._grid_origin_zyx, start, spacing, strict=True)],
+                        [
+                            o + i * s
+                            for o, i, s in zip(self._grid_origin_zyx, start, spacing, strict=True)
+                        ],
                         spacing,
                         patch,
                     )

@@ -163,8 +163,11 @@ class MaleniaNet(nn.Module):
         # no training lesion was in.
         if config.location_head:
             self.location_features = nn.Sequential(
-                nn.Conv3d(f[2] + 2, e, 3, padding=1), nn.GELU(),
-                nn.Conv3d(e, e, 3, padding=1), nn.GELU(), nn.Conv3d(e, config.mask_dim, 1),
+                nn.Conv3d(f[2] + 2, e, 3, padding=1),
+                nn.GELU(),
+                nn.Conv3d(e, e, 3, padding=1),
+                nn.GELU(),
+                nn.Conv3d(e, config.mask_dim, 1),
             )
             self.location_head = nn.Sequential(
                 nn.Linear(config.text_dim, e), nn.GELU(), nn.Linear(e, config.mask_dim + 1)
