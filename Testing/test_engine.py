@@ -395,6 +395,10 @@ def test_anatomy_grounding_only_adds_lesions_inside_the_named_organ(weights, tmp
     assert region.any() and np.all(grounded >= alone)
     np.testing.assert_array_equal(grounded[~region], alone[~region])
     np.testing.assert_array_equal(grounded[region], np.maximum(alone, encoded.any_lesion)[region])
+    result = encoded.segment(query)  # the report says where the answer was grounded
+    assert result.to_dict()["grounded_in"] == "right kidney"
+    assert encoded.recut(result, 0.7).grounded_in == "right kidney"
+    assert encoded.segment(query, grounding=False).to_dict()["grounded_in"] is None
     engine.grounding = False  # switched off: the prompt branch alone
     np.testing.assert_array_equal(
         engine.encode(body_ct(seed=3)).probability(query),

@@ -391,6 +391,9 @@ class SegmentationResult:
     query: str = ""
     min_volume_ml: float = 0.1
     ranking: list | None = None  # category ranking of a prompt (kept for re-cuts)
+    # The location the answer was grounded in (``malenia.inference.grounding``), or None
+    # when the prompt branch answered alone.
+    grounded_in: str | None = None
     _labelmap: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -411,6 +414,7 @@ class SegmentationResult:
             "mode": self.mode,
             "query": self.query,
             "threshold": self.threshold,
+            "grounded_in": self.grounded_in,
             "description": self.description.to_dict() if self.description else None,
             "model": self.encoded.engine.model_id,
             "lesions": [lesion.to_dict() for lesion in self.lesions],
@@ -544,18 +548,23 @@ class EncodedVolume:
         description, readable, category = self.resolve(query)
         probability = self.probability(description, grounding)
         ranking = [(category, 1.0)] if category else self.engine.knowledge.rank(description)[:3]
-        return self._result(
+        result = self._result(
             probability, threshold, description, "prompt", readable, ranking, min_volume_ml
         )
+        grounded = self.grounded if grounding is None else grounding and self.grounded
+        result.grounded_in = description.location if grounded else None
+        return result
 
     def recut(self, result: SegmentationResult, threshold: float) -> SegmentationResult:
         """Same query, new threshold: numpy only, the network is not touched."""
         if result.mode == "auto":
             return self.find_lesions(threshold, result.min_volume_ml)
-        return self._result(
+        recut = self._result(
             result.probability, threshold, result.description, result.mode, result.query,
             result.ranking, result.min_volume_ml,
         )  # fmt: skip
+        recut.grounded_in = result.grounded_in
+        return recut
 
     @torch.no_grad()
     def find_lesions(
