@@ -392,11 +392,8 @@ def compute_anatomy_loss(
                 image = torch.from_numpy(item["image"][None]).to(device)
                 item["_f2"] = model.encode_image(image).f2[0]
             item["_masks"] = {}
-    from malenia.model.network import ImageFeatures
-
     f2 = torch.stack([item["_f2"] for item in batch])
-    features = ImageFeatures(f1=None, f2=f2, f3=None, f4=None)
-    location_features = model.location_feature_map(features, _coordinates(model, batch))
+    location_features = model.location_feature_map(f2, _coordinates(model, batch))
     size = tuple(batch[0]["image"].shape[1:])
     losses = []
     for b, item in enumerate(batch):
@@ -433,7 +430,7 @@ def validate_anatomy(
         names, targets = anatomy_targets(item["labels"], rng, 99, 0.0)
         image = torch.from_numpy(item["image"][None]).to(device)
         location_features = model.location_feature_map(
-            model.encode_image(image), _coordinates(model, [item])
+            model.encode_image(image).f2, _coordinates(model, [item])
         )
         embeddings = torch.stack([vocabulary.table.value_embedding("location", n) for n in names])
         logits = model.location_logits(

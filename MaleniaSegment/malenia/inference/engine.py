@@ -177,8 +177,8 @@ class Engine:
         region = body_bounding_box(hu)
         if roi is not None:
             region = _intersect(region, _roi_slices(roi, model_image))
-        self._grid_origin_zyx = tuple(reversed(model_image.GetOrigin()))
-        windows, any_lesion = self._encode_windows(hu, region, progress, cancel)
+        origin_zyx = tuple(reversed(model_image.GetOrigin()))
+        windows, any_lesion = self._encode_windows(hu, region, origin_zyx, progress, cancel)
         encoded = EncodedVolume(self, volume, model_image, hu.shape, windows, region)
         encoded.any_lesion = any_lesion
         self._cache[key] = encoded
@@ -186,7 +186,9 @@ class Engine:
             self._cache.popitem(last=False)
         return encoded
 
-    def _encode_windows(self, hu, region, progress, cancel) -> tuple[list[Window], np.ndarray]:
+    def _encode_windows(
+        self, hu, region, origin_zyx, progress, cancel
+    ) -> tuple[list[Window], np.ndarray]:
         """MONAI sliding-window inference over the body/ROI box. The predictor runs the
         image encoder and the prompt-free mask decoder once per window and keeps that
         window's mask tokens and F4 (the cache later queries use); what MONAI blends is the
@@ -231,7 +233,7 @@ class Engine:
                 if cancel:
                     cancel.check()
                 windows, maps = self._run_batch(
-                    batch[[b for b, _ in todo]], [(k, cores[k]) for _, k in todo]
+                    batch[[b for b, _ in todo]], [(k, cores[k]) for _, k in todo], origin_zyx
                 )
                 for (b, key), window, window_map in zip(todo, windows, maps, strict=True):
                     done[key] = window
@@ -282,10 +284,13 @@ class Engine:
         log.warning(self.device_note)
 
     @torch.no_grad()
-    def _run_batch(self, images: torch.Tensor, placed) -> tuple[list[Window], list[torch.Tensor]]:
+    def _run_batch(
+        self, images: torch.Tensor, placed, origin_zyx
+    ) -> tuple[list[Window], list[torch.Tensor]]:
         """The heavy pass on a batch of windows ``placed`` = [(start, core slices)]: the
-        final mask tokens and F4 of the core are kept; the prompt-free map of the whole
-        window goes to MONAI's blending."""
+        final mask tokens and F4 of the core are kept (and the location features, for
+        which the model grid's ``origin_zyx`` gives each window its scanner position); the
+        prompt-free map of the whole window goes to MONAI's blending."""
         features = self.model.encode_image(images.to(self.device))
         tokens = self.model.mask_tokens(features)[-1]
         objectness = self.model.objectness(tokens).squeeze(-1)
@@ -300,17 +305,14 @@ class Engine:
             coordinates = torch.stack(
                 [
                     plane_coordinates(
-                        [
-                            o + i * s
-                            for o, i, s in zip(self._grid_origin_zyx, start, spacing, strict=True)
-                        ],
+                        [o + i * s for o, i, s in zip(origin_zyx, start, spacing, strict=True)],
                         spacing,
                         patch,
                     )
                     for start, _ in placed
                 ]
             )
-            location = self.model.location_feature_map(features, coordinates.to(self.device))
+            location = self.model.location_feature_map(features.f2, coordinates.to(self.device))
             location = location.to("cpu", torch.float32)
         windows = []
         for b, (start, core) in enumerate(placed):
@@ -468,14 +470,19 @@ class EncodedVolume:
         """Whether answers are grounded in the named organ (weights with a location head)."""
         return self.engine.anatomy_grounding
 
+    def _grounds(self, description: LesionDescription, grounding: bool | None) -> bool:
+        """Whether this query is grounded: it names a location, the weights can, and the
+        caller did not ask for the prompt branch alone."""
+        wanted = self.grounded if grounding is None else grounding and self.grounded
+        return bool(wanted and description.location)
+
     def probability(
         self, description: LesionDescription, grounding: bool | None = None
     ) -> np.ndarray:
         """The answer's probability map on the model grid. ``grounding`` None: on whenever
         the weights have a location head (``malenia.inference.grounding``); False gives
         the prompt branch alone (for ablations)."""
-        grounding = self.grounded if grounding is None else grounding and self.grounded
-        if not grounding or not description.location:
+        if not self._grounds(description, grounding):
             return self._prompt_probability(description)
         key = "grounded " + repr(description)
         if key not in self._probabilities:
@@ -551,8 +558,7 @@ class EncodedVolume:
         result = self._result(
             probability, threshold, description, "prompt", readable, ranking, min_volume_ml
         )
-        grounded = self.grounded if grounding is None else grounding and self.grounded
-        result.grounded_in = description.location if grounded else None
+        result.grounded_in = description.location if self._grounds(description, grounding) else None
         return result
 
     def recut(self, result: SegmentationResult, threshold: float) -> SegmentationResult:

@@ -266,14 +266,12 @@ class MaleniaNet(nn.Module):
             "weights": weights,
         }
 
-    def location_feature_map(
-        self, features: ImageFeatures, coordinates: torch.Tensor
-    ) -> torch.Tensor:
+    def location_feature_map(self, f2: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
         """[B, mask_dim, D/4, H/4, W/4] features the location vectors are dotted with, from
-        F2 and the windows' ``plane_coordinates`` [B, 2, D/4, H/4, W/4]."""
+        the decoder map F2 and the windows' ``plane_coordinates`` [B, 2, D/4, H/4, W/4]."""
         if self.location_features is None:
             raise ValueError("this model has no location head (config.location_head is off)")
-        return self.location_features(torch.cat([features.f2, coordinates.to(features.f2)], 1))
+        return self.location_features(torch.cat([f2, coordinates.to(f2)], 1))
 
     def location_vectors(self, location_embeddings: torch.Tensor) -> torch.Tensor:
         """[B, mask_dim + 1] (vector, bias) of location phrases [B, text_dim]."""
