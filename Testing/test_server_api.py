@@ -423,5 +423,9 @@ def test_a_query_without_threshold_gets_the_models_calibrated_default(server):
     assert 0.0 < default < 1.0
     assert info["anatomy_grounding"] is True  # the bundled weights have a location head
     volume_id = client.encode(phantom(1), np.diag([2.0, 2.0, 2.0, 1.0]))
-    assert client.segment(volume_id, "renal cyst").threshold == default
+    from malenia.attributes import get_preset
+
+    answer = client.segment(volume_id, "renal cyst")
+    assert answer.threshold == default
+    assert answer.extra["grounded_in"] == get_preset("renal cyst").description.location
     assert client.segment(volume_id, "renal cyst", 0.65).threshold == 0.65

@@ -54,6 +54,7 @@ class KnownClient:
     def __init__(self, labelmap, lesions, fail=False):
         self.labelmap, self.lesions, self.fail = labelmap, lesions, fail
         self.threshold = 0.5
+        self.grounded_in = None  # an engine that grounded its answer sets this
         self.encodes = 0
         self.known: set[str] = set()
 
@@ -74,7 +75,10 @@ class KnownClient:
             if threshold <= 0.5
             else np.where(self.labelmap == 1, 1, 0).astype(np.int16)
         )
-        return EngineResult(mask, self.lesions, str(query), threshold, "malenia-test@0", "r1")
+        grounded = {"grounded_in": self.grounded_in} if self.grounded_in else {}
+        return EngineResult(
+            mask, self.lesions, str(query), threshold, "malenia-test@0", "r1", extra=grounded
+        )
 
     def recut(self, volume_id, result_id, threshold):
         return self.segment(volume_id, "recut", threshold)
@@ -165,7 +169,12 @@ def test_tags_and_terminology_read_back(slicer_scene, ct_node):
     assert "68453008" in entry and "64163001" in entry  # carcinoma, head of pancreas
     assert segments._tag(segment, "Malenia.Category") == "pancreatic cancer"
     assert segments._tag(segment, "Malenia.Threshold") == "0.400"
+    assert segments._tag(segment, "Malenia.GroundedIn") == ""  # the prompt answered alone
     assert segments._tag(segment, "Malenia.ModelId") == "malenia-test@0"
+    client.grounded_in = "pancreatic head"
+    grounded = MaleniaSegmentLogic(slicer_scene, client).segment(ct_node, "pancreatic cancer")
+    segment = grounded.output_node.GetSegmentation().GetSegment(grounded.segment_ids[0])
+    assert segments._tag(segment, "Malenia.GroundedIn") == "pancreatic head"
     rows = MaleniaSegmentLogic.results_table(run)
     assert rows[0]["lesion"] == "Pancreatic cancer 1" and rows[0]["volume_ml"] == 1.0
 
@@ -341,3 +350,16 @@ def test_without_a_threshold_the_models_calibrated_one_is_used_and_tagged(
     segmentation = run.output_node.GetSegmentation()
     for segment_id in run.segment_ids:
         assert segments._tag(segmentation.GetSegment(segment_id), "Malenia.Threshold") == "0.350"
+
+
+def test_the_bundled_engine_says_where_it_grounded_the_answer(slicer_scene, ct_node):
+    """Through the in-process client the result carries the location the bundled weights
+    grounded a preset's answer in; a description without a location is not grounded."""
+    from malenia.attributes import get_preset
+
+    client = InProcessEngineClient(Engine.load(device="cpu"))
+    logic = MaleniaSegmentLogic(slicer_scene, client)
+    run = logic.segment(ct_node, "renal cyst")
+    assert run.result.extra["grounded_in"] == get_preset("renal cyst").description.location
+    unlocated = logic.segment(ct_node, {"density": "hypodense", "shape": "round"})
+    assert unlocated.result.extra["grounded_in"] is None

@@ -308,7 +308,11 @@ class EngineHTTPClient:
             payload["model"],
             payload["result_id"],
             payload.get("description"),
-            {"mode": payload.get("mode"), "timing": payload.get("timing", {})},
+            {
+                "mode": payload.get("mode"),
+                "timing": payload.get("timing", {}),
+                "grounded_in": payload.get("grounded_in"),
+            },
             raw,
             shape,
             dtype,
