@@ -467,7 +467,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showingThreshold = False
         self._fillTable()
         found = len(self._run.segment_ids)
-        grounded = (result.extra or {}).get("grounded_in")
+        grounded = result.extra.get("grounded_in")
         where = f" Searched the {grounded} for any lesion too." if grounded else ""
         self.ui.statusLabel.text = (
             f"{found} new segment(s) for: {result.query} (threshold {result.threshold:.2f}).{where} {note}"

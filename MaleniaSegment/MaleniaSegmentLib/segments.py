@@ -143,8 +143,7 @@ def add_result_segments(
                 "Malenia.Score": f"{lesion.get('score', 0):.4f}",
                 "Malenia.Threshold": f"{result.threshold:.3f}",
                 # The organ the answer was grounded in ("" when the prompt answered alone).
-                "Malenia.GroundedIn": (getattr(result, "extra", None) or {}).get("grounded_in")
-                or "",
+                "Malenia.GroundedIn": result.extra.get("grounded_in") or "",
                 "Malenia.ModelId": result.model_id,
                 "Malenia.VolumeMl": f"{lesion.get('volume_ml', 0):.3f}",
                 "Malenia.DiameterMm": f"{lesion.get('diameter_mm', 0):.1f}",

@@ -374,6 +374,17 @@ def _coordinates(model: MaleniaNet, batch: list[dict]) -> torch.Tensor:
     return torch.stack([plane_coordinates(item["origin_mm"], spacing, shape) for item in batch])
 
 
+def _organ_logits(model: MaleniaNet, vocabulary, names: list[str], location_features, size):
+    """[len(names), *size] organ logits of several location phrases on one window's
+    location features [1, C, ...]."""
+    embeddings = torch.stack([vocabulary.table.value_embedding("location", n) for n in names])
+    return model.location_logits(
+        embeddings.to(location_features.device),
+        location_features.expand(len(names), -1, -1, -1, -1),
+        size,
+    )
+
+
 def compute_anatomy_loss(
     model: MaleniaNet,
     batch: list[dict],
@@ -401,12 +412,7 @@ def compute_anatomy_loss(
             item["labels"], rng, config.locations_per_item, config.absent_location_prob,
             item["_masks"],
         )  # fmt: skip
-        embeddings = torch.stack([vocabulary.table.value_embedding("location", n) for n in names])
-        logits = model.location_logits(
-            embeddings.to(device),
-            location_features[b : b + 1].expand(len(names), -1, -1, -1, -1),
-            size,
-        )
+        logits = _organ_logits(model, vocabulary, names, location_features[b : b + 1], size)
         losses.append(organ_loss(logits, torch.from_numpy(targets).to(device)))
     loss = torch.stack(losses).mean()
     value = float(loss.detach())
@@ -432,12 +438,7 @@ def validate_anatomy(
         location_features = model.location_feature_map(
             model.encode_image(image).f2, _coordinates(model, [item])
         )
-        embeddings = torch.stack([vocabulary.table.value_embedding("location", n) for n in names])
-        logits = model.location_logits(
-            embeddings.to(device),
-            location_features.expand(len(names), -1, -1, -1, -1),
-            tuple(image.shape[2:]),
-        )
+        logits = _organ_logits(model, vocabulary, names, location_features, tuple(image.shape[2:]))
         for pred, target in zip((logits > 0).cpu().numpy(), targets > 0, strict=True):
             scores.append(2 * (pred & target).sum() / max(pred.sum() + target.sum(), 1))
     return float(np.mean(scores))

@@ -26,7 +26,12 @@ from malenia.attributes import KnowledgeTable, LesionDescription, get_preset, pa
 from malenia.attributes.schema import ATTRIBUTE_KEYS
 from malenia.errors import CancelledError, MaleniaError, UnknownAttributeValueError, WeightsError
 from malenia.inference.device import is_out_of_memory, log, pick_device
-from malenia.inference.postprocess import LesionInfo, components, longest_axial_diameter
+from malenia.inference.postprocess import (
+    LesionInfo,
+    components,
+    foreground_box,
+    longest_axial_diameter,
+)
 from malenia.io import CTVolume, validate_ct
 from malenia.preprocessing import body_bounding_box, normalize_ct, to_input_grid, to_model_grid
 
@@ -697,13 +702,9 @@ def _components_in_box(probability: np.ndarray, threshold: float, min_voxels: in
     holding the foreground (most of a CT is not lesion; labelling all of it is slow)."""
     foreground = probability > threshold
     labels = np.zeros(probability.shape, np.int16)
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(foreground.any(axis=tuple(a for a in range(3) if a != axis)))
-        if hit.size == 0:
-            return labels, []
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    box = tuple(box)
+    box = foreground_box(foreground)
+    if box is None:
+        return labels, []
     local, boxes = components(foreground[box], min_voxels)
     labels[box] = local
     shifted = [

@@ -26,16 +26,14 @@ def location_region(location_probability: np.ndarray, spacing_mm) -> np.ndarray:
     """Where the named organ is, holes filled (a large lesion inside an organ is not organ
     tissue to the location head) and grown by ``ORGAN_MARGIN_MM``. Worked out inside the
     organ's bounding box only, so a query on a whole-body CT stays cheap."""
+    from malenia.inference.postprocess import foreground_box
+
     organ = location_probability > LOCATION_THRESHOLD
     region = np.zeros(organ.shape, bool)
-    if not organ.any():
-        return region
     radius = [max(1, int(round(ORGAN_MARGIN_MM / s))) for s in spacing_mm]
-    box = []
-    for axis, r in enumerate(radius):
-        hit = np.flatnonzero(organ.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(0, int(hit[0]) - r), min(organ.shape[axis], int(hit[-1]) + r + 1)))
-    box = tuple(box)
+    box = foreground_box(organ, max(radius))
+    if box is None:
+        return region
     ball = np.zeros([2 * r + 1 for r in radius], bool)
     grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
     ball[sum((g / r) ** 2 for g, r in zip(grid, radius, strict=True)) <= 1.0] = True

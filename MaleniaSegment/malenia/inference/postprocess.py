@@ -37,6 +37,19 @@ class LesionInfo:
         return out
 
 
+def foreground_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """The box holding every True voxel of ``mask``, grown by ``margin`` voxels and clipped
+    to the array; None when the mask is empty."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        low, high = int(hit[0]) - margin, int(hit[-1]) + margin + 1
+        box.append(slice(max(0, low), min(mask.shape[axis], high)))
+    return tuple(box)
+
+
 def components(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, list[tuple[slice, ...]]]:
     """Connected components (26-connectivity) of at least ``min_voxels``, relabelled 1..n
     by decreasing size. Relabelling writes only inside each kept component's box."""

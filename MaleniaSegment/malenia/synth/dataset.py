@@ -145,8 +145,8 @@ class AnatomyDataset:
         spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
         distinct: int | None = None,
     ) -> None:
-        self.lesions = SyntheticLesionDataset(categories, seed, 10**9, shape, spacing)
-        self.seed, self.shape, self.spacing = seed, shape, spacing
+        self.categories, self.seed = tuple(categories), seed
+        self.shape, self.spacing = shape, spacing
         # ``distinct`` windows, generated once and kept: the head trained on them is small
         # and the frozen encoder sees them afresh, while a phantom costs about a second.
         self.distinct, self._kept = distinct, {}
@@ -166,7 +166,7 @@ class AnatomyDataset:
         if index % 2 == 0:
             rng = np.random.default_rng([self.seed, index, 7])
             sample = make_sample(
-                int(rng.integers(2**31)), self.lesions.categories, self.shape, self.spacing
+                int(rng.integers(2**31)), self.categories, self.shape, self.spacing
             )
             return {
                 "image": normalize_ct(sample.ct)[None],
@@ -177,7 +177,7 @@ class AnatomyDataset:
         locations = sorted(LOCATION_CENTRES)
         location = locations[int(rng.integers(len(locations)))]
         centre = np.array(LOCATION_CENTRES[location]) + rng.uniform(-25, 25, size=3)
-        region = "chest" if location in CHEST_LOCATIONS else "abdomen"
+        region = _region(location)
         phase = ("portal_venous", "non_contrast")[int(rng.random() < 0.3)]
         phantom = make_phantom(
             int(rng.integers(2**31)), self.shape, self.spacing, region, phase, tuple(centre)
