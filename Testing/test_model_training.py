@@ -490,6 +490,40 @@ def test_organ_targets_include_the_lumen_of_that_organ_only():
     np.testing.assert_array_equal(organ_mask(labels, "spleen"), labels == LABELS["spleen"])
 
 
+def test_anatomy_windows_put_training_lesions_in_other_organs_and_keep_their_organ_labels():
+    """The location head must learn that a spleen with a mass in it is still spleen: the
+    anatomy windows carry training-category lesions moved into any organ in view, while
+    the organ label map (its only target) stays the phantom's."""
+    from malenia.attributes.presets import SEEN_CATEGORIES
+    from malenia.synth.anatomy import LOCATION_LABEL
+    from malenia.synth.dataset import relocated_lesions
+    from malenia.synth.lesions import render_lesions
+    from malenia.synth.phantom import LOCATION_CENTRES, make_phantom
+
+    spacing = (2.0, 2.0, 2.0)
+    phantom = make_phantom(
+        7, (64, 64, 64), spacing, "abdomen", "portal_venous", LOCATION_CENTRES["spleen"]
+    )
+    labels_before = phantom.labels.copy()
+    in_view = {n for n, i in LOCATION_LABEL.items() if (phantom.labels == i).any()}
+    hosts, categories = [], set()
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        records = relocated_lesions(rng, tuple(SEEN_CATEGORIES), phantom.labels, "spleen")
+        ct, instances, rendered = render_lesions(phantom.ct, phantom.labels, records, rng, spacing)
+        hosts += [r.description.location for r in rendered]
+        categories |= {r.category for r in rendered}
+        assert {r.description.location for r in records} <= in_view
+        assert ct.shape == phantom.ct.shape and (instances > 0).any() == bool(rendered)
+        for record in rendered:  # centred in the organ the record was moved to
+            centre = tuple(record.rendered["centre_voxel"])
+            assert phantom.labels[centre] == LOCATION_LABEL[record.description.location]
+    np.testing.assert_array_equal(phantom.labels, labels_before)
+    assert categories <= set(SEEN_CATEGORIES)
+    assert hosts.count("spleen") >= len(hosts) / 3  # mostly the organ the window is about
+    assert len(set(hosts)) >= 3  # and other organs in view too
+
+
 def test_anatomy_targets_ask_for_organs_in_view_and_sometimes_one_that_is_not():
     import random
 

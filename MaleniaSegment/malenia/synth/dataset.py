@@ -133,9 +133,12 @@ class AnatomyDataset:
     """Windows for the location head: image + organ label map, no lesion labels used.
 
     Half the items are training-category samples (windows around their lesions, which the
-    organ label still covers); the other half are lesion-free phantoms centred on any
-    canonical location, so organs no training lesion lies in (spleen, adrenals, colon) are
-    seen as often as the rest."""
+    organ label still covers); the other half are phantoms centred on any canonical
+    location, so organs no training lesion lies in (spleen, adrenals, colon) are seen as
+    often as the rest. Most of those carry lesions too: training-category records moved to
+    an organ in view (``relocated_lesions``). An organ with a mass in it is still that organ;
+    a head that only ever saw masses in the training organs learns the opposite for the
+    others, and then leaves out exactly the lesion a description asks for."""
 
     def __init__(
         self,
@@ -182,8 +185,41 @@ class AnatomyDataset:
         phantom = make_phantom(
             int(rng.integers(2**31)), self.shape, self.spacing, region, phase, tuple(centre)
         )
+        records = relocated_lesions(rng, self.categories, phantom.labels, location)
+        ct, _, _ = render_lesions(phantom.ct, phantom.labels, records, rng, self.spacing)
         return {
-            "image": normalize_ct(phantom.ct)[None],
-            "labels": phantom.labels,
+            "image": normalize_ct(ct)[None],
+            "labels": phantom.labels,  # organ labels are not changed by a lesion in them
             "origin_mm": phantom.origin_mm,
         }
+
+
+# Lesions per lesion-bearing anatomy window, and how often the window's own organ gets one.
+RELOCATED_LESIONS = (0, 1, 1, 2)
+CENTRE_ORGAN_P = 0.6
+
+
+def relocated_lesions(
+    rng: np.random.Generator, categories: tuple[str, ...], labels: np.ndarray, centre: str
+) -> list[LesionRecord]:
+    """Records of the (training) ``categories`` moved to organs in view: their appearance
+    (density, shape, margin...) is kept, their location replaced; mostly the organ the window
+    is centred on. Only organ masks are learnt from such a window, never the lesion."""
+    from dataclasses import replace
+
+    from malenia.synth.anatomy import LOCATION_LABEL
+
+    in_view = set(np.unique(labels).tolist())
+    organs = sorted(name for name, label in LOCATION_LABEL.items() if label in in_view)
+    if not organs:
+        return []
+    records = []
+    for _ in range(RELOCATED_LESIONS[int(rng.integers(len(RELOCATED_LESIONS)))]):
+        record = _draw(rng, categories)
+        if centre in organs and rng.random() < CENTRE_ORGAN_P:
+            organ = centre
+        else:
+            organ = organs[int(rng.integers(len(organs)))]
+        description = replace(record.description, location=organ)
+        records.append(LesionRecord(record.category, description, "", record.size_mm))
+    return records
