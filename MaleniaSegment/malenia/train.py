@@ -68,6 +68,10 @@ class TrainConfig:
     locations_per_item: int = 3
     absent_location_prob: float = 0.25
     anatomy_windows: int | None = None  # distinct windows the anatomy task cycles through
+    # Uniform shifts (mm, y then x) of the scanner coordinates the location head sees. Where a
+    # patient lies left-right is fixed by the gantry, front-back is not (table height varies
+    # by 15 cm between scanners): a large y shift teaches the head not to use y at all.
+    coordinate_jitter_mm: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -366,12 +370,22 @@ def anatomy_targets(
     return chosen, np.stack([masks[name] for name in chosen]).astype(np.float32)
 
 
-def _coordinates(model: MaleniaNet, batch: list[dict]) -> torch.Tensor:
-    """Plane coordinates of each window from its body-frame origin (phantom centre = 0)."""
+def _coordinates(
+    model: MaleniaNet, batch: list[dict], jitter_mm=(0.0, 0.0), rng: random.Random | None = None
+) -> torch.Tensor:
+    """Plane coordinates of each window from its body-frame origin (phantom centre = 0),
+    each shifted by up to ``jitter_mm`` (y, x)."""
     from malenia.model.network import plane_coordinates
 
     spacing, shape = model.config.spacing_mm, model.config.patch_size
-    return torch.stack([plane_coordinates(item["origin_mm"], spacing, shape) for item in batch])
+    rng = rng or random.Random(0)
+    coordinates = []
+    for item in batch:
+        z, y, x = item["origin_mm"]
+        shift = [rng.uniform(-j, j) for j in jitter_mm]
+        origin = (z, y + shift[0], x + shift[1])
+        coordinates.append(plane_coordinates(origin, spacing, shape))
+    return torch.stack(coordinates)
 
 
 def _organ_logits(model: MaleniaNet, vocabulary, names: list[str], location_features, size):
@@ -404,7 +418,8 @@ def compute_anatomy_loss(
                 item["_f2"] = model.encode_image(image).f2[0]
             item["_masks"] = {}
     f2 = torch.stack([item["_f2"] for item in batch])
-    location_features = model.location_feature_map(f2, _coordinates(model, batch))
+    coordinates = _coordinates(model, batch, config.coordinate_jitter_mm, rng)
+    location_features = model.location_feature_map(f2, coordinates)
     size = tuple(batch[0]["image"].shape[1:])
     losses = []
     for b, item in enumerate(batch):
@@ -504,7 +519,13 @@ def model_card(model: MaleniaNet, config: TrainConfig, step: int, history: dict)
             "task": config.task,
             "data": config.data
             if config.task == "lesions"
-            else {"type": "synthetic anatomy", "windows": config.anatomy_windows},
+            else {
+                "type": "synthetic anatomy",
+                "windows": config.anatomy_windows,
+                "targets": "organ masks of every canonical location (no lesion labels)",
+                "lesions": "training-category lesions, some moved into other organs in view",
+                "coordinate_jitter_mm": list(config.coordinate_jitter_mm),
+            },
             "categories": list(_categories(config)),
             "steps": step,
             "batch_size": config.batch_size,

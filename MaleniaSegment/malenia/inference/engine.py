@@ -511,7 +511,10 @@ class EncodedVolume:
 
     @torch.no_grad()
     def location_probability(self, location: str) -> np.ndarray:
-        """[model grid] probability of being inside the organ a canonical location names."""
+        """[model grid] probability of being inside the organ a canonical location names.
+
+        Windows whose 1/4-grid logits are all <= 0 stay 0: upsampling cannot lift them
+        above 0.5, so the organ is not there, and most windows of a CT hold no given organ."""
         key = "location " + location
         if key not in self._probabilities:
             model, table = self.engine.model, self.engine.table
@@ -520,6 +523,8 @@ class EncodedVolume:
             patch = tuple(self.engine.config.patch_size)
             probability = torch.zeros(self.shape)
             for w in self.windows:
+                if float(model.location_map_logits(vectors, w.location[None]).max()) <= 0:
+                    continue
                 logits = model.location_map_logits(vectors, w.location[None], patch)[0]
                 probability[w.slices] = torch.sigmoid_(logits[w.local])
             self._remember(key, probability.numpy())

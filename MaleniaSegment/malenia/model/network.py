@@ -281,11 +281,14 @@ class MaleniaNet(nn.Module):
 
     @staticmethod
     def location_map_logits(
-        vectors: torch.Tensor, location_features: torch.Tensor, size: tuple[int, ...]
+        vectors: torch.Tensor, location_features: torch.Tensor, size: tuple[int, ...] | None = None
     ) -> torch.Tensor:
-        """[B, *size] "inside the named organ" logits, upsampled from the 1/4 grid."""
+        """[B, *size] "inside the named organ" logits, upsampled from the 1/4 grid (size None:
+        the 1/4 grid itself; trilinear upsampling stays within its range)."""
         low = torch.einsum("bc,bcdhw->bdhw", vectors[:, :-1], location_features)
         low = low + vectors[:, -1, None, None, None]
+        if size is None:
+            return low
         return nn.functional.interpolate(
             low[:, None], size=size, mode="trilinear", align_corners=False
         )[:, 0]
