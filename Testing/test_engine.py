@@ -439,6 +439,47 @@ def test_bundled_location_head_tells_left_from_right(bundled):
     )
 
 
+def test_bundled_location_head_does_not_depend_on_table_height(bundled):
+    """Scanners put the table at different heights, so the same patient can sit 15 cm
+    higher or lower in scanner y; the organ the head finds must not move with it."""
+    from dataclasses import replace
+
+    from malenia.synth.anatomy import organ_mask
+    from malenia.synth.phantom import make_phantom
+
+    phantom = make_phantom(
+        2, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
+    )
+    left = organ_mask(phantom.labels, "left kidney")
+    for shift in (-150.0, 120.0):
+        x, y, z = _phantom_volume(phantom).origin
+        volume = replace(_phantom_volume(phantom), origin=(x, y + shift, z))
+        probability = bundled.encode(volume).location_probability("left kidney")
+        assert probability[left].mean() > 0.3, shift
+
+
+def test_location_map_skips_only_windows_where_the_organ_cannot_be(bundled):
+    """Windows whose 1/4-grid logits are all <= 0 are not upsampled: the organ region
+    (probability > 0.5) is exactly the one of the full computation."""
+    from malenia.synth.phantom import make_phantom
+
+    phantom = make_phantom(
+        2, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
+    )
+    encoded = bundled.encode(_phantom_volume(phantom))
+    model, patch = bundled.model, tuple(bundled.config.patch_size)
+    for name in ("left kidney", "urinary bladder"):
+        embedding = bundled.table.value_embedding("location", name)[None]
+        with torch.no_grad():
+            vectors = model.location_vectors(embedding)
+        full = torch.zeros(encoded.shape)
+        for w in encoded.windows:
+            logits = model.location_map_logits(vectors, w.location[None], patch)[0]
+            full[w.slices] = torch.sigmoid(logits[w.local])
+        assert (full > 0.5).any() or name != "left kidney"
+        np.testing.assert_array_equal(encoded.location_probability(name) > 0.5, full.numpy() > 0.5)
+
+
 @pytest.mark.parametrize(
     ("category", "grounded_at_least", "alone_at_most"),
     [("colon cancer", 0.3, 0.05), ("renal angiomyolipoma", 0.7, 0.4)],

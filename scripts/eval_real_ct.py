@@ -5,6 +5,9 @@
 No tuning on these cases: the lung CT is queried with the lung-cancer preset as it is, and
 the soft-tissue sarcoma crops (an extremity tumour type the model never saw, at a site our
 location vocabulary does not have) with one description fixed before looking at results.
+The bundled sample CT (real anatomy, two synthetic lesions; Resources/SampleData/SOURCE.md)
+is queried with the presets of its lesions, each scored against its own instance: the only
+case here where the organ a description names is real anatomy.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "real_ct"
+SAMPLE = REPO / "Resources" / "SampleData"
 SARCOMA_DESCRIPTION = {
     "shape": "irregular",
     "density": "isodense",
@@ -41,6 +45,21 @@ CASES = [
     )
     for case in ("STS_002", "STS_003", "STS_006", "STS_008")
 ]
+# (name, image, instance mask, instance id, preset) of the sample CT's synthetic lesions
+SAMPLE_CASES = [
+    ("sample CT, renal cyst (unseen)", "sample_ct.nii.gz", "sample_ct_lesions.nii.gz", 1, "renal cyst"),
+    ("sample CT, liver cancer (seen)", "sample_ct.nii.gz", "sample_ct_lesions.nii.gz", 2, "liver cancer"),
+]  # fmt: skip
+
+
+def _cases():
+    """(name, image path, truth mask, query) of every case."""
+    for name, image, mask, query in CASES:
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / mask))) > 0
+        yield name, DATA / image, truth, query
+    for name, image, mask, instance, query in SAMPLE_CASES:
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE / mask))) == instance
+        yield name, SAMPLE / image, truth, query
 
 
 def main() -> None:
@@ -57,9 +76,8 @@ def main() -> None:
     args = parser.parse_args()
     engine = Engine.load(args.weights, "auto")
     rows = []
-    for name, image, mask, query in CASES:
-        volume = read_volume(DATA / image)
-        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(DATA / mask))) > 0
+    for name, image, truth, query in _cases():
+        volume = read_volume(image)
         result = engine.encode(volume).segment(query, args.threshold)
         threshold = result.threshold
         score = dice(result.labelmap > 0, truth)
@@ -73,6 +91,7 @@ def main() -> None:
                 ),
                 "truth_ml": round(float(truth.sum() * np.prod(volume.spacing) / 1000), 2),
                 "lesions": len(result.lesions),
+                "grounded_in": result.grounded_in,
             }
         )
         print(
