@@ -173,20 +173,20 @@ def main() -> None:
     first, first_s = timed("first query (preset)", lambda: encoded.segment("renal cyst"), rows)
     print(f"  {len(first.lesions)} lesions at threshold {first.threshold} (the model's default)")
     _, requery_s = timed(
-        "re-query",
+        "re-query (new description, new location)",
         lambda: encoded.segment({"location": "right liver lobe", "density": "hypodense"}),
         rows,
     )
     timed(
-        "re-query, prompt branch alone (no anatomy grounding)",
-        lambda: encoded.segment(
-            {"location": "left kidney", "density": "hyperdense"}, grounding=False
-        ),
+        "re-query, attribute edited (same location)",
+        lambda: encoded.segment({"location": "right liver lobe", "density": "hyperdense"}),
         rows,
     )
     timed(
-        "re-query, grounded (same query, new location)",
-        lambda: encoded.segment({"location": "left kidney", "density": "hypodense"}),
+        "re-query, prompt branch alone (no grounding)",
+        lambda: encoded.segment(
+            {"location": "left kidney", "density": "hyperdense"}, grounding=False
+        ),
         rows,
     )
     _, recut_s = timed("threshold re-cut", lambda: encoded.recut(first, 0.7), rows)

@@ -443,7 +443,7 @@ class EncodedVolume:
         )
         self.model_reference = _blank_like(model_image)
         self.input_reference = _blank_like(volume.to_sitk())
-        self._probabilities: dict[str, np.ndarray] = {}  # per query, model grid
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()  # see _cached
         self.any_lesion = np.zeros(shape, np.float32)  # prompt-free map (set by the encoder)
         spacing = engine.config.spacing_mm
         self.voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -489,65 +489,79 @@ class EncodedVolume:
         the prompt branch alone (for ablations)."""
         if not self._grounds(description, grounding):
             return self._prompt_probability(description)
-        key = "grounded " + repr(description)
-        if key not in self._probabilities:
-            from malenia.inference.grounding import grounded_probability, location_region
+        from malenia.inference.grounding import grounded_probability
 
-            region = location_region(
-                self.location_probability(description.location), self.engine.config.spacing_mm
-            )
-            self._remember(
-                key,
-                grounded_probability(
-                    self._prompt_probability(description), self.any_lesion, region
-                ),
-            )
-        return self._probabilities[key]
+        return self._cached(
+            "grounded " + repr(description),
+            lambda: grounded_probability(
+                self._prompt_probability(description),
+                self.any_lesion,
+                self.location_region(description.location),
+            ),
+        )
 
-    def _remember(self, key: str, probability: np.ndarray) -> None:
-        self._probabilities[key] = probability
-        if len(self._probabilities) > 8:
-            self._probabilities.pop(next(iter(self._probabilities)))
+    def location_region(self, location: str) -> np.ndarray:
+        """[model grid] where answers naming ``location`` are grounded (kept: editing the
+        other attributes of a description keeps its location)."""
+        from malenia.inference.grounding import location_region
 
-    @torch.no_grad()
+        return self._cached(
+            "region " + location,
+            lambda: location_region(
+                self.location_probability(location), self.engine.config.spacing_mm
+            ),
+        )
+
+    def _cached(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """Model-grid maps of recent queries (probabilities, organ regions): a user edits
+        one description several times. The least recently used beyond 8 are dropped."""
+        if key in self._maps:
+            self._maps.move_to_end(key)
+            return self._maps[key]
+        self._maps[key] = value = compute()
+        if len(self._maps) > 8:
+            self._maps.popitem(last=False)
+        return value
+
     def location_probability(self, location: str) -> np.ndarray:
         """[model grid] probability of being inside the organ a canonical location names.
 
         Windows whose 1/4-grid logits are all <= 0 stay 0: upsampling cannot lift them
         above 0.5, so the organ is not there, and most windows of a CT hold no given organ."""
-        key = "location " + location
-        if key not in self._probabilities:
-            model, table = self.engine.model, self.engine.table
-            embedding = table.value_embedding("location", location)[None].to(self.engine.device)
-            vectors = model.location_vectors(embedding).cpu()
-            patch = tuple(self.engine.config.patch_size)
-            probability = torch.zeros(self.shape)
-            for w in self.windows:
-                if float(model.location_map_logits(vectors, w.location[None]).max()) <= 0:
-                    continue
-                logits = model.location_map_logits(vectors, w.location[None], patch)[0]
-                probability[w.slices] = torch.sigmoid_(logits[w.local])
-            self._remember(key, probability.numpy())
-        return self._probabilities[key]
+        return self._cached("location " + location, lambda: self._location_map(location))
 
     @torch.no_grad()
+    def _location_map(self, location: str) -> np.ndarray:
+        model, table = self.engine.model, self.engine.table
+        embedding = table.value_embedding("location", location)[None].to(self.engine.device)
+        vectors = model.location_vectors(embedding).cpu()
+        patch = tuple(self.engine.config.patch_size)
+        probability = torch.zeros(self.shape)
+        for w in self.windows:
+            if float(model.location_map_logits(vectors, w.location[None]).max()) <= 0:
+                continue
+            logits = model.location_map_logits(vectors, w.location[None], patch)[0]
+            probability[w.slices] = torch.sigmoid_(logits[w.local])
+        return probability.numpy()
+
     def _prompt_probability(self, description: LesionDescription) -> np.ndarray:
-        key = repr(description)
-        if key not in self._probabilities:
-            model = self.engine.model
-            attributes = self.engine.table.embed(description)[None].to(self.engine.device)
-            probability = torch.zeros(self.shape)  # outside the encoded box: nothing
-            if self.windows:  # one batched prompt pass over every window's tokens
-                tokens = torch.stack([w.tokens for w in self.windows]).to(self.engine.device)
-                vectors = model.prompt_vectors(
-                    tokens, attributes.expand(len(self.windows), -1, -1)
-                )["ensemble"].cpu()
-            for w, vector in zip(self.windows, vectors if self.windows else [], strict=True):
-                channels = w.f4.shape[0]
-                logits = (vector[None] @ w.f4.view(channels, -1)).view(w.f4.shape[1:])
-                probability[w.slices] = torch.sigmoid_(logits)
-            self._remember(key, probability.numpy())
-        return self._probabilities[key]
+        return self._cached(repr(description), lambda: self._prompt_map(description))
+
+    @torch.no_grad()
+    def _prompt_map(self, description: LesionDescription) -> np.ndarray:
+        model = self.engine.model
+        attributes = self.engine.table.embed(description)[None].to(self.engine.device)
+        probability = torch.zeros(self.shape)  # outside the encoded box: nothing
+        if self.windows:  # one batched prompt pass over every window's tokens
+            tokens = torch.stack([w.tokens for w in self.windows]).to(self.engine.device)
+            vectors = model.prompt_vectors(tokens, attributes.expand(len(self.windows), -1, -1))[
+                "ensemble"
+            ].cpu()
+        for w, vector in zip(self.windows, vectors if self.windows else [], strict=True):
+            channels = w.f4.shape[0]
+            logits = (vector[None] @ w.f4.view(channels, -1)).view(w.f4.shape[1:])
+            probability[w.slices] = torch.sigmoid_(logits)
+        return probability.numpy()
 
     def segment(
         self,

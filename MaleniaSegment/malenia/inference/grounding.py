@@ -45,5 +45,13 @@ def location_region(location_probability: np.ndarray, spacing_mm) -> np.ndarray:
 def grounded_probability(
     prompt_probability: np.ndarray, any_lesion: np.ndarray, region: np.ndarray
 ) -> np.ndarray:
-    """Union (voxel-wise max) of the prompt map and the lesion map inside the region."""
-    return np.maximum(prompt_probability, np.where(region, any_lesion, 0.0)).astype(np.float32)
+    """Union (voxel-wise max) of the prompt map and the lesion map inside the region,
+    worked out in the region's box only (an organ is a small part of a CT)."""
+    from malenia.inference.postprocess import foreground_box
+
+    grounded = prompt_probability.astype(np.float32, copy=True)
+    box = foreground_box(region)
+    if box is not None:
+        inside = np.where(region[box], any_lesion[box], np.float32(0.0))
+        np.maximum(grounded[box], inside, out=grounded[box])
+    return grounded
