@@ -538,9 +538,10 @@ class EncodedVolume:
         patch = tuple(self.engine.config.patch_size)
         probability = torch.zeros(self.shape)
         for w in self.windows:
-            if float(model.location_map_logits(vectors, w.location[None]).max()) <= 0:
+            low = model.location_map_logits(vectors, w.location[None])
+            if float(low.max()) <= 0:
                 continue
-            logits = model.location_map_logits(vectors, w.location[None], patch)[0]
+            logits = model.upsample_location_logits(low, patch)[0]
             probability[w.slices] = torch.sigmoid_(logits[w.local])
         return probability.numpy()
 

@@ -287,8 +287,11 @@ class MaleniaNet(nn.Module):
         the 1/4 grid itself; trilinear upsampling stays within its range)."""
         low = torch.einsum("bc,bcdhw->bdhw", vectors[:, :-1], location_features)
         low = low + vectors[:, -1, None, None, None]
-        if size is None:
-            return low
+        return low if size is None else MaleniaNet.upsample_location_logits(low, size)
+
+    @staticmethod
+    def upsample_location_logits(low: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        """[B, *size] from 1/4-grid location logits [B, d, h, w]."""
         return nn.functional.interpolate(
             low[:, None], size=size, mode="trilinear", align_corners=False
         )[:, 0]
