@@ -395,6 +395,9 @@ def test_anatomy_grounding_only_adds_lesions_inside_the_named_organ(weights, tmp
     assert region.any() and np.all(grounded >= alone)
     np.testing.assert_array_equal(grounded[~region], alone[~region])
     np.testing.assert_array_equal(grounded[region], np.maximum(alone, encoded.any_lesion)[region])
+    for density in ("hypodense", "isodense", "hyperdense"):  # other queries push it out of
+        encoded.probability(LesionDescription(location="left kidney", density=density))  # cache
+    np.testing.assert_array_equal(encoded.probability(query), grounded)  # recomputed: the same
     result = encoded.segment(query)  # the report says where the answer was grounded
     assert result.to_dict()["grounded_in"] == "right kidney"
     assert encoded.recut(result, 0.7).grounded_in == "right kidney"
