@@ -371,10 +371,11 @@ def test_the_model_cards_calibrated_threshold_is_the_default(weights, tmp_path):
     assert encoded.find_lesions().threshold == 0.5  # the prompt-free map is not calibrated
 
 
-def test_anatomy_grounding_only_adds_lesions_inside_the_named_organ(weights, tmp_path):
+def test_anatomy_grounding_adds_only_lesions_reaching_the_named_organ(weights, tmp_path):
     """Weights with a location head answer with the prompt map plus the prompt-free lesion
-    map inside the named organ's region: nothing the prompt branch found is removed,
-    nothing outside the region is added; weights without the head are not grounded."""
+    map inside the named organ's region (lesions reaching it whole): nothing the prompt
+    branch found is removed, nothing else is added; weights without the head are not
+    grounded."""
     from malenia.attributes import LesionDescription
     from malenia.inference.grounding import location_region
     from malenia.model import MaleniaConfig
@@ -393,7 +394,9 @@ def test_anatomy_grounding_only_adds_lesions_inside_the_named_organ(weights, tmp
     alone = encoded.probability(query, grounding=False)
     region = location_region(encoded.location_probability("right kidney"), (2.0, 2.0, 2.0))
     assert region.any() and np.all(grounded >= alone)
-    np.testing.assert_array_equal(grounded[~region], alone[~region])
+    lesions = encoded.lesion_components()  # lesions reaching the region are added whole
+    added = region | np.isin(lesions.labels, lesions.reaching(region, np.s_[:, :, :]))
+    np.testing.assert_array_equal(grounded[~added], alone[~added])
     np.testing.assert_array_equal(grounded[region], np.maximum(alone, encoded.any_lesion)[region])
     for density in ("hypodense", "isodense", "hyperdense"):  # other queries push it out of
         encoded.probability(LesionDescription(location="left kidney", density=density))  # cache
@@ -485,14 +488,16 @@ def test_location_map_skips_only_windows_where_the_organ_cannot_be(bundled):
 
 @pytest.mark.parametrize(
     ("category", "grounded_at_least", "alone_at_most"),
-    [("colon cancer", 0.3, 0.05), ("renal angiomyolipoma", 0.7, 0.4)],
+    [("colon cancer", 0.6, 0.05), ("renal angiomyolipoma", 0.7, 0.4)],
 )
 def test_grounding_finds_unseen_lesions_the_prompt_branch_misses(
     bundled, category, grounded_at_least, alone_at_most
 ):
     """Validation-seed volumes (never the test set) of two unseen categories: colon cancer,
     in an organ no training lesion was in, and the fat-containing renal AML, which the
-    prompt branch rejects. Grounded in the named organ, the answer finds them."""
+    prompt branch rejects. Grounded in the named organ, the answer finds them (colon
+    tumours grow through the wall: clipped at the organ's region these three scored 0.55,
+    kept whole 0.64)."""
     from malenia.evaluation.metrics import dice
     from malenia.evaluation.run import _volume
     from malenia.evaluation.testset import make_case

@@ -1,9 +1,15 @@
-"""Anatomy grounding: the named organ's region and the union with the prompt map."""
+"""Anatomy grounding: the named organ's region, the union with the prompt map, and lesions
+kept whole when they reach the region."""
 
 from __future__ import annotations
 
 import numpy as np
-from malenia.inference.grounding import ORGAN_MARGIN_MM, grounded_probability, location_region
+from malenia.inference.grounding import (
+    ORGAN_MARGIN_MM,
+    LesionComponents,
+    grounded_probability,
+    location_region,
+)
 
 
 def test_region_fills_a_lesion_inside_the_organ_and_grows_by_the_margin():
@@ -28,3 +34,24 @@ def test_grounded_answer_adds_lesions_in_the_region_and_nothing_outside():
     answer = grounded_probability(prompt, any_lesion, region)
     assert answer[1, 1, 1] == np.float32(0.8) and answer[5, 5, 5] == np.float32(0.9)
     assert answer[8, 8, 8] == 0.0 and answer.dtype == np.float32
+
+
+def test_a_lesion_growing_out_of_the_organ_is_kept_whole():
+    """A colon tumour through the wall is one lesion: the part outside the organ's region
+    belongs to the answer too. A lesion that barely touches the region (under
+    ``WHOLE_LESION_SHARE`` of it inside) is a neighbour's: only its part inside is added."""
+    shape = (30, 30, 30)
+    region = np.zeros(shape, bool)
+    region[5:15, 5:25, 5:25] = True
+    any_lesion = np.zeros(shape, np.float32)
+    any_lesion[10:20, 10:14, 10:14] = 0.8  # half inside the region, half outside
+    any_lesion[14:29, 18:22, 18:22] = 0.7  # 1 of 15 slices inside: under a tenth
+    answer = grounded_probability(np.zeros(shape, np.float32), any_lesion, region)
+    assert np.all(answer[10:20, 10:14, 10:14] == np.float32(0.8))  # whole, outside part too
+    assert np.all(answer[14, 18:22, 18:22] == np.float32(0.7))  # the neighbour's part inside
+    assert not answer[15:29, 18:22, 18:22].any()  # and nothing more of it
+    lesions = LesionComponents.of(any_lesion)
+    assert lesions.sizes[1:].tolist() == [160, 240]
+    np.testing.assert_array_equal(  # the engine passes the components it keeps: the same
+        grounded_probability(np.zeros(shape, np.float32), any_lesion, region, lesions), answer
+    )

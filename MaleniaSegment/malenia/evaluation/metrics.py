@@ -5,6 +5,7 @@ Masks are boolean arrays [z, y, x]; spacing is given in the same axis order.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,13 +53,17 @@ def nsd(prediction: np.ndarray, truth: np.ndarray, spacing_zyx) -> float:
     if not prediction.any() or not truth.any():
         return float(prediction.any() == truth.any())
     p, t = _crop(prediction.astype(bool), truth.astype(bool))
-    value = compute_surface_dice(
-        _one_hot(p),
-        _one_hot(t),
-        class_thresholds=[NSD_TOLERANCE_MM],
-        include_background=False,
-        spacing=[float(s) for s in spacing_zyx],
-    )
+    with warnings.catch_warnings():  # MONAI 1.5 warns about an argument it passes itself
+        warnings.filterwarnings(
+            "ignore", message=".*always_return_as_numpy", category=FutureWarning
+        )
+        value = compute_surface_dice(
+            _one_hot(p),
+            _one_hot(t),
+            class_thresholds=[NSD_TOLERANCE_MM],
+            include_background=False,
+            spacing=[float(s) for s in spacing_zyx],
+        )
     return float(value[0, 0])
 
 

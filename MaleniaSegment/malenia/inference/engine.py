@@ -445,6 +445,7 @@ class EncodedVolume:
         self.input_reference = _blank_like(volume.to_sitk())
         self._maps: OrderedDict[str, np.ndarray] = OrderedDict()  # see _cached
         self.any_lesion = np.zeros(shape, np.float32)  # prompt-free map (set by the encoder)
+        self._lesion_components = None  # any_lesion's lesions, labelled on the first grounding
         spacing = engine.config.spacing_mm
         self.voxel_ml = float(np.prod(spacing)) / 1000.0
 
@@ -497,8 +498,18 @@ class EncodedVolume:
                 self._prompt_probability(description),
                 self.any_lesion,
                 self.location_region(description.location),
+                self.lesion_components(),
             ),
         )
+
+    def lesion_components(self):
+        """The prompt-free map's lesions (``grounding.LesionComponents``): labelled once,
+        since every grounded query keeps the lesions that reach its organ whole."""
+        from malenia.inference.grounding import LesionComponents
+
+        if self._lesion_components is None:
+            self._lesion_components = LesionComponents.of(self.any_lesion)
+        return self._lesion_components
 
     def location_region(self, location: str) -> np.ndarray:
         """[model grid] where answers naming ``location`` are grounded (kept: editing the

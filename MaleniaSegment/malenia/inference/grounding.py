@@ -7,11 +7,16 @@ on organ masks, no lesion labels). A prompt's answer is therefore the union of
 
     prompt map                          (what the description as a whole points at)
     any-lesion map x location region    (every lesion the model sees in the named organ)
+    whole lesions reaching the region   (the parts of those lesions outside it)
 
-Both are probabilities on the model grid, so the calibrated threshold applies to the union.
+Both maps are probabilities on the model grid, so the calibrated threshold applies to the
+union. A lesion is kept whole, not clipped at the region's border: colon and pancreatic
+tumours grow out of their organ, and the location head's organ is approximate.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -20,6 +25,35 @@ from scipy import ndimage
 # masses, colon tumours through the wall) and the location map is soft at organ borders.
 ORGAN_MARGIN_MM = 6.0
 LOCATION_THRESHOLD = 0.5
+# The prompt-free map's lesions are its connected components above this probability.
+LESION_THRESHOLD = 0.5
+# A lesion with at least this share of its voxels in the region is kept whole. Chosen on
+# the validation seed (14 volumes per category; shares 0 to 0.1 did equally well, higher
+# ones lost colon and adrenal lesions): unseen Dice 0.558 -> 0.630, seen 0.846 -> 0.851
+# against clipping every lesion at the region's border.
+WHOLE_LESION_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class LesionComponents:
+    """The prompt-free map's lesions, labelled once per encoded volume (query-independent)."""
+
+    labels: np.ndarray  # int32, 0 background, 1..n lesion
+    sizes: np.ndarray  # voxels per label (index 0: background)
+    boxes: list  # ndimage.find_objects: the box of label i at [i - 1]
+
+    @classmethod
+    def of(cls, any_lesion: np.ndarray) -> LesionComponents:
+        labels, count = ndimage.label(any_lesion > LESION_THRESHOLD)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        return cls(labels.astype(np.int32, copy=False), sizes, ndimage.find_objects(labels))
+
+    def reaching(self, region: np.ndarray, box) -> list[int]:
+        """Labels with at least ``WHOLE_LESION_SHARE`` of their voxels in the region."""
+        inside = np.bincount(self.labels[box][region[box]], minlength=len(self.sizes))
+        share = inside / np.maximum(self.sizes, 1)
+        share[0] = 0.0
+        return [int(i) for i in np.flatnonzero((inside > 0) & (share >= WHOLE_LESION_SHARE))]
 
 
 def location_region(location_probability: np.ndarray, spacing_mm) -> np.ndarray:
@@ -43,15 +77,25 @@ def location_region(location_probability: np.ndarray, spacing_mm) -> np.ndarray:
 
 
 def grounded_probability(
-    prompt_probability: np.ndarray, any_lesion: np.ndarray, region: np.ndarray
+    prompt_probability: np.ndarray,
+    any_lesion: np.ndarray,
+    region: np.ndarray,
+    lesions: LesionComponents | None = None,
 ) -> np.ndarray:
-    """Union (voxel-wise max) of the prompt map and the lesion map inside the region,
-    worked out in the region's box only (an organ is a small part of a CT)."""
+    """Union (voxel-wise max) of the prompt map, the lesion map inside the region and the
+    whole of each lesion reaching it; worked out in boxes only (an organ is a small part of
+    a CT). ``lesions``: the components of ``any_lesion``, when the caller keeps them."""
     from malenia.inference.postprocess import foreground_box
 
     grounded = prompt_probability.astype(np.float32, copy=True)
     box = foreground_box(region)
-    if box is not None:
-        inside = np.where(region[box], any_lesion[box], np.float32(0.0))
-        np.maximum(grounded[box], inside, out=grounded[box])
+    if box is None:
+        return grounded
+    inside = np.where(region[box], any_lesion[box], np.float32(0.0))
+    np.maximum(grounded[box], inside, out=grounded[box])
+    lesions = LesionComponents.of(any_lesion) if lesions is None else lesions
+    for label in lesions.reaching(region, box):
+        lesion_box = lesions.boxes[label - 1]
+        whole = np.where(lesions.labels[lesion_box] == label, any_lesion[lesion_box], 0.0)
+        np.maximum(grounded[lesion_box], whole, out=grounded[lesion_box])
     return grounded
