@@ -113,3 +113,30 @@ def test_calibration_uses_the_validation_set_of_seen_categories_only():
     assert all(by_threshold[t] < result["best_validation_dice"] - 0.01 for t in closer)
     assert result["validation_set"]["categories"] == list(SEEN_CATEGORIES)
     assert result["validation_set"]["seed"] == VALIDATION_SET_SEED
+
+
+def test_distractor_split_separates_volumes_holding_another_category():
+    """The split the docs quote: a volume with a lesion of another category is counted
+    apart from one holding only the target's category (two target lesions are not a
+    distractor)."""
+    from malenia.evaluation.run import distractor_split
+
+    def row(category, lesions, targets, true, control):
+        return {
+            "category": category,
+            "lesions_in_volume": lesions,
+            "target_lesions": targets,
+            "dice_true": true,
+            "dice_control_B": control,
+        }
+
+    rows = [
+        row("renal cyst", 1, 1, 0.9, 0.1),
+        row("renal cyst", 2, 2, 0.7, 0.3),  # two cysts: still "target alone"
+        row("renal cyst", 2, 1, 0.4, 0.2),  # a cyst and another category's lesion
+        row("liver cancer", 2, 1, 0.8, 0.6),
+    ]
+    split = distractor_split(rows, {"liver cancer"}, ["true", "control_B"])
+    assert split["unseen, target alone"] == {"volumes": 2, "dice_true": 0.8, "dice_control_B": 0.2}
+    assert split["unseen, with distractor"]["dice_true"] == 0.4
+    assert split["seen, with distractor"]["volumes"] == 1 and "seen, target alone" not in split

@@ -70,6 +70,18 @@ def summary_markdown(summary: dict) -> str:
         ]:
             values = [summary["groups"].get(g, {}).get(key) for g in ("seen", "unseen", "all")]
             lines.append(f"| {name} | " + " | ".join(_f(v) for v in values) + " |")
+    split = summary.get("distractor_split") or {}
+    if split:
+        prompts = [k for k in next(iter(split.values())) if k.startswith("dice_")]
+        names = [k[len("dice_") :].replace("_", " ") for k in prompts]
+        lines += [
+            "",
+            "| volumes (mean DSC per volume) | n | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        for name, entry in split.items():
+            values = " | ".join(_f(entry[k]) for k in prompts)
+            lines.append(f"| {name} | {entry['volumes']} | {values} |")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for name, t in summary["targets"].items():
         met = "–" if t["met"] is None else ("yes" if t["met"] else "no")

@@ -204,7 +204,32 @@ def summarise(rows: list[dict], seen: set[str]) -> dict:
             groups[group] = {"categories": len(members)} | {
                 k: _mean(e[k] for e in members) for k in metric_keys
             }
-    return {"per_category": per_category, "groups": groups, "targets": targets(groups)}
+    return {
+        "per_category": per_category,
+        "groups": groups,
+        "distractor_split": distractor_split(rows, seen, prompts),
+        "targets": targets(groups),
+    }
+
+
+def distractor_split(rows: list[dict], seen: set[str], prompts: list[str]) -> dict:
+    """Mean DSC per volume, by seen/unseen and whether the volume holds a lesion of another
+    category: a description earns its keep where two kinds of lesion share a volume."""
+    split = {}
+    for group in ("seen", "unseen"):
+        for setting in ("target alone", "with distractor"):
+            subset = [
+                r
+                for r in rows
+                if (r["category"] in seen) == (group == "seen")
+                and (r["lesions_in_volume"] > r["target_lesions"]) == (setting != "target alone")
+            ]
+            if subset:
+                split[f"{group}, {setting}"] = {"volumes": len(subset)} | {
+                    f"dice_{prompt}": _mean(r[f"dice_{prompt}"] for r in subset)
+                    for prompt in prompts
+                }
+    return split
 
 
 def targets(groups: dict) -> dict:
