@@ -259,6 +259,18 @@ def targets(groups: dict) -> dict:
     }
 
 
+def grounding_settings() -> dict:
+    """The grounding rule the figures were measured with (it lives in code, not weights)."""
+    from malenia.inference import grounding
+
+    return {
+        "location_threshold": grounding.LOCATION_THRESHOLD,
+        "organ_margin_mm": grounding.ORGAN_MARGIN_MM,
+        "lesion_threshold": grounding.LESION_THRESHOLD,
+        "whole_lesion_share": grounding.WHOLE_LESION_SHARE,
+    }
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -321,6 +333,7 @@ def evaluate(
             name: e.default_threshold if threshold is None else threshold
             for name, e in ablations.items()
         },
+        "grounding": grounding_settings() if engine.anatomy_grounding else None,
         "nsd_tolerance_mm": NSD_TOLERANCE_MM,
         "test_set_seed": TEST_SET_SEED,
         "second_same_category_p": SECOND_SAME_CATEGORY_P,

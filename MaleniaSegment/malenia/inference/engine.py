@@ -186,6 +186,8 @@ class Engine:
         windows, any_lesion = self._encode_windows(hu, region, origin_zyx, progress, cancel)
         encoded = EncodedVolume(self, volume, model_image, hu.shape, windows, region)
         encoded.any_lesion = any_lesion
+        if self.anatomy_grounding:  # labelled here, not in the first (interactive) query
+            encoded.lesion_components()
         self._cache[key] = encoded
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -445,7 +447,7 @@ class EncodedVolume:
         self.input_reference = _blank_like(volume.to_sitk())
         self._maps: OrderedDict[str, np.ndarray] = OrderedDict()  # see _cached
         self.any_lesion = np.zeros(shape, np.float32)  # prompt-free map (set by the encoder)
-        self._lesion_components = None  # any_lesion's lesions, labelled on the first grounding
+        self._lesion_components = None  # any_lesion's lesions (see lesion_components)
         spacing = engine.config.spacing_mm
         self.voxel_ml = float(np.prod(spacing)) / 1000.0
 
@@ -503,8 +505,9 @@ class EncodedVolume:
         )
 
     def lesion_components(self):
-        """The prompt-free map's lesions (``grounding.LesionComponents``): labelled once,
-        since every grounded query keeps the lesions that reach its organ whole."""
+        """The prompt-free map's lesions (``grounding.LesionComponents``): labelled once, at
+        encoding when the weights ground answers, since every grounded query keeps the
+        lesions that reach its organ whole."""
         from malenia.inference.grounding import LesionComponents
 
         if self._lesion_components is None:
