@@ -466,12 +466,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._showingThreshold = False
         self._fillTable()
-        found = len(self._run.segment_ids)
-        grounded = result.extra.get("grounded_in")
-        where = f" Searched the {grounded} for any lesion too." if grounded else ""
-        self.ui.statusLabel.text = (
-            f"{found} new segment(s) for: {result.query} (threshold {result.threshold:.2f}).{where} {note}"
-        ).strip()
+        self.ui.statusLabel.text = f"{self._run.status()} {note}".strip()
 
     def onThresholdChanged(self, value: float) -> None:
         if self._showingThreshold:

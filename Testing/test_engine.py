@@ -401,6 +401,12 @@ def test_anatomy_grounding_adds_only_lesions_reaching_the_named_organ(weights, t
     for density in ("hypodense", "isodense", "hyperdense"):  # other queries push it out of
         encoded.probability(LesionDescription(location="left kidney", density=density))  # cache
     np.testing.assert_array_equal(encoded.probability(query), grounded)  # recomputed: the same
+    # This head calls everything organ: an adrenal "region" of the whole body is reported
+    adrenal = encoded.segment(LesionDescription(location="right adrenal gland"))
+    assert "right adrenal gland" in adrenal.grounding_warning
+    assert adrenal.to_dict()["grounding_warning"] == adrenal.grounding_warning
+    assert encoded.recut(adrenal, 0.7).grounding_warning == adrenal.grounding_warning
+    assert encoded.segment(query, grounding=False).grounding_warning is None
     result = encoded.segment(query)  # the report says where the answer was grounded
     assert result.to_dict()["grounded_in"] == "right kidney"
     assert encoded.recut(result, 0.7).grounded_in == "right kidney"
@@ -507,6 +513,8 @@ def test_grounding_finds_unseen_lesions_the_prompt_branch_misses(
     for index in range(3):
         case = make_case(category, index, (64, 64, 64), (2.0, 2.0, 2.0), seed=VALIDATION_SET_SEED)
         encoded = bundled.encode(_volume(case))
-        grounded.append(dice(encoded.segment(case.prompt).labelmap > 0, case.truth))
+        answer = encoded.segment(case.prompt)
+        assert answer.grounding_warning is None  # the organ was found: a plausible region
+        grounded.append(dice(answer.labelmap > 0, case.truth))
         alone.append(dice(encoded.segment(case.prompt, grounding=False).labelmap > 0, case.truth))
     assert np.mean(grounded) >= grounded_at_least and np.mean(alone) <= alone_at_most

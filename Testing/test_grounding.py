@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 from malenia.inference.grounding import (
     ORGAN_MARGIN_MM,
+    PLAUSIBLE_REGION_ML,
     LesionComponents,
     grounded_probability,
     location_region,
+    region_warning,
 )
 
 
@@ -55,3 +57,16 @@ def test_a_lesion_growing_out_of_the_organ_is_kept_whole():
     np.testing.assert_array_equal(  # the engine passes the components it keeps: the same
         grounded_probability(np.zeros(shape, np.float32), any_lesion, region, lesions), answer
     )
+
+
+def test_an_organ_map_larger_than_the_organ_can_be_is_reported_to_the_user():
+    """On real CT the location head once called 930 ml "left kidney": the user is told the
+    organ was not found, with the volume and what to do; a plausible kidney is not flagged."""
+    assert region_warning("left kidney", 180.0) is None
+    warning = region_warning("left kidney", 930.0)
+    assert "left kidney" in warning and "930 ml" in warning and "without a location" in warning
+    assert region_warning("left adrenal gland", 150.0) is not None  # a small organ: small bound
+    assert region_warning("somewhere new", 1e6) is None  # no known bound: no claim
+    from malenia.attributes.vocabulary import load_vocabulary
+
+    assert set(PLAUSIBLE_REGION_ML) == set(load_vocabulary().values("location"))

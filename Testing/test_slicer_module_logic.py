@@ -55,6 +55,7 @@ class KnownClient:
         self.labelmap, self.lesions, self.fail = labelmap, lesions, fail
         self.threshold = 0.5
         self.grounded_in = None  # an engine that grounded its answer sets this
+        self.grounding_warning = None  # ... and this when the organ map was implausible
         self.encodes = 0
         self.known: set[str] = set()
 
@@ -76,6 +77,8 @@ class KnownClient:
             else np.where(self.labelmap == 1, 1, 0).astype(np.int16)
         )
         grounded = {"grounded_in": self.grounded_in} if self.grounded_in else {}
+        if self.grounding_warning:
+            grounded["grounding_warning"] = self.grounding_warning
         return EngineResult(
             mask, self.lesions, str(query), threshold, "malenia-test@0", "r1", extra=grounded
         )
@@ -175,6 +178,14 @@ def test_tags_and_terminology_read_back(slicer_scene, ct_node):
     grounded = MaleniaSegmentLogic(slicer_scene, client).segment(ct_node, "pancreatic cancer")
     segment = grounded.output_node.GetSegmentation().GetSegment(grounded.segment_ids[0])
     assert segments._tag(segment, "Malenia.GroundedIn") == "pancreatic head"
+    assert segments._tag(segment, "Malenia.GroundingWarning") == ""
+    assert grounded.status().endswith("Searched the pancreatic head for any lesion too.")
+    client.grounding_warning = 'The organ map for "pancreatic head" covers 900 ml ...'
+    doubtful = MaleniaSegmentLogic(slicer_scene, client).segment(ct_node, "pancreatic cancer")
+    segment = doubtful.output_node.GetSegmentation().GetSegment(doubtful.segment_ids[0])
+    assert segments._tag(segment, "Malenia.GroundingWarning") == client.grounding_warning
+    assert doubtful.status().endswith(client.grounding_warning)  # the user is told
+    assert run.status().startswith(f"{len(run.segment_ids)} new segment(s) for: pancreatic")
     rows = MaleniaSegmentLogic.results_table(run)
     assert rows[0]["lesion"] == "Pancreatic cancer 1" and rows[0]["volume_ml"] == 1.0
 

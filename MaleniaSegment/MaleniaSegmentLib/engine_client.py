@@ -73,7 +73,10 @@ class InProcessEngineClient:
             model_id=self.engine.model_id,
             result_id=result_id,
             description=result.description.to_dict() if result.description else None,
-            extra={"grounded_in": getattr(result, "grounded_in", None)},
+            extra={
+                "grounded_in": getattr(result, "grounded_in", None),
+                "grounding_warning": getattr(result, "grounding_warning", None),
+            },
         )
 
     def segment(self, volume_id, query, threshold) -> EngineResult:

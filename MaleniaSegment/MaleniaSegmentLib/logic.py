@@ -81,6 +81,21 @@ class Run:
     result: EngineResult
     lesions: list[dict] = field(default_factory=list)
 
+    def status(self) -> str:
+        """What the user is told after the run: how many segments for what, the organ the
+        answer was grounded in, and the engine's warning when that organ's map was larger
+        than the organ can be (the organ was not found in this scan)."""
+        result = self.result
+        text = (
+            f"{len(self.segment_ids)} new segment(s) for: {result.query} "
+            f"(threshold {result.threshold:.2f})."
+        )
+        if result.extra.get("grounded_in"):
+            text += f" Searched the {result.extra['grounded_in']} for any lesion too."
+        if result.extra.get("grounding_warning"):
+            text += " " + result.extra["grounding_warning"]
+        return text
+
 
 def build_query(attributes: dict | None = None, free_text: str = "", preset: str = ""):
     """The engine query from what the user filled in: the attribute rows (canonicalised, so an

@@ -144,6 +144,8 @@ def add_result_segments(
                 "Malenia.Threshold": f"{result.threshold:.3f}",
                 # The organ the answer was grounded in ("" when the prompt answered alone).
                 "Malenia.GroundedIn": result.extra.get("grounded_in") or "",
+                # Set when that organ's map was larger than the organ can be.
+                "Malenia.GroundingWarning": result.extra.get("grounding_warning") or "",
                 "Malenia.ModelId": result.model_id,
                 "Malenia.VolumeMl": f"{lesion.get('volume_ml', 0):.3f}",
                 "Malenia.DiameterMm": f"{lesion.get('diameter_mm', 0):.1f}",

@@ -312,6 +312,7 @@ class EngineHTTPClient:
                 "mode": payload.get("mode"),
                 "timing": payload.get("timing", {}),
                 "grounded_in": payload.get("grounded_in"),
+                "grounding_warning": payload.get("grounding_warning"),
             },
             raw,
             shape,

@@ -403,6 +403,8 @@ class SegmentationResult:
     # The location the answer was grounded in (``malenia.inference.grounding``), or None
     # when the prompt branch answered alone.
     grounded_in: str | None = None
+    # Set when the grounding region is larger than its organ can be (``region_warning``).
+    grounding_warning: str | None = None
     _labelmap: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -424,6 +426,7 @@ class SegmentationResult:
             "query": self.query,
             "threshold": self.threshold,
             "grounded_in": self.grounded_in,
+            "grounding_warning": self.grounding_warning,
             "description": self.description.to_dict() if self.description else None,
             "model": self.encoded.engine.model_id,
             "lesions": [lesion.to_dict() for lesion in self.lesions],
@@ -597,8 +600,17 @@ class EncodedVolume:
         result = self._result(
             probability, threshold, description, "prompt", readable, ranking, min_volume_ml
         )
-        result.grounded_in = description.location if self._grounds(description, grounding) else None
+        if self._grounds(description, grounding):
+            result.grounded_in = description.location
+            result.grounding_warning = self.grounding_warning(description.location)
         return result
+
+    def grounding_warning(self, location: str) -> str | None:
+        """What to tell the user when ``location``'s region is larger than its organ can be."""
+        from malenia.inference.grounding import region_warning
+
+        region_ml = float(np.count_nonzero(self.location_region(location))) * self.voxel_ml
+        return region_warning(location, region_ml)
 
     def recut(self, result: SegmentationResult, threshold: float) -> SegmentationResult:
         """Same query, new threshold: numpy only, the network is not touched."""
@@ -608,7 +620,7 @@ class EncodedVolume:
             result.probability, threshold, result.description, result.mode, result.query,
             result.ranking, result.min_volume_ml,
         )  # fmt: skip
-        recut.grounded_in = result.grounded_in
+        recut.grounded_in, recut.grounding_warning = result.grounded_in, result.grounding_warning
         return recut
 
     @torch.no_grad()

@@ -34,6 +34,52 @@ LESION_THRESHOLD = 0.5
 WHOLE_LESION_SHARE = 0.1
 
 
+# The largest grounding region (organ, holes filled, plus ORGAN_MARGIN_MM; in ml) that each
+# location's organ can fill in an adult, disease included: about twice the upper normal organ
+# volume plus what the margin adds. A larger region means the location head did not find the
+# organ in this scan (it happens on real CT: a 930 ml "left kidney" on the sample CT), so the
+# lesions it adds may lie in other organs; the answer says so (``region_warning``).
+PLAUSIBLE_REGION_ML = {
+    "left kidney": 600.0,
+    "right kidney": 600.0,
+    "left liver lobe": 1800.0,
+    "right liver lobe": 3500.0,
+    "pancreatic head": 250.0,
+    "pancreatic body": 250.0,
+    "pancreatic tail": 250.0,
+    "ascending colon": 1000.0,
+    "transverse colon": 1500.0,
+    "descending colon": 1000.0,
+    "sigmoid colon": 1000.0,
+    "rectum": 600.0,
+    "right upper lobe": 3000.0,
+    "right middle lobe": 1500.0,
+    "right lower lobe": 3500.0,
+    "left upper lobe": 3500.0,
+    "left lower lobe": 3500.0,
+    "spleen": 2500.0,
+    "gallbladder": 300.0,
+    "left adrenal gland": 100.0,
+    "right adrenal gland": 100.0,
+    "stomach": 3500.0,
+    "urinary bladder": 1500.0,
+}
+
+
+def region_warning(location: str, region_ml: float) -> str | None:
+    """A sentence for the user when the region named ``location`` is larger than that organ
+    can be (None when it is plausible, or the location has no known bound)."""
+    bound = PLAUSIBLE_REGION_ML.get(location)
+    if bound is None or region_ml <= bound:
+        return None
+    return (
+        f'The organ map for "{location}" covers {region_ml:.0f} ml, more than a {location} '
+        f"can (at most about {bound:.0f} ml): the model did not find the organ in this scan, "
+        "so lesions it added there may lie in other organs. Check each segment, or ask "
+        "again without a location (the description alone)."
+    )
+
+
 @dataclass(frozen=True)
 class LesionComponents:
     """The prompt-free map's lesions, labelled once per encoded volume (query-independent)."""
