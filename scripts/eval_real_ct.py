@@ -64,6 +64,7 @@ def _cases():
 
 def main() -> None:
     from malenia.evaluation import dice
+    from malenia.evaluation.run import grounding_settings
     from malenia.inference import Engine
     from malenia.io import read_volume
 
@@ -92,6 +93,7 @@ def main() -> None:
                 "truth_ml": round(float(truth.sum() * np.prod(volume.spacing) / 1000), 2),
                 "lesions": len(result.lesions),
                 "grounded_in": result.grounded_in,
+                "grounding_warning": result.grounding_warning,
             }
         )
         print(
@@ -101,7 +103,15 @@ def main() -> None:
         engine._cache.clear()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"model": engine.model_id, "threshold": threshold, "cases": rows}, indent=1)
+        json.dumps(
+            {
+                "model": engine.model_id,
+                "threshold": threshold,
+                "grounding": grounding_settings(),
+                "cases": rows,
+            },
+            indent=1,
+        )
     )
 
 

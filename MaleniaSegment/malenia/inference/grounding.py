@@ -73,10 +73,10 @@ def region_warning(location: str, region_ml: float) -> str | None:
     if bound is None or region_ml <= bound:
         return None
     return (
-        f'The organ map for "{location}" covers {region_ml:.0f} ml, more than a {location} '
-        f"can (at most about {bound:.0f} ml): the model did not find the organ in this scan, "
-        "so lesions it added there may lie in other organs. Check each segment, or ask "
-        "again without a location (the description alone)."
+        f'The organ map for "{location}" covers {region_ml:.0f} ml, but a {location} fills at '
+        f"most about {bound:.0f} ml: the model did not find the organ in this scan, so "
+        "lesions it added there may lie in other organs. Check each segment, or ask again "
+        "without a location (the description alone)."
     )
 
 
