@@ -371,14 +371,21 @@ def test_the_model_cards_calibrated_threshold_is_the_default(weights, tmp_path):
     assert encoded.find_lesions().threshold == 0.5  # the prompt-free map is not calibrated
 
 
-def test_anatomy_grounding_adds_only_lesions_reaching_the_named_organ(weights, tmp_path):
+def test_anatomy_grounding_adds_only_lesions_reaching_the_named_organ(
+    weights, tmp_path, monkeypatch
+):
     """Weights with a location head answer with the prompt map plus the prompt-free lesion
     map inside the named organ's region (lesions reaching it whole): nothing the prompt
     branch found is removed, nothing else is added; weights without the head are not
-    grounded."""
+    grounded. A region larger than its organ can be is reported and not used."""
     from malenia.attributes import LesionDescription
-    from malenia.inference.grounding import location_region
+    from malenia.inference.grounding import PLAUSIBLE_REGION_ML, location_region
     from malenia.model import MaleniaConfig
+
+    # The untrained head below calls the whole body "kidney": lift the kidneys' plausibility
+    # bound to test the mechanics (the adrenal keeps its bound, checked at the end).
+    for kidney in ("right kidney", "left kidney"):
+        monkeypatch.setitem(PLAUSIBLE_REGION_ML, kidney, 1e9)
 
     assert not Engine.load(weights, device="cpu").anatomy_grounding
     torch.manual_seed(1)
@@ -406,6 +413,10 @@ def test_anatomy_grounding_adds_only_lesions_reaching_the_named_organ(weights, t
     assert "right adrenal gland" in adrenal.grounding_warning
     assert adrenal.to_dict()["grounding_warning"] == adrenal.grounding_warning
     assert encoded.recut(adrenal, 0.7).grounding_warning == adrenal.grounding_warning
+    # ... and not used: a region that cannot be the organ does not add lesions to the answer
+    assert adrenal.grounded_in is None
+    adrenal_alone = encoded.probability(LesionDescription(location="right adrenal gland"), False)
+    np.testing.assert_array_equal(adrenal.probability, adrenal_alone)
     assert encoded.segment(query, grounding=False).grounding_warning is None
     result = encoded.segment(query)  # the report says where the answer was grounded
     assert result.to_dict()["grounded_in"] == "right kidney"

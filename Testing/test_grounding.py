@@ -64,7 +64,7 @@ def test_an_organ_map_larger_than_the_organ_can_be_is_reported_to_the_user():
     organ was not found, with the volume and what to do; a plausible kidney is not flagged."""
     assert region_warning("left kidney", 180.0) is None
     warning = region_warning("left kidney", 930.0)
-    assert "left kidney" in warning and "930 ml" in warning and "without a location" in warning
+    assert "left kidney" in warning and "930 ml" in warning and "not grounded" in warning
     assert region_warning("left adrenal gland", 150.0) is not None  # a small organ: small bound
     assert region_warning("somewhere new", 1e6) is None  # no known bound: no claim
     from malenia.attributes.vocabulary import load_vocabulary

@@ -69,6 +69,23 @@ def to_input_grid(
     return sitk.GetArrayFromImage(output)
 
 
+# A region of interest (a box the user drew) is encoded on a finer grid when it is small, so
+# that a 1 cm lung nodule covers many voxels: the box sets the scale, as a zoomed-in view
+# does. The ROI's longest side then spans ROI_FILL of the window, at no less than
+# MIN_ROI_SPACING_MM per voxel and never coarser than the model's own spacing.
+ROI_FILL = 0.75
+MIN_ROI_SPACING_MM = 0.5
+
+
+def roi_spacing_mm(extent_mm, model_spacing, patch) -> tuple[float, float, float]:
+    """Isotropic (z, y, x) spacing for encoding an ROI of ``extent_mm`` (z, y, x)."""
+    spacing = max(extent_mm) / (ROI_FILL * min(patch))
+    spacing = float(np.clip(spacing, MIN_ROI_SPACING_MM, min(model_spacing)))
+    if spacing >= min(model_spacing):
+        return tuple(float(s) for s in model_spacing)  # type: ignore[return-value]
+    return (spacing, spacing, spacing)
+
+
 def body_bounding_box(
     hu: np.ndarray, margin: int = 4, threshold: float = -500.0
 ) -> tuple[slice, slice, slice]:

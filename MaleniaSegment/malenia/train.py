@@ -68,6 +68,10 @@ class TrainConfig:
     locations_per_item: int = 3
     absent_location_prob: float = 0.25
     anatomy_windows: int | None = None  # distinct windows the anatomy task cycles through
+    # Weight of the location-head loss on items that carry organ labels, trained together
+    # with the lesion losses (task "lesions"; 0 = off). Real scans say which of their
+    # organs are labelled (``known_locations``); only those are asked.
+    anatomy_weight: float = 0.0
     # Uniform shifts (mm, y then x) of the scanner coordinates the location head sees. Where a
     # patient lies left-right is fixed by the gantry, front-back is not (table height varies
     # by 15 cm between scanners): a large y shift teaches the head not to use y at all.
@@ -124,6 +128,15 @@ def make_dataset(config: TrainConfig, model_config: MaleniaConfig, seed_offset: 
             max_lesions=config.data.get("max_lesions", 2),
             distractor_prob=config.data.get("distractor_prob", 0.0),
         )  # fmt: skip
+    if kind == "real_mix":
+        from malenia.data.real_mix import RealMixDataset
+
+        return RealMixDataset(
+            _categories(config), seed=config.seed + seed_offset, shape=model_config.patch_size,
+            spacing=model_config.spacing_mm, mix=config.data.get("mix"),
+            max_lesions=config.data.get("max_lesions", 2),
+            distractor_prob=config.data.get("distractor_prob", 0.5),
+        )  # fmt: skip
     if kind in ("msd", "kits23"):
         from malenia.data import RealLesionDataset
 
@@ -131,7 +144,7 @@ def make_dataset(config: TrainConfig, model_config: MaleniaConfig, seed_offset: 
             config.data["root"], layout=kind, patch=model_config.patch_size, spacing=model_config.spacing_mm,
             seed=config.seed + seed_offset, categories=_categories(config),
         )  # fmt: skip
-    raise ValueError(f"unknown data type {kind!r} (synthetic | msd | kits23)")
+    raise ValueError(f"unknown data type {kind!r} (synthetic | real_mix | msd | kits23)")
 
 
 class Batches:
@@ -220,9 +233,9 @@ def choose_prompt(item: dict, rng: random.Random, negative_prob: float, pool: di
     """(category, description, target mask) for the prompted loss: a lesion's description
     and the lesions it describes; sometimes an absent category's description (whose target
     is empty unless its description fits a lesion present)."""
-    present = set(item["categories"])
+    present = set(item["categories"]) | set(item.get("compatible", ()))
     absent = [c for c in pool if c not in present]
-    if absent and rng.random() < negative_prob:
+    if absent and (rng.random() < negative_prob or not item["descriptions"]):
         category = rng.choice(absent)
         description = drop_attributes(rng.choice(pool[category]), rng, dropout)
         return category, description, prompt_target(item, None, description)
@@ -243,7 +256,8 @@ def contrast_prompts(item: dict, primary: str, rng: random.Random, pool: dict, d
         description = drop_attributes(item["descriptions"][j], rng, dropout)
         descriptions.append(description)
         targets.append(prompt_target(item, category, description))
-    absent = sorted(c for c in pool if c not in set(item["categories"]) | done)
+    taken = set(item["categories"]) | set(item.get("compatible", ())) | done
+    absent = sorted(c for c in pool if c not in taken)
     if absent:
         description = drop_attributes(rng.choice(pool[rng.choice(absent)]), rng, dropout)
         descriptions.append(description)
@@ -313,6 +327,11 @@ def compute_loss(
     )
     total = total + prompted + branches
     parts["prompt"] = float(prompted.detach())
+    if config.anatomy_weight > 0 and core.location_head is not None:
+        anatomy = _joint_anatomy_loss(core, out, batch, vocabulary, config, rng, device)
+        if anatomy is not None:
+            total = total + config.anatomy_weight * anatomy * len(batch)
+            parts["anatomy"] = float(anatomy.detach())
     if config.contrast_prompt_weight > 0:
         contrast = _contrast_loss(
             core, out, batch, primaries, vocabulary, rng, prompt_pool, device,
@@ -322,6 +341,27 @@ def compute_loss(
         parts["contrast"] = float(contrast.detach())
     parts["total"] = float(total.detach())
     return total / len(batch), parts
+
+
+def _joint_anatomy_loss(core, out, batch, vocabulary, config, rng, device):
+    """Organ loss of the location head on the shared image pass, for the items that carry
+    organ labels (asked only for their ``known_locations``); None when no item has any."""
+    losses = []
+    for b, item in enumerate(batch):
+        if "labels" not in item:
+            continue
+        names, targets = anatomy_targets(
+            item["labels"], rng, config.locations_per_item, config.absent_location_prob,
+            known=item.get("known_locations"),
+        )  # fmt: skip
+        if not names:
+            continue
+        coordinates = _coordinates(core, [item], config.coordinate_jitter_mm, rng).to(device)
+        features = core.location_feature_map(out["features"].f2[b : b + 1], coordinates)
+        size = tuple(item["image"].shape[1:])
+        logits = _organ_logits(core, vocabulary, names, features, size)
+        losses.append(organ_loss(logits, torch.from_numpy(targets).to(device)))
+    return torch.stack(losses).mean() if losses else None
 
 
 def _contrast_loss(
@@ -352,14 +392,19 @@ def anatomy_targets(
     count: int,
     absent_prob: float,
     masks: dict | None = None,
+    known=None,
 ) -> tuple[list[str], np.ndarray]:
     """Locations to ask for in one window and their organ masks: mostly organs in view,
-    sometimes one that is not (its answer is empty). ``masks`` memoises organ masks."""
+    sometimes one that is not (its answer is empty). ``masks`` memoises organ masks;
+    ``known`` limits the question to the locations whose labels are complete."""
     from malenia.synth.anatomy import LOCATION_LABEL, organ_mask
 
     present_ids = set(np.unique(labels).tolist())
-    present = sorted(name for name, i in LOCATION_LABEL.items() if i in present_ids)
-    absent = sorted(name for name in LOCATION_LABEL if name not in present)
+    askable = [n for n in LOCATION_LABEL if known is None or n in known]
+    present = sorted(name for name in askable if LOCATION_LABEL[name] in present_ids)
+    absent = sorted(name for name in askable if name not in present)
+    if not askable:
+        return [], np.zeros((0, *labels.shape), np.float32)
     chosen = rng.sample(present, min(count, len(present)))
     if absent and (rng.random() < absent_prob or not chosen):
         chosen.append(rng.choice(absent))

@@ -66,7 +66,18 @@ def register(subparsers) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--weights", type=Path, default=None, help="default: bundled weights")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (--real: default eval/real)"
+    )
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="the real-CT benchmark on ../shared/data/real_ct (validation cases only)",
+    )
+    parser.add_argument(
+        "--groups", nargs="+", default=None, help="--real: hcc lidc lung2 sarcoma (default all)"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="--real: cases per group")
     parser.add_argument("--n-per-category", type=int, default=20)
     parser.add_argument("--categories", nargs="+", help="default: every preset category")
     parser.add_argument(
@@ -348,6 +359,10 @@ def evaluate(
 def _run(args: argparse.Namespace) -> int:
     from malenia.inference import Engine
 
+    if args.real:
+        return _run_real(args)
+    if args.out is None:
+        raise EvaluationError("give an output folder: malenia eval --out FOLDER")
     ablation_paths = parse_ablations(args.ablation_weights)
     engine = Engine.load(args.weights, args.device)
     ablations = {name: Engine.load(path, args.device) for name, path in ablation_paths.items()}
@@ -366,3 +381,19 @@ def _run(args: argparse.Namespace) -> int:
     print((args.out / "summary.md").read_text())
     print(json.dumps(summary["targets"], indent=1))
     return 0
+
+
+def _run_real(args: argparse.Namespace) -> int:
+    from malenia.evaluation.real import GROUPS, evaluate_real, real_cases
+    from malenia.inference import Engine
+
+    groups = tuple(args.groups or GROUPS)
+    next(iter(real_cases(groups[:1], 1)), None)  # the data is there: before loading weights
+    engine = Engine.load(args.weights, args.device)
+    out = args.out or Path("eval") / "real"
+    summary = evaluate_real(
+        engine, out, groups, args.limit, args.threshold,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    print((out / "summary.md").read_text())
+    return 0 if summary["macro_dice"] is not None else 1

@@ -33,7 +33,13 @@ from malenia.inference.postprocess import (
     longest_axial_diameter,
 )
 from malenia.io import CTVolume, validate_ct
-from malenia.preprocessing import body_bounding_box, normalize_ct, to_input_grid, to_model_grid
+from malenia.preprocessing import (
+    body_bounding_box,
+    normalize_ct,
+    roi_spacing_mm,
+    to_input_grid,
+    to_model_grid,
+)
 
 Progress = Callable[[str, int, int], None]
 
@@ -177,14 +183,27 @@ class Engine:
             self._cache.move_to_end(key)
             return self._cache[key]
         spacing = tuple(self.config.spacing_mm)
-        model_image = to_model_grid(volume, spacing)
-        hu = sitk.GetArrayFromImage(model_image)
-        region = body_bounding_box(hu)
         if roi is not None:
-            region = _intersect(region, _roi_slices(roi, model_image))
+            spacing = roi_spacing_mm(
+                np.asarray(roi[1], float)[::-1], spacing, self.config.patch_size
+            )
+        zoomed = spacing != tuple(self.config.spacing_mm)
+        # A small ROI is encoded on a finer grid (``roi_spacing_mm``): only the ROI itself
+        # is resampled, and all of it is encoded (a lung nodule's box is mostly air, which
+        # the body box would cut away).
+        model_image = to_model_grid(_roi_crop(volume, roi) if zoomed else volume, spacing)
+        hu = sitk.GetArrayFromImage(model_image)
+        if zoomed:
+            region = tuple(slice(0, n) for n in hu.shape)
+        else:
+            region = body_bounding_box(hu)
+            if roi is not None:
+                region = _intersect(region, _roi_slices(roi, model_image))
         origin_zyx = tuple(reversed(model_image.GetOrigin()))
-        windows, any_lesion = self._encode_windows(hu, region, origin_zyx, progress, cancel)
-        encoded = EncodedVolume(self, volume, model_image, hu.shape, windows, region)
+        windows, any_lesion = self._encode_windows(
+            hu, region, origin_zyx, progress, cancel, spacing
+        )
+        encoded = EncodedVolume(self, volume, model_image, hu.shape, windows, region, spacing)
         encoded.any_lesion = any_lesion
         if self.anatomy_grounding:  # labelled here, not in the first (interactive) query
             encoded.lesion_components()
@@ -194,7 +213,7 @@ class Engine:
         return encoded
 
     def _encode_windows(
-        self, hu, region, origin_zyx, progress, cancel
+        self, hu, region, origin_zyx, progress, cancel, spacing
     ) -> tuple[list[Window], np.ndarray]:
         """MONAI sliding-window inference over the body/ROI box. The predictor runs the
         image encoder and the prompt-free mask decoder once per window and keeps that
@@ -240,8 +259,9 @@ class Engine:
                 if cancel:
                     cancel.check()
                 windows, maps = self._run_batch(
-                    batch[[b for b, _ in todo]], [(k, cores[k]) for _, k in todo], origin_zyx
-                )
+                    batch[[b for b, _ in todo]], [(k, cores[k]) for _, k in todo], origin_zyx,
+                    spacing,
+                )  # fmt: skip
                 for (b, key), window, window_map in zip(todo, windows, maps, strict=True):
                     done[key] = window
                     any_lesion_of[key] = out[b, 0] = window_map
@@ -292,7 +312,7 @@ class Engine:
 
     @torch.no_grad()
     def _run_batch(
-        self, images: torch.Tensor, placed, origin_zyx
+        self, images: torch.Tensor, placed, origin_zyx, spacing
     ) -> tuple[list[Window], list[torch.Tensor]]:
         """The heavy pass on a batch of windows ``placed`` = [(start, core slices)]: the
         final mask tokens and F4 of the core are kept (and the location features, for
@@ -305,10 +325,11 @@ class Engine:
         masks = torch.sigmoid(self.model.token_masks(tokens, features.f4))
         any_lesion = (masks * torch.sigmoid(objectness)[:, :, None, None, None]).amax(1).cpu()
         location = None
-        if self.model.location_head is not None:
+        # The location head knows organs at the model's spacing only: a zoomed ROI has none.
+        if self.model.location_head is not None and spacing == tuple(self.config.spacing_mm):
             from malenia.model.network import plane_coordinates
 
-            spacing, patch = self.config.spacing_mm, self.config.patch_size
+            patch = self.config.patch_size
             coordinates = torch.stack(
                 [
                     plane_coordinates(
@@ -378,6 +399,26 @@ def _roi_slices(roi, model_image) -> tuple[slice, slice, slice]:
     return tuple(slice(int(low[i]), int(high[i])) for i in (2, 1, 0))  # type: ignore[return-value]
 
 
+def _roi_crop(volume: CTVolume, roi) -> CTVolume:
+    """The part of ``volume`` inside an ROI (centre RAS mm, size mm), on its own grid."""
+    image = volume.to_sitk()
+    centre, size = np.asarray(roi[0], float), np.asarray(roi[1], float)
+    corners = [
+        centre + np.array(signs) * size / 2 for signs in itertools.product((-1, 1), repeat=3)
+    ]
+    indices = np.array(
+        [image.TransformPhysicalPointToContinuousIndex(tuple(c * [-1, -1, 1])) for c in corners]
+    )
+    low = np.maximum(np.floor(indices.min(0) + 0.5).astype(int), 0)
+    high = np.minimum(np.ceil(indices.max(0) - 0.5).astype(int) + 1, image.GetSize())
+    if (high <= low).any():
+        raise UnknownAttributeValueError(
+            "The region of interest lies outside the volume; move it over the anatomy."
+        )
+    crop = sitk.RegionOfInterest(image, [int(v) for v in high - low], [int(v) for v in low])
+    return CTVolume.from_sitk(crop, volume.name)
+
+
 def _intersect(a, b):
     out = tuple(
         slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True)
@@ -437,8 +478,9 @@ class EncodedVolume:
     """A volume after the heavy pass: per-window mask tokens and mask features."""
 
     def __init__(
-        self, engine: Engine, volume: CTVolume, model_image, shape, windows: list[Window], region
-    ) -> None:
+        self, engine: Engine, volume: CTVolume, model_image, shape, windows: list[Window], region,
+        spacing_mm: tuple[float, float, float] | None = None,
+    ) -> None:  # fmt: skip
         self.engine, self.volume, self.shape, self.windows, self.region = (
             engine,
             volume,
@@ -451,8 +493,12 @@ class EncodedVolume:
         self._maps: OrderedDict[str, np.ndarray] = OrderedDict()  # see _cached
         self.any_lesion = np.zeros(shape, np.float32)  # prompt-free map (set by the encoder)
         self._lesion_components = None  # any_lesion's lesions (see lesion_components)
-        spacing = engine.config.spacing_mm
-        self.voxel_ml = float(np.prod(spacing)) / 1000.0
+        # The grid this volume was encoded on: the model's spacing, finer for a small ROI.
+        self.spacing_mm = tuple(spacing_mm or engine.config.spacing_mm)
+        self.voxel_ml = float(np.prod(self.spacing_mm)) / 1000.0
+        # Smallest lesion kept, counted in voxels of the model's own grid (``min_volume_ml``
+        # is meant at its spacing): a finer ROI grid keeps proportionally smaller lesions.
+        self._model_voxel_ml = float(np.prod(engine.config.spacing_mm)) / 1000.0
 
     # ------------------------------------------------------------------ queries
     def resolve(self, query) -> tuple[LesionDescription, str, str | None]:
@@ -485,7 +531,8 @@ class EncodedVolume:
         """Whether this query is grounded: it names a location, the weights can, and the
         caller did not ask for the prompt branch alone."""
         wanted = self.grounded if grounding is None else grounding and self.grounded
-        return bool(wanted and description.location)
+        has_map = all(w.location is not None for w in self.windows)  # not on a zoomed ROI
+        return bool(wanted and description.location and has_map)
 
     def probability(
         self, description: LesionDescription, grounding: bool | None = None
@@ -493,7 +540,9 @@ class EncodedVolume:
         """The answer's probability map on the model grid. ``grounding`` None: on whenever
         the weights have a location head (``malenia.inference.grounding``); False gives
         the prompt branch alone (for ablations)."""
-        if not self._grounds(description, grounding):
+        if not self._grounds(description, grounding) or self.grounding_warning(
+            description.location
+        ):  # no organ map, or one too large to be that organ: the description alone answers
             return self._prompt_probability(description)
         from malenia.inference.grounding import grounded_probability
 
@@ -524,9 +573,7 @@ class EncodedVolume:
 
         return self._cached(
             "region " + location,
-            lambda: location_region(
-                self.location_probability(location), self.engine.config.spacing_mm
-            ),
+            lambda: location_region(self.location_probability(location), self.spacing_mm),
         )
 
     def _cached(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -601,8 +648,8 @@ class EncodedVolume:
             probability, threshold, description, "prompt", readable, ranking, min_volume_ml
         )
         if self._grounds(description, grounding):
-            result.grounded_in = description.location
             result.grounding_warning = self.grounding_warning(description.location)
+            result.grounded_in = None if result.grounding_warning else description.location
         return result
 
     def grounding_warning(self, location: str) -> str | None:
@@ -691,9 +738,9 @@ class EncodedVolume:
                 f"threshold must be between 0 and 1 (exclusive), not {threshold}"
             )
         labels, boxes = _components_in_box(
-            probability, threshold, max(1, int(round(min_volume_ml / self.voxel_ml)))
+            probability, threshold, max(1, int(round(min_volume_ml / self._model_voxel_ml)))
         )
-        spacing = self.engine.config.spacing_mm
+        spacing = self.spacing_mm
         lesions = []
         for index, box in enumerate(boxes, start=1):
             mask = labels[box] == index

@@ -74,9 +74,9 @@ def region_warning(location: str, region_ml: float) -> str | None:
         return None
     return (
         f'The organ map for "{location}" covers {region_ml:.0f} ml, but a {location} fills at '
-        f"most about {bound:.0f} ml: the model did not find the organ in this scan, so "
-        "lesions it added there may lie in other organs. Check each segment, or ask again "
-        "without a location (the description alone)."
+        f"most about {bound:.0f} ml: the model did not find the organ in this scan, so the "
+        "answer was not grounded in it (the description alone answered, anywhere in the "
+        "scan). Check each segment, or draw a box (ROI) around the organ."
     )
 
 

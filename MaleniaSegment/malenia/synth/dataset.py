@@ -126,6 +126,8 @@ class SyntheticLesionDataset:
             "descriptions": [r.description for r in sample.lesions],
             "categories": [r.category for r in sample.lesions],
             "reports": [r.report for r in sample.lesions],
+            "labels": sample.labels,  # for a location-head loss alongside (task "lesions")
+            "origin_mm": sample.origin_mm,
         }
 
 

@@ -1,0 +1,294 @@
+"""Real CT for training and evaluation: the scans in ``../shared/data/real_ct`` on the model
+grid, with organ labels in our ids, their real lesions and the fixed splits.
+
+Splits (fixed before any result was seen; ``docs/EVALUATION.md`` explains them):
+- HCC: RadCTTACEomics_0697 and _2022 train, **_1720 validation** (the only large tumour, 88 ml:
+  scoring it needs a model that never saw it; one CPU run could not train three folds).
+- LIDC: by patient, a fifth (``lidc_split(patient) == "validation"``) never trained on.
+- lung2 (pyradiomics) and the four sarcoma crops: validation only.
+- TotalSegmentator example CT: training (organ labels, no lesion). The bundled sample CT is
+  built on this scan, so the sample CT is a demo check, not evidence.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from malenia.attributes.schema import LesionDescription
+from malenia.synth.anatomy import LABELS
+
+REAL_CT_ENV = "MALENIA_REAL_CT"
+HCC_TRAIN = ("RadCTTACEomics_0697", "RadCTTACEomics_2022")
+HCC_VALIDATION = ("RadCTTACEomics_1720",)
+LUNG_LOBES = (
+    "right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe",
+    "left lower lobe",
+)  # fmt: skip
+
+
+def real_ct_root() -> Path | None:
+    """``../shared/data/real_ct`` next to the repository (or $MALENIA_REAL_CT), if present."""
+    import os
+
+    if os.environ.get(REAL_CT_ENV):
+        root = Path(os.environ[REAL_CT_ENV])
+        return root if root.is_dir() else None
+    root = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "real_ct"
+    return root if root.is_dir() else None
+
+
+def lidc_split(patient_id: str) -> str:
+    """ "validation" for a fixed fifth of the LIDC patients (by hash), else "train"."""
+    digest = hashlib.sha256(patient_id.encode()).digest()
+    return "validation" if digest[0] % 5 == 0 else "train"
+
+
+@dataclass
+class RealScan:
+    """One real CT on the model grid: HU, our organ label ids, real lesion instances."""
+
+    name: str
+    hu: np.ndarray  # float32 [z, y, x] at the model spacing
+    labels: np.ndarray  # uint8, malenia.synth.anatomy.LABELS ids (0 = unknown)
+    instances: np.ndarray  # int16, real lesion i = i
+    descriptions: list[LesionDescription]
+    categories: list[str]
+    origin_zyx: tuple[float, float, float]  # LPS mm of voxel 0
+    spacing_zyx: tuple[float, float, float]
+    # Locations whose label is complete in this scan: only these are asked of the location
+    # head (present ones as their mask, absent ones as empty).
+    known_locations: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _on_grid(image: sitk.Image, spacing_zyx) -> sitk.Image:
+    from malenia.preprocessing import canonical_orientation, resample_to_spacing
+
+    image = canonical_orientation(sitk.Cast(image, sitk.sitkFloat32))
+    return resample_to_spacing(image, tuple(reversed(spacing_zyx)))
+
+
+def _labels_on(label: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    resampled = sitk.Resample(label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(resampled)
+
+
+def lung_lobe_labels(hu: np.ndarray, spacing_zyx, origin_zyx) -> np.ndarray:
+    """Approximate lung lobes from HU: the two largest air-filled parts inside the body
+    (< -400 HU, enclosed by the body in the axial plane), split left/right by LPS x, and each lung
+    into lobes by an oblique plane (upper lobes anterior-superior, lower lobes
+    posterior-inferior; the right middle lobe the anterior-inferior part). Fissures are not
+    found: this is a coarse label for grounding and rendering, recorded as such."""
+    labels = np.zeros(hu.shape, np.uint8)
+    body, count = ndimage.label(hu > -500)
+    if count == 0:
+        return labels
+    body = body == 1 + int(np.argmax(ndimage.sum(body > 0, body, range(1, count + 1))))
+    filled = np.stack([ndimage.binary_fill_holes(plane) for plane in body])
+    inner = (hu < -400) & filled
+    inner = ndimage.binary_opening(inner, iterations=1)
+    parts, count = ndimage.label(inner)
+    if count == 0:
+        return labels
+    sizes = ndimage.sum(inner, parts, range(1, count + 1))
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000
+    lungs = np.isin(parts, 1 + np.flatnonzero(sizes * voxel_ml >= 50))  # not bowel gas
+    # The lungs meet at the trachea: split them at the body's midline, not by component.
+    x = origin_zyx[2] + np.arange(hu.shape[2]) * spacing_zyx[2]
+    midline = float(np.median(x[np.argwhere(body[::4, ::4, ::4])[:, 2] * 4]))
+    for side, lung in (("right", lungs & (x <= midline)), ("left", lungs & (x > midline))):
+        coords = np.argwhere(lung)
+        if len(coords) * voxel_ml < 50:
+            continue
+        z, y = coords[:, 0].astype(float), coords[:, 1].astype(float)
+        zn = (z - z.min()) / max(np.ptp(z), 1)
+        yn = (y - y.min()) / max(np.ptp(y), 1)
+        upper = zn + 0.6 * (0.5 - yn) > 0.45
+        names = np.where(upper, f"{side} upper lobe", f"{side} lower lobe").astype(object)
+        if side == "right":
+            names[~upper & (yn < 0.45) & (zn > 0.15)] = "right middle lobe"
+        for name in set(names.tolist()):
+            labels[tuple(coords[names == name].T)] = LABELS[name]
+    return labels
+
+
+def _liver_lobes(liver: np.ndarray, grid: sitk.Image) -> np.ndarray:
+    from malenia.synth.real_ct import labels_from_totalseg
+
+    return labels_from_totalseg(np.where(liver, 5, 0).astype(np.uint8), grid)
+
+
+@cache
+def _liver_cancer_description() -> LesionDescription:
+    from malenia.attributes.presets import get_preset
+
+    return get_preset("liver cancer").description
+
+
+def _lobe_of(labels: np.ndarray, mask: np.ndarray) -> str | None:
+    values, counts = np.unique(labels[mask], return_counts=True)
+    for value in values[np.argsort(counts)[::-1]]:
+        for name in ("right liver lobe", "left liver lobe"):
+            if value == LABELS[name]:
+                return name
+    return None
+
+
+def load_hcc(case: str, spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -> RealScan:
+    """An HCC case: manual liver (split into lobes along x) and tumour; lungs from HU."""
+    folder = (root or real_ct_root()) / "hcc_liver" / case
+    grid = _on_grid(sitk.ReadImage(str(folder / "ct.nii.gz")), spacing_zyx)
+    hu = sitk.GetArrayFromImage(grid)
+    label = _labels_on(sitk.ReadImage(str(folder / "label.nii.gz")), grid)
+    origin = tuple(reversed(grid.GetOrigin()))
+    labels = lung_lobe_labels(hu, spacing_zyx, origin)
+    liver = _liver_lobes(label > 0, grid)
+    labels[liver > 0] = liver[liver > 0]
+    tumour_parts, count = ndimage.label(label == 2)
+    instances = np.zeros(hu.shape, np.int16)
+    descriptions, categories = [], []
+    for part in range(1, count + 1):
+        mask = tumour_parts == part
+        if mask.sum() < 8:
+            continue
+        instances[mask] = len(descriptions) + 1
+        lobe = _lobe_of(labels, ndimage.binary_dilation(mask, iterations=2)) or "right liver lobe"
+        descriptions.append(replace(_liver_cancer_description(), location=lobe))
+        categories.append("liver cancer")
+    return RealScan(
+        case, hu, labels, instances, descriptions, categories, origin, tuple(spacing_zyx),
+        ("right liver lobe", "left liver lobe"),
+    )  # fmt: skip
+
+
+def load_totalseg_example(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -> RealScan:
+    """The TotalSegmentator example CT with its (model-made) organ labels; no lesion."""
+    from malenia.synth.real_ct import TOTALSEG_TO_LOCATION, labels_from_totalseg
+
+    folder = (root or real_ct_root()) / "totalseg_example"
+    grid = _on_grid(sitk.ReadImage(str(folder / "example_ct.nii.gz")), spacing_zyx)
+    organs = _labels_on(sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz")), grid)
+    labels = labels_from_totalseg(organs, grid)
+    known = sorted(set(TOTALSEG_TO_LOCATION.values()))
+    known += ["right liver lobe", "left liver lobe", "pancreatic head", "pancreatic body",
+              "pancreatic tail"]  # fmt: skip
+    return RealScan(
+        "totalseg_example", sitk.GetArrayFromImage(grid), labels, np.zeros(labels.shape, np.int16),
+        [], [], tuple(reversed(grid.GetOrigin())), tuple(spacing_zyx), tuple(known),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- LIDC
+
+
+@dataclass
+class Nodule:
+    uid: str
+    patient: str
+    hu: np.ndarray  # int16 [z, y, x], native grid
+    mask: np.ndarray  # bool
+    spacing_zyx: tuple[float, float, float]
+    origin_xyz: tuple[float, float, float]
+    ratings: dict[str, float | None]
+    texture_class: str
+    volume_ml: float
+
+
+def _rating(row: dict, name: str) -> float | None:
+    for column in (f"{name}_median", f"{name}_mode_src"):
+        value = row.get(column, "")
+        if value not in ("", None):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+    return None
+
+
+def load_lidc(split: str | None = None, root: Path | None = None) -> list[Nodule]:
+    """The LIDC crops of one split ("train" | "validation" | None = all), file order."""
+    folder = (root or real_ct_root()) / "lidc_nodules"
+    with open(folder / "lidc_nodules.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    arrays = np.load(folder / "lidc_nodules.npz")
+    nodules = []
+    for row in rows:
+        if split is not None and lidc_split(row["patient_id"]) != split:
+            continue
+        prefix = row["npz_key_prefix"]
+        spacing = tuple(float(v) for v in arrays[prefix + "spacing_zyx"])
+        origin = tuple(float(v) for v in arrays[prefix + "origin_lps_xyz"])
+        ratings = {
+            name: _rating(row, name)
+            for name in (
+                "sphericity",
+                "margin",
+                "lobulation",
+                "spiculation",
+                "texture",
+                "calcification",
+                "internal_structure",
+            )  # fmt: skip
+        }
+        nodules.append(
+            Nodule(
+                row["nodule_uid"],
+                row["patient_id"],
+                arrays[prefix + "image"],
+                arrays[prefix + "mask"] > 0,
+                spacing,
+                origin,
+                ratings,
+                row["texture_class"],
+                float(row["volume_ml"]),
+            )  # fmt: skip
+        )
+    return nodules
+
+
+def nodule_description(nodule: Nodule) -> LesionDescription:
+    """The description a chest radiologist would give, from the readers' ratings (fixed rule:
+    sphericity >= 4 and lobulation < 3 round-like; margin >= 4 well-defined; texture solid or
+    part-solid isodense (soft tissue), ground-glass hypodense; calcification < 6 hyperdense and
+    calcified; spiculation / lobulation >= 3 named). No location: the ROI says where."""
+    r = nodule.ratings
+    round_like = (r["sphericity"] or 3) >= 4 and (r["lobulation"] or 1) < 3
+    calcified = (r["calcification"] or 6) < 6
+    density = "hyperdense" if calcified else (
+        "hypodense" if nodule.texture_class == "ground_glass" else "isodense"
+    )  # fmt: skip
+    features = []
+    if calcified:
+        features.append("calcification")
+    if (r["lobulation"] or 1) >= 3:
+        features.append("lobulation")
+    if (r["spiculation"] or 1) >= 3:
+        features.append("spiculation")
+    return LesionDescription(
+        shape="round-like" if round_like else "irregular",
+        density=density,
+        density_variation="heterogeneous"
+        if nodule.texture_class == "part_solid"
+        else "homogeneous",
+        surface="well-defined margin" if (r["margin"] or 3) >= 4 else "ill-defined margin",
+        specific_features=tuple(features),
+    )
+
+
+def nodule_text(nodule: Nodule) -> str:
+    """The same description as free text in a chest radiologist's words."""
+    d = nodule_description(nodule)
+    texture = {"solid": "solid", "part_solid": "part-solid", "ground_glass": "ground-glass"}
+    words = ["round" if d.shape == "round-like" else "irregular",
+             texture.get(nodule.texture_class, "solid"), "nodule in the lung,",
+             "well-defined margin" if d.surface == "well-defined margin" else "ill-defined margin"]  # fmt: skip
+    words += [{"calcification": ", calcified", "lobulation": ", lobulated",
+               "spiculation": ", spiculated"}[f] for f in d.specific_features]  # fmt: skip
+    return " ".join(words).replace(" ,", ",")

@@ -1,0 +1,215 @@
+"""The training mixture that teaches real anatomy: windows of real CT with synthetic lesions
+rendered into their real organs, their real lesions (HCC tumours, LIDC nodules with the
+readers' ratings as descriptions), real lesion-free windows (whose every prompt has an empty
+answer) and the synthetic phantoms, so the 13-category benchmark keeps its targets.
+
+Only training splits are read (``malenia.data.real_ct``): HCC 0697 / 2022, the LIDC training
+patients and the TotalSegmentator example CT. Items have the synthetic dataset's format plus
+``labels`` / ``origin_mm`` / ``known_locations`` for the location head where organs are known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from scipy import ndimage
+
+from malenia.data.real_ct import (
+    HCC_TRAIN,
+    LUNG_LOBES,
+    RealScan,
+    load_hcc,
+    load_lidc,
+    load_totalseg_example,
+    nodule_description,
+)
+from malenia.preprocessing import normalize_ct, roi_spacing_mm
+from malenia.synth.anatomy import LOCATION_LABEL
+
+# Where each training category can be rendered in real anatomy.
+CATEGORY_LOCATIONS = {
+    "liver cancer": ("right liver lobe", "left liver lobe"),
+    "renal cell carcinoma": ("right kidney", "left kidney"),
+    "pancreatic cyst": ("pancreatic head", "pancreatic body", "pancreatic tail"),
+    "lung cancer": LUNG_LOBES,
+}
+DEFAULT_MIX = {"phantom": 0.3, "real_synthetic": 0.3, "real_lesion": 0.1, "lidc": 0.2,
+               "real_negative": 0.1}  # fmt: skip
+LIDC_CATEGORY = "lung nodule"
+
+
+def augment_hu(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Scanner variation: HU gain and offset, noise, sometimes a slight blur (resolution)."""
+    out = hu * rng.uniform(0.95, 1.05) + rng.uniform(-15, 15)
+    if rng.random() < 0.3:
+        out = ndimage.gaussian_filter(out, rng.uniform(0.3, 0.8))
+    if rng.random() < 0.7:
+        out = out + rng.normal(0, rng.uniform(2, 18), out.shape).astype(np.float32)
+    return out.astype(np.float32)
+
+
+def _window(array: np.ndarray, start, size, mode="edge") -> np.ndarray:
+    """``array[start:start+size]`` with edge padding where the box leaves the array."""
+    inside = tuple(
+        slice(max(s, 0), min(s + p, n)) for s, p, n in zip(start, size, array.shape, strict=True)
+    )
+    pad = [
+        (max(-s, 0), max(s + p - n, 0)) for s, p, n in zip(start, size, array.shape, strict=True)
+    ]
+    return np.pad(array[inside], pad, mode=mode)
+
+
+class RealMixDataset:
+    """Item i is deterministic given (seed, i); the real scans are loaded once, lazily."""
+
+    def __init__(self, categories, seed: int = 0, shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
+                 mix: dict | None = None, max_lesions: int = 2, distractor_prob: float = 0.5) -> None:  # fmt: skip
+        from malenia.synth import SyntheticLesionDataset
+
+        self.categories = tuple(categories)
+        self.seed, self.shape, self.spacing = seed, tuple(shape), tuple(spacing)
+        mix = dict(mix or DEFAULT_MIX)
+        self.kinds = sorted(mix)
+        weights = np.array([mix[k] for k in self.kinds], float)
+        self.weights = weights / weights.sum()
+        self.phantoms = SyntheticLesionDataset(
+            self.categories, seed, 10**9, self.shape, self.spacing, max_lesions, distractor_prob
+        )
+        self._scans: list[RealScan] | None = None
+        self._nodules = None
+
+    def __len__(self) -> int:
+        return 10**9
+
+    @property
+    def scans(self) -> list[RealScan]:
+        if self._scans is None:
+            self._scans = [load_hcc(c, self.spacing) for c in HCC_TRAIN]
+            self._scans.append(load_totalseg_example(self.spacing))
+        return self._scans
+
+    @property
+    def nodules(self):
+        if self._nodules is None:
+            self._nodules = load_lidc("train")
+        return self._nodules
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, index, 29])
+        kind = self.kinds[int(rng.choice(len(self.kinds), p=self.weights))]
+        if kind == "phantom":
+            return {**self.phantoms[index], "known_locations": tuple(LOCATION_LABEL)}
+        if kind == "lidc":
+            return self._lidc_item(rng)
+        return self._scan_item(kind, rng)
+
+    # ------------------------------------------------------------------ real scans
+    def _scan_item(self, kind: str, rng: np.random.Generator) -> dict:
+        from malenia.synth.dataset import lesion_pool
+        from malenia.synth.lesions import LesionRecord, render_lesions
+
+        scans = self.scans
+        if kind == "real_lesion":
+            scans = [s for s in scans if s.descriptions] or scans
+        scan = scans[int(rng.integers(len(scans)))]
+        records = []
+        if kind == "real_synthetic":
+            options = [
+                (c, loc) for c in self.categories for loc in CATEGORY_LOCATIONS.get(c, ())
+                if (scan.labels == LOCATION_LABEL[loc]).sum() > 500
+            ]  # fmt: skip
+            if options:
+                category, location = options[int(rng.integers(len(options)))]
+                pool = lesion_pool(category)
+                record = pool[int(rng.integers(len(pool)))]
+                description = replace(record.description, location=location)
+                records.append(LesionRecord(category, description, record.report, record.size_mm))
+                centre = self._voxel_in(scan.labels == LOCATION_LABEL[location], rng)
+            else:
+                kind = "real_negative"
+        if kind == "real_lesion" and scan.descriptions:
+            lesion = int(rng.integers(len(scan.descriptions))) + 1
+            centre = self._voxel_in(scan.instances == lesion, rng)
+        elif kind != "real_synthetic":
+            centre = self._voxel_in(scan.hu > -500, rng)
+        jitter = rng.integers(-20, 21, size=3)
+        start = [int(c + j - p // 2) for c, j, p in zip(centre, jitter, self.shape, strict=True)]
+        start = [int(np.clip(s, 0, max(n - p, 0))) for s, p, n in zip(start, self.shape, scan.hu.shape, strict=True)]  # fmt: skip
+        hu = _window(scan.hu, start, self.shape)
+        labels = _window(scan.labels, start, self.shape, mode="constant")
+        real = _window(scan.instances, start, self.shape, mode="constant")
+        hu, instances, rendered = render_lesions(hu, labels, records, rng, self.spacing)
+        descriptions = [r.description for r in rendered]
+        categories = [r.category for r in rendered]
+        for lesion in np.unique(real[real > 0]):
+            if (real == lesion).sum() < 8:
+                continue
+            instances[(real == lesion) & (instances == 0)] = len(descriptions) + 1
+            descriptions.append(scan.descriptions[lesion - 1])
+            categories.append(scan.categories[lesion - 1])
+        origin = tuple(
+            o + s * d for o, s, d in zip(scan.origin_zyx, start, scan.spacing_zyx, strict=True)
+        )
+        return {
+            "image": normalize_ct(augment_hu(hu, rng))[None],
+            "instance_mask": instances,
+            "descriptions": descriptions,
+            "categories": categories,
+            "reports": [""] * len(descriptions),
+            "labels": labels,
+            "origin_mm": origin,
+            "known_locations": scan.known_locations,
+        }
+
+    @staticmethod
+    def _voxel_in(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        points = np.argwhere(mask[::2, ::2, ::2]) * 2
+        if not len(points):
+            return np.array(mask.shape) // 2
+        return points[int(rng.integers(len(points)))]
+
+    # ------------------------------------------------------------------ LIDC
+    def _lidc_item(self, rng: np.random.Generator) -> dict:
+        """A nodule crop as the engine sees an ROI query of it: resampled so the ROI fills
+        most of the window (``roi_spacing_mm``), centred, edge-padded."""
+        nodule = self.nodules[int(rng.integers(len(self.nodules)))]
+        hu, mask = zoom_crop(nodule.hu, nodule.mask, nodule.spacing_zyx, self.spacing, self.shape)
+        offset = rng.integers(-3, 4, size=3)
+        hu, mask = np.roll(hu, offset, (0, 1, 2)), np.roll(mask, offset, (0, 1, 2))
+        if rng.random() < 0.5:  # no location in these prompts: mirroring is free
+            hu, mask = hu[:, :, ::-1].copy(), mask[:, :, ::-1].copy()
+        found = mask.any()
+        return {
+            "image": normalize_ct(augment_hu(hu, rng))[None],
+            "instance_mask": mask.astype(np.int16),
+            "descriptions": [nodule_description(nodule)] if found else [],
+            "categories": [LIDC_CATEGORY] if found else [],
+            "reports": [""] if found else [],
+            # A lung-cancer prompt may well mean this nodule: never a negative for it.
+            "compatible": ("lung cancer",),
+        }
+
+
+def zoom_crop(hu: np.ndarray, mask: np.ndarray, spacing_zyx, model_spacing, shape):
+    """A crop as the engine encodes an ROI query of exactly its extent: resampled to
+    ``roi_spacing_mm`` by the engine's own stage, centred in a ``shape`` window and padded
+    with its edge voxels (``Engine._encode_windows``)."""
+    import SimpleITK as sitk
+
+    from malenia.preprocessing import resample_to_spacing
+
+    extent = [n * s for n, s in zip(hu.shape, spacing_zyx, strict=True)]
+    target = roi_spacing_mm(extent, model_spacing, shape)
+    image = sitk.GetImageFromArray(hu.astype(np.float32))
+    image.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
+    labels = sitk.GetImageFromArray(mask.astype(np.float32))
+    labels.CopyInformation(image)
+    hu_z = sitk.GetArrayFromImage(resample_to_spacing(image, tuple(reversed(target))))
+    mask_z = sitk.GetArrayFromImage(
+        resample_to_spacing(labels, tuple(reversed(target)), default=0.0)
+    )
+    start = [
+        -((p - n) // 2) if n < p else (n - p) // 2 for n, p in zip(hu_z.shape, shape, strict=True)
+    ]
+    return _window(hu_z, start, shape), _window(mask_z, start, shape) > 0.5

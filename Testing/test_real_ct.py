@@ -1,0 +1,123 @@
+"""The real-CT benchmark, the real-anatomy training data and ROI zoom, on the real scans in
+../shared/data/real_ct (skipped with a reason where that folder is absent)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from malenia.data.real_ct import lidc_split, real_ct_root
+
+ROOT = real_ct_root()
+needs_data = pytest.mark.skipif(
+    ROOT is None,
+    reason="../shared/data/real_ct is not here (a user's clone): real-CT tests skipped",
+)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from malenia.inference import Engine
+
+    return Engine.load(None, device="cpu")  # the bundled weights
+
+
+def test_lidc_split_is_by_patient_and_fixed():
+    assert lidc_split("LIDC-IDRI-0001") == lidc_split("LIDC-IDRI-0001")
+    splits = [lidc_split(f"LIDC-IDRI-{i:04d}") for i in range(1, 1001)]
+    assert 0.14 < splits.count("validation") / len(splits) < 0.26  # a fifth
+
+
+@needs_data
+def test_training_mixture_never_reads_validation_cases():
+    from malenia.data.real_ct import HCC_VALIDATION, load_lidc
+    from malenia.data.real_mix import RealMixDataset
+    from malenia.synth.split import SEEN_CATEGORIES
+
+    dataset = RealMixDataset(SEEN_CATEGORIES, seed=3)
+    assert not {s.name for s in dataset.scans} & set(HCC_VALIDATION)
+    validation = {n.patient for n in load_lidc("validation")}
+    assert validation and not {n.patient for n in dataset.nodules} & validation
+    kinds = {}
+    for index in range(40):
+        item = dataset[index]
+        assert item["image"].shape == (1, 64, 64, 64) and item["instance_mask"].shape == (
+            64,
+            64,
+            64,
+        )
+        assert len(item["descriptions"]) == len(item["categories"]) == item["instance_mask"].max()
+        kinds.setdefault("negative" if not item["descriptions"] else item["categories"][0], item)
+    assert "negative" in kinds and "lung nodule" in kinds  # real negatives and LIDC nodules
+    synthetic_in_real = [k for k, v in kinds.items() if "known_locations" in v and k != "negative"]
+    assert synthetic_in_real
+
+
+@needs_data
+def test_lungs_from_hu_on_the_chest_ct():
+    import SimpleITK as sitk
+    from malenia.data.real_ct import lung_lobe_labels
+    from malenia.synth.anatomy import LABELS
+
+    image = sitk.ReadImage(str(ROOT / "pyradiomics_lung" / "lung2_image.nrrd"))
+    hu = sitk.GetArrayFromImage(image).astype(np.float32)
+    spacing, origin = tuple(reversed(image.GetSpacing())), tuple(reversed(image.GetOrigin()))
+    labels = lung_lobe_labels(hu, spacing, origin)
+    voxel_ml = float(np.prod(spacing)) / 1000
+    right = np.isin(labels, [LABELS[f"right {p} lobe"] for p in ("upper", "middle", "lower")])
+    left = np.isin(labels, [LABELS[f"left {p} lobe"] for p in ("upper", "lower")])
+    assert 0.8 < right.sum() * voxel_ml / 1000 < 4.5 and 0.7 < left.sum() * voxel_ml / 1000 < 4.0
+    # the patient's right lung lies at negative LPS x
+    x = origin[2] + np.arange(hu.shape[2]) * spacing[2]
+    assert x[np.argwhere(right)[:, 2]].mean() < 0 < x[np.argwhere(left)[:, 2]].mean()
+
+
+@needs_data
+def test_zoomed_roi_query_matches_the_training_crop_and_lands_on_the_input_grid(engine):
+    from malenia.data.real_ct import load_lidc
+    from malenia.data.real_mix import zoom_crop
+    from malenia.evaluation.real import _lidc_cases
+
+    case = next(iter(_lidc_cases(ROOT)))
+    nodule = next(n for n in load_lidc("validation") if n.uid == case.name)
+    encoded = engine.encode(case.volume, roi=case.roi)
+    assert max(encoded.spacing_mm) < 2.0  # a 3 cm box is encoded on a finer grid
+    assert not encoded.grounded or not encoded._grounds(case.queries["ratings"], None)
+    hu, mask = zoom_crop(nodule.hu, nodule.mask, nodule.spacing_zyx, (2.0,) * 3, (64, 64, 64))
+    assert hu.shape == (64, 64, 64) and mask.any()
+    assert encoded.shape == tuple(
+        max(1, int(round(n * s / encoded.spacing_mm[0])))
+        for n, s in zip(nodule.hu.shape, nodule.spacing_zyx, strict=True)
+    )  # the engine's grid for the ROI is the grid the crop was trained on
+    result = encoded.segment(case.queries["ratings"])
+    assert result.labelmap.shape == case.volume.array.shape
+
+
+@needs_data
+@pytest.mark.slow
+def test_malenia_eval_real_runs_and_reports_groups(tmp_path):
+    out = tmp_path / "real"
+    command = [sys.executable, "-m", "malenia.cli", "eval", "--real", "--groups", "lidc",
+               "--limit", "2", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| lidc | ratings (scored) | 2 |" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = (out / "per_case.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2  # header + two nodules x two queries
+    group = metrics["groups"]["lidc"]["ratings"]
+    assert 0.0 <= group["dice"] <= 1.0 and group["truth_ml"] > 0
+    assert metrics["targets"]["lidc"]["value"] == group["dice"]
+    assert (out / "overlays.png").stat().st_size > 1000
+
+
+def test_eval_real_without_data_says_where_it_looks(tmp_path, monkeypatch):
+    monkeypatch.setenv("MALENIA_REAL_CT", str(tmp_path / "nowhere"))
+    command = [sys.executable, "-m", "malenia.cli", "eval", "--real", "--out", str(tmp_path / "o")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "real_ct" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()
