@@ -58,12 +58,6 @@ ATTRIBUTE_PARAMETERS = {
 DEVICE_CHOICES = ["auto", "gpu", "cpu"]
 
 
-def _resources() -> str:
-    from malenia.paths import resources_dir
-
-    return str(resources_dir())
-
-
 class MaleniaSegment(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -226,7 +220,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(os.path.join(_resources(), "UI", "MaleniaSegment.ui"))
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MaleniaSegment.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "MaleniaSegment" / "MaleniaSegment.py"
-UI = REPO / "Resources" / "UI" / "MaleniaSegment.ui"
+UI = REPO / "MaleniaSegment" / "Resources" / "UI" / "MaleniaSegment.ui"
 sys.path.insert(0, str(REPO / "MaleniaSegment"))
 
 EXPECTED_CLASS = {
