@@ -152,6 +152,8 @@ print(json.dumps(info))
 
 def probe_gpu(python: str | None = None, timeout: float = 60.0) -> dict:
     """What torch in the engine's interpreter sees (runs a child process; a few seconds)."""
+    from malenia.client import child_process_options
+
     from MaleniaSegmentLib.engine_process import engine_python
 
     done = subprocess.run(
@@ -160,6 +162,8 @@ def probe_gpu(python: str | None = None, timeout: float = 60.0) -> dict:
         text=True,
         timeout=timeout,
         check=False,
+        stdin=subprocess.DEVNULL,
+        **child_process_options(new_group=False),  # no console window on Windows
     )
     if done.returncode != 0:
         return {"error": (done.stderr or done.stdout).strip()[-500:]}

@@ -26,7 +26,6 @@ def verify_sample_ct() -> bool:
 def sample_source() -> dict:
     """Keyword arguments for SampleDataLogic.registerCustomSampleDataSource: the local file
     as a file:// URI (Sample Data copies it into its cache and checks the SHA-256)."""
-    from malenia.paths import resource
 
     return {
         "category": "MaleniaSegment",
