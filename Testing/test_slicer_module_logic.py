@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -476,7 +477,10 @@ def test_cleanup_stops_both_timers_cancels_the_run_and_closes_the_engine(slicer_
     controller.run = object()  # a previous run, so that moving the slider arms the re-cut
     controller.threshold_changed()
     controller.start(ct_node, "renal cyst", device="cpu")
+    started = time.perf_counter()
     assert controller.tick().progress[0] in ("starting", "encoding")  # still running
+    # a tick of a running job releases the GIL for the worker (PythonQt holds it otherwise)
+    assert time.perf_counter() - started >= controller.worker_yield_s * 0.9
     assert controller.poll_timer.isActive() and controller.recut_timer.isActive()
     folder = controller.client.process.folder
     controller.shutdown()  # the widget's cleanup()
