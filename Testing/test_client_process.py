@@ -139,3 +139,129 @@ def test_numpy_free_manager_dies_and_its_engine_exits_too(tmp_path):
                     leftover.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def test_process_alive_follows_a_process_that_is_not_our_parent():
+    """The engine watches Slicer's pid, which behind PythonSlicer is its grandparent."""
+    from malenia.server.cli import process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    assert not process_alive(child.pid)
+
+
+def test_background_children_get_no_console_window_on_windows():
+    """PythonSlicer.exe is a console program: without CREATE_NO_WINDOW Windows opens a console
+    for the engine, and closing it kills the engine (what slicer.util.launchConsoleProcess
+    avoids by hiding the window)."""
+    from malenia.client import CREATE_NO_WINDOW, child_process_options
+
+    engine = child_process_options("nt")["creationflags"]
+    assert CREATE_NO_WINDOW == 0x08000000  # the value WinBase.h gives CREATE_NO_WINDOW
+    assert engine & CREATE_NO_WINDOW and engine & 0x00000200  # + CREATE_NEW_PROCESS_GROUP
+    assert child_process_options("nt", new_group=False) == {"creationflags": CREATE_NO_WINDOW}
+    assert child_process_options("posix") == {"start_new_session": True}
+    assert child_process_options("posix", new_group=False) == {}
+
+
+def executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def test_cancel_stops_an_engine_that_is_still_starting(tmp_path):
+    """Start-up may take minutes (torch import on a cold disk); Cancel must not wait for it."""
+    import threading
+
+    from malenia.client import EngineProcess
+    from malenia.errors import CancelledError
+
+    pid_file = tmp_path / "pid"
+    never_ready = executable(
+        tmp_path / "python", f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n"
+    )
+    process = EngineProcess(python=str(never_ready), startup_timeout=120)
+
+    class Flag:
+        cancelled = False
+
+    flag = Flag()
+    threading.Timer(1.0, lambda: setattr(flag, "cancelled", True)).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(CancelledError, match="starting"):
+            process.start(cancel=flag)
+        assert time.monotonic() - started < 10
+        assert process.popen is None
+        assert not running(int(pid_file.read_text()))
+    finally:
+        process.close()
+
+
+# Like CTKAppLauncher, which PythonSlicer is: start the real interpreter as a *child*
+# (QProcess::start in ctkAppLauncher.cpp) and wait for it.
+LAUNCHER = """#!{python}
+import subprocess, sys
+sys.exit(subprocess.call([{python!r}, *sys.argv[1:]]))
+"""
+
+LAUNCHED_MANAGER = """
+    import json, sys, time
+    from malenia.client import EngineProcess
+    process = EngineProcess(device="cpu", python=sys.argv[1], startup_timeout=240)
+    process.start()
+    health = process.client().health()
+    print(json.dumps({"launcher": process.pid, "server": process.server_pid,
+                      "health": health}), flush=True)
+    time.sleep(600)  # killed by the test
+"""
+
+
+@pytest.mark.slow  # one engine start-up (torch import + weights): ~20-40 s on 2 busy cores
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(not default_weights_path().is_file(), reason="bundled weights are absent")
+def test_engine_started_through_a_launcher_starts_answers_and_exits_with_its_watched_parent(
+    tmp_path,
+):
+    """Inside Slicer the engine's interpreter is PythonSlicer, a launcher whose child is the
+    real Python: the manager must recognise the server's token file (not by the launcher's
+    pid), and the server must watch Slicer (its grandparent), not the launcher."""
+    launcher = executable(tmp_path / "PythonSlicer", LAUNCHER.format(python=sys.executable))
+    manager = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LAUNCHED_MANAGER), str(launcher)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)},
+    )
+    report = None
+    try:
+        line = manager.stdout.readline()
+        assert line, manager.stderr.read()
+        report = json.loads(line)
+        assert report["health"].get("status") == "ok", report
+        launcher_pid, server_pid = report["launcher"], report["server"]
+        assert server_pid != launcher_pid
+        assert psutil.Process(server_pid).ppid() == launcher_pid  # the launcher's child
+        assert "malenia.server" in " ".join(psutil.Process(server_pid).cmdline())
+        time.sleep(3)  # the old watcher (getppid() == manager) gave up within a second
+        assert running(server_pid), "the server stopped while its manager was alive"
+        os.kill(manager.pid, signal.SIGKILL)  # Slicer crashes: no atexit, no stop()
+        manager.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (running(server_pid) or running(launcher_pid)):
+            time.sleep(0.2)
+        assert not running(server_pid), "the engine outlived the process it watched"
+        assert not running(launcher_pid), "the launcher outlived its engine"
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+            manager.wait(timeout=10)
+        for pid in (report or {}).get("server"), (report or {}).get("launcher"):
+            if pid and running(pid):
+                psutil.Process(pid).kill()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -374,3 +377,138 @@ def test_the_bundled_engine_says_where_it_grounded_the_answer(slicer_scene, ct_n
     assert run.result.extra["grounded_in"] == get_preset("renal cyst").description.location
     unlocated = logic.segment(ct_node, {"density": "hypodense", "shape": "round"})
     assert unlocated.result.extra["grounded_in"] is None
+
+
+def test_attribute_rows_are_the_inverse_of_build_query():
+    from malenia.attributes import load_presets
+    from MaleniaSegmentLib.logic import ATTRIBUTE_KEYS, attribute_rows
+
+    description = load_presets()["renal cyst"].description
+    rows = attribute_rows(description.to_dict())
+    assert set(rows) == set(ATTRIBUTE_KEYS) and all(isinstance(v, str) for v in rows.values())
+    assert build_query(rows) == build_query(description.to_dict())
+
+
+# ---------------------------------------------------------------------------- run controller
+class RecordingTimer:
+    """Stands in for qt.QTimer (no Qt here): the controller only starts and stops it; the
+    widget's timeout() connection calls tick() / recut(), which the tests call directly."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def start(self) -> None:
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def isActive(self) -> bool:  # noqa: N802 - Qt's name
+        return self.active
+
+
+class ParameterNode:
+    """The two fields the controller writes (parameterNodeWrapper needs Slicer's Qt)."""
+
+    def __init__(self) -> None:
+        self.outputSegmentation = None
+        self.threshold = 0.5
+
+
+class WaitingClient(KnownClient):
+    """An engine whose encode runs until it is cancelled, as a long first encode does."""
+
+    def encode(self, array, ijk_to_ras, roi=None, progress=None, cancel=None):
+        while not cancel.cancelled:
+            progress("encoding", 1, 10)
+            threading.Event().wait(0.01)
+        raise CancelledError("Cancelled by the user; nothing was changed.")
+
+
+def controller_for(slicer_scene, engine_client):
+    from MaleniaSegmentLib.background import RunController
+    from MaleniaSegmentLib.engine_process import EngineProcessClient
+
+    process_client = EngineProcessClient(device="cpu")  # real; never started by these tests
+    session = MaleniaSegmentLogic(slicer_scene, engine_client)
+    return RunController(session, process_client, RecordingTimer(), RecordingTimer())
+
+
+def test_a_run_that_ends_after_leaving_the_module_lands_without_its_parameter_node(
+    slicer_scene, ct_node
+):
+    """exit() detaches the parameter node while the poll timer keeps running: the run's
+    segments still land, and nothing writes to the absent node (it raised AttributeError)."""
+    lesions = [lesion(1, "Renal cyst 1", "renal cyst", "left kidney")]
+    controller = controller_for(slicer_scene, KnownClient(known_labelmap((16, 48, 48)), lesions))
+    node = ParameterNode()
+    try:
+        controller.parameter_node = node
+        controller.start(ct_node, "renal cyst", device="cpu")
+        assert controller.poll_timer.isActive() and controller.busy
+        controller.parameter_node = None  # the widget's exit()
+        assert controller.job.wait(30)
+        update = controller.tick()
+        assert update.finished and update.run is not None, update.message
+        assert not controller.poll_timer.isActive() and not controller.busy
+        assert node.outputSegmentation is None  # untouched while detached
+        assert len(update.run.segment_ids) == 1
+        assert update.message.startswith("1 new segment(s) for: renal cyst")
+        assert controller.recut() is None  # no slider to read while the module is not shown
+
+        controller.parameter_node = node  # enter() again: the next run writes back
+        controller.start(ct_node, "renal cyst", device="cpu")
+        controller.job.wait(30)
+        again = controller.tick()
+        assert node.outputSegmentation is again.run.output_node and node.threshold == 0.5
+        assert not controller.threshold_chosen  # showing the run's threshold is no choice
+        node.threshold = 0.7
+        controller.threshold_changed()
+        assert controller.threshold_chosen and controller.recut_timer.isActive()
+        assert controller.recut().startswith("Re-cut at 0.70")
+    finally:
+        controller.shutdown()
+
+
+def test_cleanup_stops_both_timers_cancels_the_run_and_closes_the_engine(slicer_scene, ct_node):
+    controller = controller_for(slicer_scene, WaitingClient(None, []))
+    before = _scene_snapshot(slicer_scene.scene)
+    controller.parameter_node = ParameterNode()
+    controller.run = object()  # a previous run, so that moving the slider arms the re-cut
+    controller.threshold_changed()
+    controller.start(ct_node, "renal cyst", device="cpu")
+    started = time.perf_counter()
+    assert controller.tick().progress[0] in ("starting", "encoding")  # still running
+    # a tick of a running job releases the GIL for the worker (PythonQt holds it otherwise)
+    assert time.perf_counter() - started >= controller.worker_yield_s * 0.9
+    assert controller.poll_timer.isActive() and controller.recut_timer.isActive()
+    folder = controller.client.process.folder
+    controller.shutdown()  # the widget's cleanup()
+    assert not controller.poll_timer.isActive() and not controller.recut_timer.isActive()
+    assert controller.job.cancel_flag.cancelled and controller.job.wait(10)
+    assert not folder.exists()  # the engine's private folder is gone: client closed
+    late = controller.tick()  # a timeout already queued when cleanup ran: harmless
+    assert late.finished and late.run is None and "Cancelled" in late.message
+    assert controller.parameter_node is None
+    assert _scene_snapshot(slicer_scene.scene) == before
+
+
+def test_cancel_and_scene_close_end_a_run_with_the_scene_unchanged(slicer_scene, ct_node):
+    controller = controller_for(slicer_scene, WaitingClient(None, []))
+    before = _scene_snapshot(slicer_scene.scene)
+    try:
+        assert not controller.cancel()  # nothing runs yet
+        controller.start(ct_node, "renal cyst", device="cpu")
+        with pytest.raises(RuntimeError, match="in progress"):
+            controller.start(ct_node, "renal cyst", device="cpu")
+        assert controller.cancel()
+        controller.job.wait(10)
+        update = controller.tick()
+        assert update.finished and "Cancelled" in update.message
+        controller.start(ct_node, "renal cyst", device="cpu")
+        controller.scene_closing()
+        controller.job.wait(10)
+        assert "Cancelled" in controller.tick().message and controller.run is None
+        assert _scene_snapshot(slicer_scene.scene) == before
+    finally:
+        controller.shutdown()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import subprocess
 import sys
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -18,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "MaleniaSegment" / "MaleniaSegment.py"
-UI = REPO / "Resources" / "UI" / "MaleniaSegment.ui"
+UI = REPO / "MaleniaSegment" / "Resources" / "UI" / "MaleniaSegment.ui"
 sys.path.insert(0, str(REPO / "MaleniaSegment"))
 
 EXPECTED_CLASS = {
@@ -161,7 +162,8 @@ def test_every_parameter_field_is_bound_once_with_a_connector_slicer_has():
         )
     for parameter, (widget_name, connector) in custom.items():
         assert kinds[parameter] == "str", parameter
-        assert widgets[widget_name].get("class") == "QComboBox", widget_name
+        expected = "QTextEdit" if connector == "PlainTextEditToStrConnector" else "QComboBox"
+        assert widgets[widget_name].get("class") == expected, widget_name
         if connector == "EditableComboBoxToStrConnector":  # the rows that accept typed text
             assert ui_property(widgets[widget_name], "editable") == "true", widget_name
     classes = {n.name for n in module_tree().body if isinstance(n, ast.ClassDef)}
@@ -232,3 +234,83 @@ def test_threshold_parameter_slider_and_calibrated_thresholds_share_one_range():
     slider_range = tuple(float(ui_property(slider, k)) for k in ("minimum", "maximum"))
     assert bounds == slider_range
     assert all(bounds[0] <= t <= bounds[1] for t in THRESHOLDS)
+
+
+def test_text_widgets_use_connectors_that_skip_unchanged_writes():
+    """The wrapper writes every connector on each parameter change; a QTextEdit bound with
+    Slicer's own connector (setPlainText every time) loses its caret and undo history on each
+    keystroke. So no parameter may be bound to a QTextEdit through SlicerParameterName, and every
+    custom connector's write() goes through write_if_changed."""
+    widgets = ui_widgets()
+    for name, widget in widgets.items():
+        if widget.get("class") == "QTextEdit":
+            assert ui_property(widget, "SlicerParameterName") is None, name
+    assert custom_bindings()["freeText"] == ("freeTextEdit", "PlainTextEditToStrConnector")
+    for node in module_tree().body:
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Connector"):
+            (write,) = [
+                f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "write"
+            ]
+            calls = {
+                getattr(c.func, "id", getattr(c.func, "attr", ""))
+                for c in ast.walk(write)
+                if isinstance(c, ast.Call)
+            }
+            assert calls & {"write_if_changed"} or "setCurrentIndex" in calls, node.name
+            if "setCurrentIndex" in calls:  # the preset combo compares the index itself
+                assert any(isinstance(n, ast.If) for n in ast.walk(write)), node.name
+
+
+LIB = REPO / "MaleniaSegment" / "MaleniaSegmentLib"
+OLDEST_SLICER_PYTHON = "3.9"  # Slicer 5.8: the module must load there to say it is too old
+OLDEST_SUPPORTED_PYTHON = "3.10"  # what the engine and MaleniaSegmentLib may use (5.10: 3.12)
+
+
+def vermin(target: str, *paths: Path) -> subprocess.CompletedProcess:
+    """vermin (pinned in the dev extra) with union-type detection: `isinstance(v, list | tuple)`
+    passes its default checks yet fails on Python 3.9."""
+    code = "import sys, vermin; sys.exit(vermin.main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, "--no-tips", "--violations", "--feature", "union-types",
+         f"-t={target}-", *map(str, paths)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_module_file_loads_on_the_oldest_slicer_python_and_the_rest_on_the_minimum(tmp_path):
+    old = tmp_path / "old.py"
+    old.write_text(
+        "def f(v):\n    return isinstance(v, list | tuple), list(zip(v, v, strict=True))\n"
+    )
+    assert vermin(OLDEST_SLICER_PYTHON, old).returncode != 0  # the check sees what 3.9 lacks
+    gate = [MODULE, LIB / "__init__.py", LIB / "compat.py"]
+    done = vermin(OLDEST_SLICER_PYTHON, *gate)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = vermin(OLDEST_SUPPORTED_PYTHON, LIB, REPO / "MaleniaSegment" / "malenia")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_parameter_node_annotations_evaluate_on_python_3_9():
+    """parameterNodeWrapper evaluates the class's annotations when the module loads, even with
+    `from __future__ import annotations`: no `X | Y` there."""
+    for node in module_tree().body:
+        if isinstance(node, ast.ClassDef) and node.name == "MaleniaSegmentParameterNode":
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign):
+                    assert not any(
+                        isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr)
+                        for n in ast.walk(item.annotation)
+                    ), ast.unparse(item.annotation)
+
+
+def test_the_minimum_slicer_version_is_the_same_everywhere_it_is_stated():
+    from MaleniaSegmentLib.compat import MINIMUM_PYTHON, MINIMUM_SLICER, version_problem
+
+    assert MINIMUM_SLICER == (5, 10) and MINIMUM_PYTHON == (3, 10)
+    assert "5.10 or newer" in version_problem((5, 8), (3, 9, 10))
+    assert version_problem((5, 10), (3, 12, 10)) is None
+    assert version_problem((5, 12), (3, 9)) is not None  # a custom build with an old Python
+    for path in ("README.md", "docs/SLICER.md"):
+        assert "Slicer 5.10 or newer" in (REPO / path).read_text(), path
+    text = MODULE.read_text()
+    assert "Needs Slicer 5.10 or newer" in text and "_versionProblem()" in text

@@ -26,6 +26,12 @@ def draw_icon() -> Image.Image:
 
 
 if __name__ == "__main__":
-    target = Path(__file__).resolve().parents[1] / "Resources" / "Icons" / "MaleniaSegment.png"
+    target = (
+        Path(__file__).resolve().parents[1]
+        / "MaleniaSegment"
+        / "Resources"
+        / "Icons"
+        / "MaleniaSegment.png"
+    )
     draw_icon().save(target)
     print(f"wrote {target}")

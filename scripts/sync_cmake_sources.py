@@ -1,10 +1,14 @@
-"""Regenerate the SCRIPTS and RESOURCES lists in CMakeLists.txt from the files in the tree.
+"""Regenerate the file lists in MaleniaSegment/CMakeLists.txt from the files in the tree.
 
 Slicer's slicerMacroBuildScriptedModule wants every file listed; a hand-kept list goes stale
 the day someone adds a module. Run this after adding files; a test fails when it is needed.
 
-    python scripts/sync_cmake_sources.py          # rewrite CMakeLists.txt
+    python scripts/sync_cmake_sources.py          # rewrite MaleniaSegment/CMakeLists.txt
     python scripts/sync_cmake_sources.py --check  # exit 1 and list differences
+
+SCRIPTS and RESOURCES are relative to MaleniaSegment/ (the module's folder: CTK copies each
+to <qt-scripted-modules>/<path>); ENGINE_RESOURCES are the repository's top-level Resources/,
+relative to the repository, copied into the same Resources/ folder beside the module.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CMAKE = REPO / "CMakeLists.txt"
+MODULE_DIR = "MaleniaSegment"
+CMAKE = REPO / MODULE_DIR / "CMakeLists.txt"
 MARKERS = {
     "SCRIPTS": (
         "# BEGIN MODULE_PYTHON_SCRIPTS (scripts/sync_cmake_sources.py)",
@@ -24,6 +29,10 @@ MARKERS = {
     "RESOURCES": (
         "# BEGIN MODULE_PYTHON_RESOURCES (scripts/sync_cmake_sources.py)",
         "# END MODULE_PYTHON_RESOURCES",
+    ),
+    "ENGINE_RESOURCES": (
+        "# BEGIN ENGINE_RESOURCES (scripts/sync_cmake_sources.py)",
+        "# END ENGINE_RESOURCES",
     ),
 }
 
@@ -42,9 +51,12 @@ def tree_files() -> list[str]:
 
 def expected_lists() -> dict[str, list[str]]:
     files = tree_files()
-    scripts = [p for p in files if p.startswith("MaleniaSegment/") and p.endswith(".py")]
-    resources = [p for p in files if p.startswith("Resources/")]
-    return {"SCRIPTS": scripts, "RESOURCES": resources}
+    prefix = MODULE_DIR + "/"
+    module = [p.removeprefix(prefix) for p in files if p.startswith(prefix)]
+    scripts = [p for p in module if p.endswith(".py") and not p.startswith("Resources/")]
+    resources = [p for p in module if p.startswith("Resources/")]
+    engine = [p for p in files if p.startswith("Resources/")]
+    return {"SCRIPTS": scripts, "RESOURCES": resources, "ENGINE_RESOURCES": engine}
 
 
 def current_lists(text: str) -> dict[str, list[str]]:

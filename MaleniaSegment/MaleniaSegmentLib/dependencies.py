@@ -17,6 +17,8 @@ import json
 import re
 import subprocess
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 PROTECTED = ("simpleitk", "numpy", "requests")  # ship with Slicer: never touched
@@ -95,6 +97,16 @@ def has_pytorch_extension() -> bool:
     return importlib.util.find_spec("PyTorchUtils") is not None
 
 
+def slicer_packaging():
+    """Slicer's ``slicer.packaging`` module (5.12 and newer) or None. ``slicer/__init__.py``
+    does not import it, so ``getattr(slicer, "packaging")`` is None until it is imported."""
+    try:
+        import slicer.packaging as packaging
+    except ImportError:
+        return None
+    return packaging if hasattr(packaging, "pip_ensure") else None
+
+
 def install(packages: list[str]) -> str:
     """Install inside Slicer (call only after the user confirmed ``install_plan``)."""
     import slicer
@@ -118,8 +130,8 @@ def install(packages: list[str]) -> str:
         with tempfile.TemporaryDirectory() as folder:
             constraints = Path(folder) / "slicer-constraints.txt"
             constraints.write_text(protected_constraints())
-            packaging = getattr(slicer, "packaging", None)
-            if packaging is not None and hasattr(packaging, "pip_ensure"):  # Slicer >= 5.12
+            packaging = slicer_packaging()
+            if packaging is not None:  # Slicer >= 5.12
                 packaging.pip_ensure(
                     rest,
                     constraints=constraints,
@@ -152,6 +164,8 @@ print(json.dumps(info))
 
 def probe_gpu(python: str | None = None, timeout: float = 60.0) -> dict:
     """What torch in the engine's interpreter sees (runs a child process; a few seconds)."""
+    from malenia.client import child_process_options
+
     from MaleniaSegmentLib.engine_process import engine_python
 
     done = subprocess.run(
@@ -160,10 +174,45 @@ def probe_gpu(python: str | None = None, timeout: float = 60.0) -> dict:
         text=True,
         timeout=timeout,
         check=False,
+        stdin=subprocess.DEVNULL,
+        **child_process_options(new_group=False),  # no console window on Windows
     )
     if done.returncode != 0:
         return {"error": (done.stderr or done.stdout).strip()[-500:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class GpuProbe:
+    """``probe_gpu`` on a worker thread, polled by the widget. Each start forgets the last
+    report, so that after an install the panel waits for the new one instead of showing what
+    torch looked like before."""
+
+    def __init__(self, probe: Callable[[], dict] = probe_gpu) -> None:
+        self._probe = probe
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._report: dict | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            self._generation += 1
+            generation, self._report = self._generation, None
+
+        def run() -> None:
+            try:
+                report = self._probe()
+            except Exception as error:  # reported in the label, never fatal
+                report = {"error": str(error)}
+            with self._lock:
+                if generation == self._generation:  # a later start() wins
+                    self._report = report
+
+        threading.Thread(target=run, daemon=True, name="malenia-gpu-probe").start()
+
+    def report(self) -> dict | None:
+        """The latest probe's report, None while it runs."""
+        with self._lock:
+            return self._report
 
 
 def assess_gpu(info: dict) -> tuple[str, str | None]:

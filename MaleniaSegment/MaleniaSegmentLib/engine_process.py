@@ -60,10 +60,11 @@ class EngineProcessClient:
         note, self._note = self._note, ""
         return note
 
-    def _client(self):
-        """The HTTP client of a healthy engine, starting or restarting it when needed."""
+    def _client(self, cancel=None):
+        """The HTTP client of a healthy engine, starting or restarting it when needed
+        (``cancel`` reaches the start-up wait, so Cancel works while the engine starts)."""
         had_started = self.process.started_once
-        if self.process.ensure() and had_started:
+        if self.process.ensure(cancel) and had_started:
             self._note = (
                 "The engine process had stopped (crash or out of memory); a new one was "
                 f"started. Its log: {self.process.log_path}"
@@ -73,7 +74,8 @@ class EngineProcessClient:
     def encode(self, array, ijk_to_ras, roi=None, progress=None, cancel=None) -> str:
         if progress and not self.process.alive():
             progress("starting the engine", 0, 1)
-        return self._client().encode(array, ijk_to_ras, roi=roi, progress=progress, cancel=cancel)
+        client = self._client(cancel)
+        return client.encode(array, ijk_to_ras, roi=roi, progress=progress, cancel=cancel)
 
     def segment(self, volume_id, query, threshold):
         return self._client().segment(volume_id, query, threshold)

@@ -126,6 +126,16 @@ def build_query(attributes: dict | None = None, free_text: str = "", preset: str
     )
 
 
+def attribute_rows(values: dict) -> dict[str, str]:
+    """The text of each attribute row for a description (``LesionDescription.to_dict()``):
+    the inverse of ``build_query``; several specific features are joined by commas."""
+    rows = {}
+    for key in ATTRIBUTE_KEYS:
+        value = values.get(key) or ""
+        rows[key] = ", ".join(value) if isinstance(value, list | tuple) else str(value)
+    return rows
+
+
 def _engine_forgot(error: Exception) -> bool:
     """The engine no longer knows a volume id (restarted, evicted, failed): upload again."""
     return isinstance(error, KeyError) or getattr(error, "status", None) in (404, 409)

@@ -51,6 +51,7 @@ import contextlib
 import http.client
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -356,6 +357,22 @@ def _flat(values) -> list[float]:
     return out
 
 
+CREATE_NO_WINDOW = 0x08000000  # subprocess.CREATE_NO_WINDOW, which exists only on Windows
+
+
+def child_process_options(os_name: str = os.name, new_group: bool = True) -> dict:
+    """Popen options for a background child: its own process group (so stop() reaches a
+    launcher and the interpreter it started) and, on Windows, no console window. PythonSlicer
+    is a console program: without CREATE_NO_WINDOW, Windows opens a console for it, and
+    closing that window kills the engine."""
+    if os_name == "posix":
+        return {"start_new_session": True} if new_group else {}
+    flags = CREATE_NO_WINDOW
+    if new_group:
+        flags |= getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+    return {"creationflags": flags}
+
+
 def _package_root() -> str:
     """The folder holding the `malenia` package, so the child finds it even when this
     process only has it through sys.path (as inside Slicer)."""
@@ -383,6 +400,8 @@ class EngineProcess:
         self.popen: subprocess.Popen | None = None
         self._log = None
         self.url = self.token = ""
+        self.instance = ""  # nonce of the server being started, echoed in its token file
+        self.server_pid: int | None = None  # the server's own pid (behind any launcher)
         self.started_once = False
         self.restarts = 0
         atexit.register(self.close)
@@ -398,36 +417,39 @@ class EngineProcess:
             self.device,
             "--exit-with-parent",
             str(os.getpid()),
+            "--instance-id",
+            self.instance,
             *self.extra_args,
         ]
         if self.weights:
             command += ["--weights", str(self.weights)]
         return command
 
-    def start(self) -> None:
-        """(Re)start the server and wait until it answers /v1/health."""
+    def start(self, cancel=None) -> None:
+        """(Re)start the server and wait until it answers /v1/health. ``cancel`` (anything
+        with a truthy ``.cancelled``) stops the start-up, which can take minutes on a cold
+        disk, and raises CancelledError."""
         self.stop()
         self.token_file.unlink(missing_ok=True)
+        self.instance = secrets.token_hex(16)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_package_root(), env.get("PYTHONPATH", "")) if p
         )
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child
-        options: dict = {}
-        if os.name == "posix":
-            options["start_new_session"] = True  # its own process group: stop() kills it all
-        else:
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
         self.popen = subprocess.Popen(
             self.command(),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            **options,
+            **child_process_options(),
         )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
+            if cancel is not None and getattr(cancel, "cancelled", False):
+                self.stop()
+                raise CancelledError("Cancelled while the engine was starting; nothing changed.")
             if self.popen.poll() is not None:
                 tail = self.log_tail()
                 self.stop()
@@ -444,11 +466,15 @@ class EngineProcess:
         )
 
     def _read_token_file(self) -> bool:
+        """The URL and token of the server this start launched: a token file carrying our
+        nonce (not our child's pid: through PythonSlicer the child is the launcher, and the
+        server is the launcher's child)."""
         try:
             info = json.loads(self.token_file.read_text())
-            if info.get("pid") != self.popen.pid:
+            if not self.instance or info.get("instance") != self.instance:
                 return False
             self.url, self.token = info["url"], info["token"]
+            self.server_pid = info.get("pid")
             return True
         except (OSError, ValueError, KeyError):
             return False
@@ -471,11 +497,11 @@ class EngineProcess:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None and self.healthy()
 
-    def ensure(self) -> bool:
+    def ensure(self, cancel=None) -> bool:
         """Make sure a healthy server runs; True when it had to be (re)started."""
         if self.alive():
             return False
-        self.start()
+        self.start(cancel)
         return True
 
     def client(self, **kwargs) -> EngineHTTPClient:
@@ -499,6 +525,7 @@ class EngineProcess:
             self._log.close()
             self._log = None
         self.url = self.token = ""
+        self.server_pid = None
         self.token_file.unlink(missing_ok=True)
 
     @staticmethod

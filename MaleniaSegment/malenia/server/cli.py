@@ -70,6 +70,12 @@ def register(subparsers) -> None:
         metavar="PID",
         help="shut down when process PID exits (the engine-process manager passes its own)",
     )
+    parser.add_argument(
+        "--instance-id",
+        default="",
+        help="copied into the token file, so the manager that started this server knows the "
+        "file is this server's (its pid may be a launcher's, not this process's)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.set_defaults(handler=_serve)
 
@@ -130,23 +136,57 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _watch_parent(pid: int, server) -> None:
-    """Stop when the manager that started us is gone (no orphaned engines)."""
-
-    def alive() -> bool:
-        if os.name == "posix":
-            return os.getppid() == pid
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie does not). Works for any process, not only
+    our parent: inside Slicer the engine's parent is PythonSlicer, a launcher (CTKAppLauncher)
+    that starts python-real as its child, so the parent is not the process to watch."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
         try:
-            import psutil
-
-            return psutil.pid_exists(pid)
-        except ImportError:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.AccessDenied:
             return True
+    if os.name == "posix":
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return _windows_process_alive(pid)
+
+
+def _windows_process_alive(pid: int) -> bool:
+    """OpenProcess + GetExitCodeProcess (Slicer's Python has ctypes, not always psutil)."""
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return kernel32.GetLastError() == 5  # ERROR_ACCESS_DENIED: it exists
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def _watch_parent(pid: int, server) -> None:
+    """Stop when the process that started us (Slicer, through any launcher) is gone, so no
+    engine is orphaned."""
 
     def watch() -> None:
-        while alive():
+        while process_alive(pid):
             time.sleep(0.5)
-        print("parent process exited; shutting down", file=sys.stderr, flush=True)
+        print(f"process {pid} exited; shutting down", file=sys.stderr, flush=True)
         server.should_exit = True
         time.sleep(10)
         os._exit(0)  # graceful shutdown hung (a long request): leave anyway
@@ -192,6 +232,7 @@ def _serve(args: argparse.Namespace) -> int:
             "port": port,
             "token": token,
             "pid": os.getpid(),
+            "instance": args.instance_id,
             "model": backend.model_id,
         },
     )
