@@ -202,14 +202,21 @@ def test_out_of_memory_falls_back_to_smaller_batches(weights):
         (np.zeros((8, 16, 16), np.int16), "constant"),
         (np.random.default_rng(0).integers(0, 3000, (8, 16, 16)).astype(np.int16), "MR"),
         (np.broadcast_to(np.int16(-1000), (1200, 1100, 1100)), "billion voxels"),
+        (np.random.default_rng(0).integers(-1024, -850, (8, 16, 16)).astype(np.int16), "range"),
     ],
-    ids=["2D", "single-slice", "NaN", "all-zero", "MR-like", "huge"],
+    ids=["2D", "single-slice", "NaN", "all-zero", "MR-like", "huge", "air-only"],
 )
 def test_bad_volumes_are_refused_with_a_clear_message(array, message):
     with pytest.raises(InvalidVolumeError, match=message):
         validate_ct(
             CTVolume(array, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), "bad")
         )
+
+
+def test_a_box_inside_the_lung_is_ct():
+    """A crop around a ground-glass nodule holds nothing above -300 HU: still CT."""
+    crop = np.random.default_rng(1).integers(-974, -291, (8, 16, 16)).astype(np.int16)
+    validate_ct(CTVolume(crop, (0.7, 0.7, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), "gg"))
 
 
 def test_rgb_and_2d_files_are_refused(tmp_path):

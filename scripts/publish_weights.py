@@ -23,9 +23,16 @@ sys.path.insert(0, str(REPO / "MaleniaSegment"))
 DEFAULT_TARGET = REPO / "Resources" / "Weights" / "malenia-tiny.safetensors"
 
 
-def evaluation_summary(metrics_file: Path | None, real_ct_file: Path | None) -> dict:
-    """The figures a user needs from the card: group means and real-CT DSC per case."""
+def evaluation_summary(
+    metrics_file: Path | None, real_ct_file: Path | None, real_eval_file: Path | None = None
+) -> dict:
+    """The figures a user needs from the card: group means and real-CT results."""
     summary: dict = {}
+    if real_eval_file:  # `malenia eval --real`: the real-CT benchmark, first
+        real = json.loads(real_eval_file.read_text())
+        summary["real_ct_benchmark"] = {
+            key: real[key] for key in ("groups", "macro_dice", "targets", "organ_dice")
+        } | {"report": "docs/EVALUATION.md", "splits": "malenia/data/real_ct.py"}
     if metrics_file:
         metrics = json.loads(metrics_file.read_text())
         summary["synthetic_held_out"] = {
@@ -47,6 +54,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_TARGET)
     parser.add_argument("--eval", type=Path, default=None, help="metrics.json of `malenia eval`")
     parser.add_argument("--real-ct", type=Path, default=None, help="scripts/eval_real_ct.py output")
+    parser.add_argument(
+        "--real-eval", type=Path, default=None, help="metrics.json of `malenia eval --real`"
+    )
     parser.add_argument("--config", default=None, help="the training config file, for the card")
     parser.add_argument("--hardware", default=None, help="where it was trained, for the card")
     parser.add_argument("--description", default=None, help="one line for users")
@@ -81,7 +91,11 @@ def main() -> None:
             for key in ("threshold", "rule", "validation_dice", "dice_at_0.5", "validation_set")
             if key in calibration
         } | {"calibrated_with": "malenia calibrate"}
-    evaluation = evaluation_summary(args.eval, args.real_ct)
+    if training.get("data", {}).get("type") == "real_mix":
+        from malenia.data.real_ct import REAL_TRAINING_DATA
+
+        training["real_data"] = REAL_TRAINING_DATA
+    evaluation = evaluation_summary(args.eval, args.real_ct, args.real_eval)
     if evaluation:
         card["evaluation"] = evaluation
     if args.checkpoint.resolve() == args.out.resolve() and not args.half:

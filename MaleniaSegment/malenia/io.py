@@ -152,7 +152,9 @@ def validate_ct(volume: CTVolume) -> None:
         raise InvalidVolumeError(
             f"'{name}' has intensities {low:g}..{high:g}: not Hounsfield units (8-bit image?). Use the original CT."
         )
-    if high < -200 or low < -5000 or high > 40000:
+    # A box inside the lung may hold nothing denser than a ground-glass nodule (-300 HU):
+    # only a volume with no voxel above -800 HU (air and nothing else) is refused.
+    if high < -800 or low < -5000 or high > 40000:
         raise InvalidVolumeError(
             f"'{name}' has intensities {low:g}..{high:g}, outside the range of CT in Hounsfield units. "
             "Check the rescale slope/intercept of the export."

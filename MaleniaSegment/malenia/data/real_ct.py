@@ -26,6 +26,20 @@ from malenia.attributes.schema import LesionDescription
 from malenia.synth.anatomy import LABELS
 
 REAL_CT_ENV = "MALENIA_REAL_CT"
+# What the real-anatomy weights learnt from, with each source's licence (model card). None
+# of it is bundled with the product.
+REAL_TRAINING_DATA = [
+    {"name": "RadCTTACEomics_0697, RadCTTACEomics_2022 (HCC, contrast CT, manual liver and "
+             "tumour masks)", "licence": "unknown (public GitHub course repositories); used for "
+             "development and evaluation only, never bundled or published", "use": "train"},
+    {"name": "LIDC-IDRI nodule crops, training patients (4/5 by patient hash)",
+     "licence": "CC BY 3.0 (Armato et al. 2011; TCIA)", "use": "train"},
+    {"name": "TotalSegmentator example CT with its model-made organ labels",
+     "licence": "Apache-2.0 (wasserth/TotalSegmentator)", "use": "train"},
+    {"name": "RadCTTACEomics_1720, LIDC validation fifth, pyradiomics lung2 (BSD-3-Clause), "
+             "IBSI soft-tissue sarcoma crops (CC BY 3.0)", "licence": "as stated",
+     "use": "validation only, never trained on"},
+]  # fmt: skip
 HCC_TRAIN = ("RadCTTACEomics_0697", "RadCTTACEomics_2022")
 HCC_VALIDATION = ("RadCTTACEomics_1720",)
 LUNG_LOBES = (
