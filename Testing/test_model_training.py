@@ -565,3 +565,31 @@ def test_anatomy_task_trains_the_location_head_only(tmp_path):
     assert card["config"]["location_head"] is True and loaded.location_head is not None
     resumed = train(_config(tmp_path / "anatomy", 4, task="anatomy", batch_size=1, lr=1e-2))
     assert resumed["step"] == 4
+
+
+def test_lesion_task_trains_the_location_head_on_items_with_organ_labels():
+    """anatomy_weight > 0: items carrying organ labels also teach the location head, asked
+    only for their known locations; a lesion-free item is always given a negative prompt."""
+    from malenia.synth import SyntheticLesionDataset
+    from malenia.synth.split import SEEN_CATEGORIES
+
+    model = MaleniaNet(small_config(location_head=True))
+    vocab = Vocabulary("cpu")
+    dataset = SyntheticLesionDataset(
+        SEEN_CATEGORIES, seed=4, shape=(32, 32, 32), spacing=(3.0,) * 3
+    )
+    item = dataset[0]
+    assert "labels" in item and "origin_mm" in item
+    pool = {c: [LesionDescription(location="left kidney")] for c in SEEN_CATEGORIES}
+    config = TrainConfig(anatomy_weight=0.5, negative_prompt_prob=0.0)
+    loss, parts = compute_loss(model, [item], vocab, config, 0, pool, "cpu")
+    assert parts["anatomy"] > 0
+    loss.backward()
+    assert torch.any(model.location_head[-1].weight.grad != 0)
+    unknown = {**item, "known_locations": ()}  # nothing known: nothing asked
+    _, parts = compute_loss(model, [unknown], vocab, config, 0, pool, "cpu")
+    assert "anatomy" not in parts
+    empty = {**item, "instance_mask": np.zeros_like(item["instance_mask"]), "descriptions": [],
+             "categories": [], "reports": []}  # fmt: skip
+    loss, parts = compute_loss(model, [empty], vocab, TrainConfig(), 0, pool, "cpu")
+    assert np.isfinite(parts["prompt"])
