@@ -103,8 +103,9 @@ def check_header(header: VolumeHeader, budget_bytes: int | None = None) -> None:
         if len(size) == 4 and size[3] == 1:
             pass  # a 4D NIfTI with one time point: read as 3D
         else:
+            dims = sum(1 for s in size if s > 1)
             raise InvalidVolumeError(
-                f"'{name}' declares a {len(size)}D image of size {'x'.join(map(str, size))}: "
+                f"'{name}' is a {dims}D image (size {'x'.join(map(str, size))}): "
                 "MaleniaSegment needs one 3D CT volume (several axial slices). Load the whole "
                 "series, not a single slice or a time series."
             )
@@ -310,7 +311,8 @@ class DicomSeries:
     files: list[Path]
     header: VolumeHeader
     description: str = ""
-    notes: list[str] = field(default_factory=list)
+    # Each slice's DICOM header (no pixel data), in slice order: what a DICOM SEG references.
+    headers: list = field(default_factory=list, repr=False)
 
 
 def list_series(folder: Path) -> dict[str, list[str]]:
@@ -358,7 +360,7 @@ def inspect_dicom_folder(
     for name in series[uid]:
         path = Path(name)
         try:
-            dataset = pydicom.dcmread(path, defer_size=1024)
+            dataset = pydicom.dcmread(path, defer_size=1 << 16)
         except Exception as error:  # pydicom raises many kinds on a damaged file
             raise InvalidVolumeError(
                 f"DICOM file {path.name} cannot be read ({_last_line(error)}); the series is "
@@ -395,6 +397,10 @@ def inspect_dicom_folder(
         tuple(np.column_stack([row, column, normal]).ravel()),
     )
     check_header(header, budget_bytes)
+    headers = []
+    for _, dataset in slices:
+        del dataset.PixelData  # keep the header only (a few kB per slice)
+        headers.append(dataset)
     return DicomSeries(
         folder,
         uid,
@@ -402,6 +408,7 @@ def inspect_dicom_folder(
         [path for path, _ in slices],
         header,
         str(getattr(first, "SeriesDescription", "")),
+        headers,
     )
 
 

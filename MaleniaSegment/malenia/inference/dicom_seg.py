@@ -60,7 +60,9 @@ def write_dicom_seg(result, path: Path) -> Path:
         raise NothingToWrite(
             "No lesion was found, so there is no segment to put in a DICOM SEG; it was not written."
         )
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in volume.dicom.files]
+    sources = volume.dicom.headers or [
+        pydicom.dcmread(f, stop_before_pixels=True) for f in volume.dicom.files
+    ]
     if labelmap.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
         raise MaleniaError(
             f"The labelmap {labelmap.shape} does not match the DICOM series "
