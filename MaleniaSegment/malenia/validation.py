@@ -266,9 +266,18 @@ def _nifti_layout(head: bytes) -> tuple[np.dtype, int, int] | None:
             (offset,) = struct.unpack(endian + "q", head[168:176])
             break
     else:
-        return None
+        (value,) = struct.unpack("<i", head[:4]) if len(head) >= 4 else (len(head),)
+        raise InvalidVolumeError(
+            f"The file does not start with a NIfTI header (sizeof_hdr = {value}; a NIfTI has 348 "
+            "or 540): it is damaged, or not NIfTI despite its name. Export it again."
+        )
     if code not in _NIFTI_DTYPES or not 1 <= dims[0] <= 7:
         return None
+    if not math.isfinite(offset) or offset < 0 or offset > 1 << 40:
+        raise InvalidVolumeError(
+            f"The NIfTI header's data offset (vox_offset = {offset}) is not a usable number: "
+            "the header is damaged. Export the file again."
+        )
     dtype = np.dtype(_NIFTI_DTYPES[code]).newbyteorder(endian)
     count = math.prod(max(1, int(d)) for d in dims[1 : dims[0] + 1])
     return dtype, count * dtype.itemsize, max(int(offset), 352 if size == 348 else 544)
@@ -356,6 +365,7 @@ def inspect_dicom_folder(
             + "\n".join(_series_line(uid, files) for uid, files in series.items())
         )
     uid = series_uid or next(iter(series))
+    _check_left_out(folder, series, uid)
     slices = []
     for name in series[uid]:
         path = Path(name)
@@ -410,6 +420,33 @@ def inspect_dicom_folder(
         str(getattr(first, "SeriesDescription", "")),
         headers,
     )
+
+
+def _check_left_out(folder: Path, series: dict[str, list[str]], uid: str) -> None:
+    """GDCM leaves out a slice file it cannot parse (one cut short by an interrupted copy):
+    such a file of this series is an error naming the file, not a silent gap."""
+    import pydicom
+
+    listed = {str(Path(f).resolve()) for files in series.values() for f in files}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or str(path.resolve()) in listed:
+            continue
+        try:
+            dataset = pydicom.dcmread(path, defer_size=1 << 16)
+        except Exception as error:
+            if path.suffix.lower() == ".dcm":
+                raise InvalidVolumeError(
+                    f"DICOM file {path.name} in {folder.name} cannot be read "
+                    f"({_last_line(error)}): a damaged or truncated slice. Copy or export the "
+                    "series again; nothing was segmented."
+                ) from None
+            continue  # not DICOM (a README, a thumbnail): not ours to judge
+        if str(getattr(dataset, "SeriesInstanceUID", "")) == uid:
+            _check_pixel_data(path, dataset)
+            raise InvalidVolumeError(
+                f"DICOM slice {path.name} belongs to series {uid} but could not be read with "
+                "it (damaged header?). Copy or export the series again."
+            )
 
 
 def _series_line(uid: str, files: list[str]) -> str:

@@ -43,14 +43,11 @@ RETRY_AFTER_S = 5
 MAX_JSON_BYTES = 64 << 10
 
 
-class _BodyTooLarge(Exception):
-    """Raised from the body stream once it passes the request's limit."""
-
-
 class BodyLimit:
     """ASGI middleware: one body-size limit for every request, checked on Content-Length
     before the body is read and counted while it streams (chunked bodies declare nothing).
-    Uploads (POST /v1/volumes) may carry ``upload_bytes``; everything else MAX_JSON_BYTES."""
+    Uploads (POST /v1/volumes) may carry ``upload_bytes`` (the route streams and counts
+    them); everything else MAX_JSON_BYTES, read here."""
 
     def __init__(self, app, upload_bytes: int) -> None:
         self.app, self.upload_bytes = app, upload_bytes
@@ -76,27 +73,28 @@ class BodyLimit:
             if length > limit:
                 await _reply(send, 413, _too_large(length, limit, scope))
                 return
-        received, started = 0, False
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message.get("type") == "http.request":
+        if limit == MAX_JSON_BYTES:
+            # Small bodies are read here, whole, so an oversized chunked one gets its 413
+            # (FastAPI would turn an error raised while it parses the body into a 400).
+            messages, received = [], 0
+            while True:
+                message = await receive()
+                messages.append(message)
+                if message.get("type") != "http.request":
+                    break
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
-            return message
+                    await _reply(send, 413, _too_large(received, limit, scope))
+                    return
+                if not message.get("more_body", False):
+                    break
 
-        async def tracking_send(message) -> None:
-            nonlocal started
-            started = started or message.get("type") == "http.response.start"
-            await send(message)
+            async def replay():
+                return messages.pop(0) if messages else await receive()
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _reply(send, 413, _too_large(received, limit, scope))
+            await self.app(scope, replay, send)
+            return
+        await self.app(scope, receive, send)  # an upload: the route counts while it reads
 
 
 async def _reply(send, status: int, detail: str) -> None:
