@@ -282,17 +282,23 @@ def test_the_2000_cubed_header_costs_under_a_second_and_200_mb(files):
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO / "MaleniaSegment"), env.get("PYTHONPATH", "")) if p
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "malenia.cli", "segment", "huge.nii", "--preset", "renal cyst"],
-        cwd=files,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # The console script's entry point, then the process's own peak RSS (VmHWM: since exec,
+    # so the forking test process's memory is not counted, as ru_maxrss would).
+    code = (
+        "import sys; from pathlib import Path; from malenia.cli import main; rc = main(sys.argv[1:]); "
+        "print([l for l in Path('/proc/self/status').read_text().splitlines() "
+        "if l.startswith('VmHWM')][0].split()[1], file=sys.stderr); sys.exit(rc)"
     )
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    assert process.returncode == 1
-    assert usage.ru_maxrss / 1024 < 200, f"peak RSS {usage.ru_maxrss / 1024:.0f} MB"
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", code, "segment", "huge.nii", "--preset", "renal cyst"],
+        cwd=files, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    assert done.returncode == 1 and "2000 x 2000 x 2000" in done.stderr
+    peak_mb = int(done.stderr.strip().splitlines()[-1]) / 1024
+    assert peak_mb < 200, f"peak RSS {peak_mb:.0f} MB"
+    assert elapsed < 10, f"{elapsed:.1f} s for the whole process, interpreter start included"
 
 
 def test_overwrite_is_needed_to_replace_and_unrelated_files_stay(files, tmp_path):
@@ -498,7 +504,7 @@ def test_dicom_seg_download_needs_a_dicom_upload(server, files):
         {"Content-Type": "application/json"},
     )  # fmt: skip
     assert status == 200, result
-    assert result["description"]["location"] == "liver" and result["grounded_in"] == "liver"
+    assert result["description"]["location"] == "liver"  # the organ: both lobes searched
     status, answer = request(
         server, "GET", f"/v1/volumes/{nifti['volume_id']}/results/{result['result_id']}/dicom-seg"
     )
