@@ -245,7 +245,7 @@ def test_parser_reports_unparsed_words_conflicts_and_organ_only_locations():
     assert both.description.density == "hypodense"
     assert any("several values" in n and "right kidney" in n for n in both.notes)
     organ = parse_text("hypodense lesion in the liver")
-    assert organ.description.location is None
+    assert organ.description.location == "liver"  # the whole organ: both lobes are searched
     assert any("left liver lobe, right liver lobe" in n for n in organ.notes)
     assert organ.unparsed == []
     ruled_out = parse_text("not hyperdense")
@@ -255,6 +255,51 @@ def test_parser_reports_unparsed_words_conflicts_and_organ_only_locations():
     assert parse_text("irregular mass, no necrosis").description.density_variation is None
     assert parse_text("mass with necrosis").description.density_variation == "heterogeneous"
     assert parse_text("左肾见类圆形低密度影，奇怪东西").unparsed == ["奇怪东西"]
+
+
+@pytest.mark.parametrize(
+    ("text", "location", "parts"),
+    [
+        ("round hypodense lesion in the liver", "liver", ("left liver lobe", "right liver lobe")),
+        ("hepatic hypodense lesion", "liver", ("left liver lobe", "right liver lobe")),
+        ("hypodense lesion in segment VII", "right liver lobe", ("right liver lobe",)),
+        ("hypodense lesion in Couinaud segment 3", "left liver lobe", ("left liver lobe",)),
+        ("renal cyst, hypodense", "kidney", ("left kidney", "right kidney")),
+        ("hypodense lesion of the upper pole", "kidney", ("left kidney", "right kidney")),
+        ("hypodense lesion of the left upper pole", "left kidney", ("left kidney",)),
+        ("irregular nodule in the lungs", "lung", 5),
+        ("spiculated mass in the left lung", "left lung", ("left upper lobe", "left lower lobe")),
+        ("hypodense lesion in the pancreas", "pancreas", 3),
+        ("肝脏可见类圆形低密度灶", "liver", ("left liver lobe", "right liver lobe")),
+        ("右肺结节，边缘毛刺", "right lung", 3),
+        ("hepatic flexure mass", "ascending colon", ("ascending colon",)),
+        ("adrenal nodule, hypodense", "adrenal gland", 2),
+    ],
+)
+def test_organ_level_locations_resolve_to_the_union_of_canonical_parts(text, location, parts):
+    from malenia.attributes.locations import sub_locations
+
+    description = parse_text(text).description
+    assert description.location == location
+    found = sub_locations(description.location)
+    assert (len(found) == parts) if isinstance(parts, int) else found == parts
+    vocabulary = load_vocabulary()
+    assert all(p in vocabulary.values("location") for p in found)  # what the model knows
+    assert LesionDescription.from_dict({"location": location}).location == location
+
+
+def test_segment_names_follow_a_sure_category_in_the_named_organ():
+    from malenia.attributes import KnowledgeTable, resolve_query
+    from malenia.inference.engine import segment_name
+
+    knowledge = KnowledgeTable.load()
+    for text, expected in (
+        ("round hypodense lesion in the liver", "Liver lesion"),  # not "Renal cyst"
+        ("purple hypodense thing", "Lesion"),
+        ("spiculated irregular mass in the left lung", "Lung cancer"),
+    ):
+        description = resolve_query(text).description
+        assert segment_name(knowledge, knowledge.rank(description)[:3], description) == expected
 
 
 def test_report_inference_is_stated_and_never_guesses_location():

@@ -45,6 +45,7 @@ def ct_file(tmp_path_factory):
 
 def test_segment_writes_every_output_on_the_input_grid(weights, ct_file, tmp_path, capsys):
     out = tmp_path / "out"
+    out.mkdir()  # an output folder must exist: the CLI does not create folders for a typo
     code = main(
         [
             "segment", str(ct_file), "--attr", "location=left kidney", "--attr",
@@ -85,10 +86,14 @@ def test_find_runs_in_auto_mode(weights, ct_file, tmp_path):
     assert json.loads((tmp_path / "auto.json").read_text())["mode"] == "auto"
 
 
-def test_info_shows_the_model_card_and_device(weights, capsys):
+def test_info_shows_a_summary_and_the_card_behind_json(weights, capsys):
     assert main(["info", "--weights", str(weights), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "malenia-cli-test" in printed and "device:" in printed and "sha256" in printed
+    assert "malenia-cli-test" in printed and "device:" in printed and "--json" in printed
+    assert len(printed.splitlines()) < 15  # a summary, not the card
+    assert main(["info", "--weights", str(weights), "--device", "cpu", "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["name"] == "malenia-cli-test" and "sha256" in card
 
 
 @pytest.mark.parametrize(

@@ -469,6 +469,28 @@ def test_bundled_location_head_tells_left_from_right(bundled):
     )
 
 
+def test_organ_level_location_is_the_union_of_its_parts(bundled):
+    """'kidney' (no side) is grounded in both kidneys: its region is the union of the
+    canonical parts' regions, and the answer names it and its ignored words."""
+    from malenia.synth.phantom import make_phantom
+
+    phantom = make_phantom(
+        2, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
+    )
+    encoded = bundled.encode(_phantom_volume(phantom))
+    union = encoded.location_region("kidney")
+    parts = encoded.location_region("left kidney") | encoded.location_region("right kidney")
+    assert union.any() and np.array_equal(union, parts)
+    both = np.maximum(
+        encoded.location_probability("left kidney"), encoded.location_probability("right kidney")
+    )
+    assert np.array_equal(encoded.location_probability("kidney"), both)
+    result = encoded.segment("round hypodense lesion in the kidney with sparkles")
+    assert result.description.location == "kidney" and result.grounded_in == "kidney"
+    assert result.not_understood == ["sparkles"]
+    assert result.to_dict()["not_understood"] == ["sparkles"]
+
+
 def test_bundled_location_head_does_not_depend_on_table_height(bundled):
     """Scanners put the table at different heights, so the same patient can sit 15 cm
     higher or lower in scanner y; the organ the head finds must not move with it."""

@@ -15,7 +15,10 @@ from MaleniaSegmentLib import dependencies  # noqa: E402
 
 # Imports the engine may make that Slicer provides, or that only training/dev tools use.
 SHIPPED_WITH_SLICER = {"numpy", "SimpleITK", "requests"}
-NOT_NEEDED_IN_SLICER = {"openpyxl", "tensorboard", "einops", "pydicom", "pytest"}
+# pydicom / highdicom: DICOM folders and DICOM SEG files are the CLI's and the server's;
+# in Slicer the volume comes from a node and Slicer's own DICOM module exports DICOM SEG
+# (installing them would also touch the pydicom Slicer ships).
+NOT_NEEDED_IN_SLICER = {"openpyxl", "tensorboard", "einops", "pydicom", "highdicom", "pytest"}
 
 
 def engine_imports() -> set[str]:

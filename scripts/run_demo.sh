@@ -13,5 +13,5 @@ fi
 .venv/bin/malenia info
 .venv/bin/malenia segment "$sample" --preset "${PRESET:-renal cyst}" \
   -o out/sample.seg.nrrd --labelmap out/sample_labelmap.nii.gz \
-  --report out/sample_report.json --overlay out/sample_overlay.png
+  --report out/sample_report.json --overlay out/sample_overlay.png --overwrite  # the demo's own out/
 echo "Wrote out/sample.seg.nrrd, out/sample_labelmap.nii.gz, out/sample_report.json, out/sample_overlay.png"

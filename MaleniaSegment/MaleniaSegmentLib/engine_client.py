@@ -76,6 +76,8 @@ class InProcessEngineClient:
             extra={
                 "grounded_in": getattr(result, "grounded_in", None),
                 "grounding_warning": getattr(result, "grounding_warning", None),
+                "not_understood": list(getattr(result, "not_understood", [])),
+                "query_notes": list(getattr(result, "query_notes", [])),
             },
         )
 

@@ -94,6 +94,10 @@ class Run:
             text += f" Searched the {result.extra['grounded_in']} for any lesion too."
         if result.extra.get("grounding_warning"):
             text += " " + result.extra["grounding_warning"]
+        if result.extra.get("not_understood"):
+            text += " Not understood (ignored): " + "; ".join(
+                f'"{u}"' for u in result.extra["not_understood"]
+            )
         return text
 
 
@@ -136,6 +140,26 @@ def attribute_rows(values: dict) -> dict[str, str]:
     return rows
 
 
+def check_node_size(volume_node, budget_bytes: int | None = None) -> None:
+    """The node's declared size (dimensions x scalar size) against the memory budget, before
+    its voxels are copied and sent to the engine (``malenia.validation.check_header``)."""
+    from malenia.validation import VolumeHeader, check_header
+
+    image = volume_node.GetImageData()
+    if image is None:
+        return  # array_from_volume_node says "no image data"
+    spacing = tuple(float(s) for s in volume_node.GetSpacing())
+    header = VolumeHeader(
+        volume_node.GetName(),
+        tuple(int(d) for d in image.GetDimensions()),
+        {1: "uint8", 2: "int16", 4: "float32", 8: "float64"}.get(image.GetScalarSize(), "int16"),
+        int(image.GetNumberOfScalarComponents()),
+        spacing,
+        (),
+    )
+    check_header(header, budget_bytes)
+
+
 def _engine_forgot(error: Exception) -> bool:
     """The engine no longer knows a volume id (restarted, evicted, failed): upload again."""
     return isinstance(error, KeyError) or getattr(error, "status", None) in (404, 409)
@@ -159,6 +183,7 @@ class MaleniaSegmentLogic:
             raise InvalidVolumeError(
                 f"'{volume_node.GetName()}' is a labelmap, not a CT; select the CT volume."
             )
+        check_node_size(volume_node)
         try:
             array = volumes.array_from_volume_node(volume_node)
         except ValueError as error:
@@ -189,6 +214,10 @@ class MaleniaSegmentLogic:
             raise MaleniaError(f"Threshold {threshold} must lie strictly between 0 and 1.")
         if output_node is not None and not output_node.IsA("vtkMRMLSegmentationNode"):
             raise MaleniaError("The output must be a segmentation node (or empty for a new one).")
+        if query is not None:
+            from malenia.attributes import resolve_query
+
+            resolve_query(query)  # an empty or unknown description: refused before any copy
         array, ijk_to_ras = self.volume_input(volume_node)
         roi = self.roi_from_node(roi_node)
         image = volume_node.GetImageData()

@@ -314,6 +314,8 @@ class EngineHTTPClient:
                 "timing": payload.get("timing", {}),
                 "grounded_in": payload.get("grounded_in"),
                 "grounding_warning": payload.get("grounding_warning"),
+                "not_understood": payload.get("not_understood") or [],
+                "query_notes": payload.get("query_notes") or [],
             },
             raw,
             shape,

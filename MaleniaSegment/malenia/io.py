@@ -10,8 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from malenia.errors import InvalidVolumeError
-
-MAX_VOXELS = 1024 * 1024 * 1200  # ~1.26 billion voxels: beyond any clinical CT series
+from malenia.validation import MAX_VOXELS, DicomSeries, check_source, non_finite_message
 
 
 @dataclass
@@ -23,6 +22,8 @@ class CTVolume:
     origin: tuple[float, float, float]
     direction: tuple[float, ...]  # 9 values, row-major 3x3
     name: str = "volume"
+    # The checked DICOM series it was read from (slice files in k order), for DICOM SEG.
+    dicom: DicomSeries | None = None
 
     @classmethod
     def from_sitk(cls, image: sitk.Image, name: str = "volume") -> CTVolume:
@@ -89,21 +90,17 @@ class CTVolume:
         return digest.hexdigest()
 
 
-def read_volume(path: str | Path) -> CTVolume:
-    """Read a CT from a file (.nii/.nii.gz/.nrrd/.mha/...) or a DICOM series folder."""
+def read_volume(
+    path: str | Path, series_uid: str | None = None, budget_bytes: int | None = None
+) -> CTVolume:
+    """Read a CT from a file (.nii/.nii.gz/.nrrd/.mha/...) or a DICOM series folder, after
+    ``validation.check_source`` has checked its header, size, integrity and slices."""
     path = Path(path)
-    if not path.exists():
-        raise InvalidVolumeError(
-            f"{path} does not exist. Give the path of a CT file or DICOM folder."
-        )
+    source = check_source(path, series_uid, budget_bytes)
     try:
-        if path.is_dir():
+        if isinstance(source, DicomSeries):
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InvalidVolumeError(f"No DICOM series found in folder {path}.")
-            files = reader.GetGDCMSeriesFileNames(str(path), series[0])
-            reader.SetFileNames(files)
+            reader.SetFileNames([str(f) for f in source.files])
             image = reader.Execute()
         else:
             image = sitk.ReadImage(str(path))
@@ -111,7 +108,11 @@ def read_volume(path: str | Path) -> CTVolume:
         raise InvalidVolumeError(
             f"Cannot read {path} as an image ({str(error).strip().splitlines()[-1]}). Is it a CT in NIfTI, NRRD, MHA or DICOM format?"
         ) from error
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
     volume = CTVolume.from_sitk(image, path.name)
+    if isinstance(source, DicomSeries):
+        volume.dicom = source
     validate_ct(volume)
     return volume
 
@@ -134,10 +135,10 @@ def validate_ct(volume: CTVolume) -> None:
             f"'{name}' has voxel type {array.dtype}; expected CT intensities (integers or floats)."
         )
     sample = array.ravel()[:: max(1, array.size // 2_000_000)].astype(np.float64)
-    if not np.isfinite(sample).all() or not np.isfinite(array).all():
-        raise InvalidVolumeError(
-            f"'{name}' contains NaN or infinite values. Fix or re-export the scan; MaleniaSegment will not guess them."
-        )
+    if array.dtype.kind == "f":
+        finite = int(np.count_nonzero(np.isfinite(array)))
+        if finite < array.size:
+            raise InvalidVolumeError(non_finite_message(name, array.size - finite, array.size))
     low, high = float(sample.min()), float(sample.max())
     if low == high:
         raise InvalidVolumeError(

@@ -97,6 +97,17 @@ class KnowledgeTable:
         organ_mass = sum(exact[s] for s in siblings)
         return (1 - _ORGAN_WEIGHT) * exact[location] + _ORGAN_WEIGHT * organ_mass / len(siblings)
 
+    def organ_of(self, category: str) -> str | None:
+        """The organ where this category's lesions lie most often ('hepatic cyst' -> 'liver')."""
+        if category not in self.categories:
+            return None
+        mass: dict[str, float] = {}
+        for location, p in self.distribution(category, "location").items():
+            organ = self.vocabulary.organ(location)
+            if organ:
+                mass[organ] = mass.get(organ, 0.0) + p
+        return max(mass, key=mass.get) if mass else None  # type: ignore[arg-type]
+
     def _feature_likelihood(self, category: str, feature: str) -> float:
         entry = self.categories[category]
         return (entry["counts"]["specific_features"].get(feature, 0) + _SMOOTHING) / (
@@ -185,6 +196,11 @@ class KnowledgeTable:
 def _as_soft(query) -> dict[str, dict[str, float]]:
     if isinstance(query, LesionDescription):
         soft = {k: {getattr(query, k): 1.0} for k in SINGLE_KEYS if getattr(query, k)}
+        if query.location:  # an organ-level location: its parts, equally likely
+            from malenia.attributes.locations import sub_locations
+
+            parts = sub_locations(query.location)
+            soft["location"] = {part: 1.0 / len(parts) for part in parts}
         if query.specific_features:
             soft["specific_features"] = {f: 1.0 for f in query.specific_features}
         return soft

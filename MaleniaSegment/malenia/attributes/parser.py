@@ -172,7 +172,7 @@ class TextParser:
             covered.append(mixed.span())
         self._single_values(found, values, evidence, notes)
         if "location" not in values:
-            covered += self._organ_without_part(text.lower(), notes)
+            covered += self._organ_location(text.lower(), values, evidence, notes)
         negated = self._features(found, values, evidence)
         if negated:
             notes.append("Explicitly absent: " + ", ".join(negated) + ".")
@@ -211,20 +211,29 @@ class TextParser:
             hit = _GROUND_GLASS.search(lowered)
         return hit
 
-    def _organ_without_part(self, lowered: str, notes: list[str]) -> list[tuple[int, int]]:
-        """'in the liver' names an organ but no location value: say which values exist."""
-        spans = []
-        for organ, pattern in _ORGAN_WORDS.items():
-            hit = pattern.search(lowered)
-            if hit is None:
-                continue
-            spans.append(hit.span())
-            options = self.vocabulary.locations_of_organ(organ)
+    @staticmethod
+    def _organ_location(
+        lowered: str, values: dict[str, object], evidence: dict[str, str], notes: list[str]
+    ) -> list[tuple[int, int]]:
+        """'in the liver', 'renal', 'segment VII', 'upper pole': an organ without a part
+        becomes the organ-level location (answered as the union of its canonical parts),
+        a liver segment its lobe; the note says what is searched."""
+        from malenia.attributes.locations import find_organ_location, sub_locations
+
+        found = find_organ_location(lowered)
+        if found is None:
+            return []
+        value, span, words = found
+        values["location"], evidence["location"] = value, words
+        parts = sub_locations(value)
+        if len(parts) > 1:
             notes.append(
-                f"location: '{hit.group(0)}' names the organ but not the part; the location "
-                f"values for it are {', '.join(options)}. Pick one."
+                f"location: '{words}' names the organ, not a part of it; searching all of it "
+                f"({', '.join(parts)}). Name the part to narrow the search."
             )
-        return spans
+        elif words != value:
+            notes.append(f"location: '{words}' read as {value}.")
+        return [span]
 
     @staticmethod
     def _single_values(
@@ -320,18 +329,6 @@ class TextParser:
             )
         return inferred
 
-
-_ORGAN_WORDS: dict[str, re.Pattern] = {
-    organ: re.compile(pattern)
-    for organ, pattern in {
-        "kidney": r"\b(?:kidneys?|renal)\b|肾(?!上腺)",
-        "liver": r"\b(?:liver|hepatic)\b|肝",
-        "pancreas": r"\b(?:pancreas|pancreatic)\b|胰",
-        "colon": r"\b(?:colon|colonic|colorectal|bowel)\b|结肠",
-        "lung": r"\b(?:lungs?|pulmonary)\b|肺",
-        "adrenal gland": r"\badrenals?\b|肾上腺",
-    }.items()
-}
 
 # Unstated attributes a whole report may have filled from the knowledge table (never the
 # location: a guessed organ would send the model to the wrong place).

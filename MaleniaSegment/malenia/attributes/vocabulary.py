@@ -88,10 +88,20 @@ class Vocabulary:
         self._check_key(key)
         form = normalize(text)
         value = self._lookup[key].get(form) or self._lookup[key].get(form.replace("-", " "))
+        if value is None and key == "location":
+            from malenia.attributes.locations import organ_level_value
+
+            value = organ_level_value(text)  # "liver": the union of its canonical parts
         if value is None:
             raise UnknownAttributeValueError(
                 f"'{text}' is not a known value for {key}. Allowed values: "
                 + "; ".join(self.values(key))
+                + (
+                    " (or a whole organ: liver, kidney, lung, left lung, right lung, pancreas, "
+                    "colon, adrenal gland)"
+                    if key == "location"
+                    else ""
+                )
                 + ". Use one of these (synonyms and Chinese terms are accepted), or describe "
                 "the lesion as free text and let the parser map it."
             )

@@ -1,19 +1,26 @@
-"""Inference: encode a CT once, then segment lesions from descriptions cheaply."""
+"""Inference: encode a CT once, then segment lesions from descriptions cheaply.
 
-from malenia.inference.engine import (
-    CancelToken,
-    EncodedVolume,
-    Engine,
-    SegmentationResult,
-    default_weights_path,
-)
-from malenia.inference.postprocess import LesionInfo
+The names below are loaded on first use (PEP 562), so that `malenia segment` can check its
+inputs in milliseconds before torch is imported."""
 
-__all__ = [
-    "CancelToken",
-    "EncodedVolume",
-    "Engine",
-    "LesionInfo",
-    "SegmentationResult",
-    "default_weights_path",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CancelToken": "malenia.inference.engine",
+    "EncodedVolume": "malenia.inference.engine",
+    "Engine": "malenia.inference.engine",
+    "SegmentationResult": "malenia.inference.engine",
+    "default_weights_path": "malenia.inference.engine",
+    "LesionInfo": "malenia.inference.postprocess",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'malenia.inference' has no attribute {name!r}")

@@ -10,6 +10,7 @@ then answer many cheap queries (a preset, attributes or free text; a new thresho
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import warnings
@@ -22,7 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from malenia.attributes import KnowledgeTable, LesionDescription, get_preset, parse_text
+from malenia.attributes import KnowledgeTable, LesionDescription, resolve_query
+from malenia.attributes.locations import sub_locations
 from malenia.attributes.schema import ATTRIBUTE_KEYS
 from malenia.errors import CancelledError, MaleniaError, UnknownAttributeValueError, WeightsError
 from malenia.inference.device import is_out_of_memory, log, pick_device
@@ -446,6 +448,9 @@ class SegmentationResult:
     grounded_in: str | None = None
     # Set when the grounding region is larger than its organ can be (``region_warning``).
     grounding_warning: str | None = None
+    # Free-text words the parser did not use, and its notes (what it inferred, conflicts).
+    not_understood: list[str] = field(default_factory=list)
+    query_notes: list[str] = field(default_factory=list)
     _labelmap: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -468,6 +473,8 @@ class SegmentationResult:
             "threshold": self.threshold,
             "grounded_in": self.grounded_in,
             "grounding_warning": self.grounding_warning,
+            "not_understood": list(self.not_understood),
+            "query_notes": list(self.query_notes),
             "description": self.description.to_dict() if self.description else None,
             "model": self.encoded.engine.model_id,
             "lesions": [lesion.to_dict() for lesion in self.lesions],
@@ -502,25 +509,10 @@ class EncodedVolume:
 
     # ------------------------------------------------------------------ queries
     def resolve(self, query) -> tuple[LesionDescription, str, str | None]:
-        """(description, readable query, preset category or None) from any query form."""
-        if isinstance(query, LesionDescription):
-            return query, query.summary(), None
-        if isinstance(query, dict):
-            description = LesionDescription.from_dict(query)
-            return description, description.summary(), None
-        text = str(query).strip()
-        try:
-            preset = get_preset(text)
-            return preset.description, preset.name, preset.category
-        except UnknownAttributeValueError:
-            pass
-        parsed = parse_text(text)
-        if not parsed.evidence:
-            raise UnknownAttributeValueError(
-                f'"{text}" is neither a preset nor a description the parser understands. '
-                + " ".join(parsed.notes)
-            )
-        return parsed.description, text, None
+        """(description, readable query, preset category or None) from any query form
+        (``malenia.attributes.query.resolve_query``, which callers may run first)."""
+        resolved = resolve_query(query)
+        return resolved.description, resolved.readable, resolved.category
 
     @property
     def grounded(self) -> bool:
@@ -571,6 +563,13 @@ class EncodedVolume:
         other attributes of a description keeps its location)."""
         from malenia.inference.grounding import location_region
 
+        parts = sub_locations(location)
+        if len(parts) > 1:  # an organ-level location: the union of its parts' regions
+            return self._cached(
+                "region " + location,
+                lambda: np.logical_or.reduce([self.location_region(p) for p in parts]),
+            )
+        location = parts[0]
         return self._cached(
             "region " + location,
             lambda: location_region(self.location_probability(location), self.spacing_mm),
@@ -591,8 +590,15 @@ class EncodedVolume:
         """[model grid] probability of being inside the organ a canonical location names.
 
         Windows whose 1/4-grid logits are all <= 0 stay 0: upsampling cannot lift them
-        above 0.5, so the organ is not there, and most windows of a CT hold no given organ."""
-        return self._cached("location " + location, lambda: self._location_map(location))
+        above 0.5, so the organ is not there, and most windows of a CT hold no given organ.
+        An organ-level location ("liver") is the voxel-wise maximum over its parts."""
+        parts = sub_locations(location)
+        if len(parts) > 1:
+            return self._cached(
+                "location " + location,
+                lambda: np.maximum.reduce([self.location_probability(p) for p in parts]),
+            )
+        return self._cached("location " + parts[0], lambda: self._location_map(parts[0]))
 
     @torch.no_grad()
     def _location_map(self, location: str) -> np.ndarray:
@@ -610,6 +616,19 @@ class EncodedVolume:
         return probability.numpy()
 
     def _prompt_probability(self, description: LesionDescription) -> np.ndarray:
+        """The prompt branch's map; for an organ-level location the voxel-wise maximum of
+        the prompts naming each canonical part (the embeddings only know the parts)."""
+        parts = sub_locations(description.location) if description.location else ()
+        if len(parts) > 1 or (parts and parts[0] != description.location):
+            return self._cached(
+                repr(description),
+                lambda: np.maximum.reduce(
+                    [
+                        self._prompt_probability(dataclasses.replace(description, location=p))
+                        for p in parts
+                    ]
+                ),
+            )
         return self._cached(repr(description), lambda: self._prompt_map(description))
 
     @torch.no_grad()
@@ -641,12 +660,24 @@ class EncodedVolume:
         ``grounding`` None: anatomy grounding whenever the weights support it."""
         if threshold is None:
             threshold = self.engine.default_threshold
-        description, readable, category = self.resolve(query)
+        _check_threshold(threshold)
+        resolved = resolve_query(query)
+        description, readable, category = (
+            resolved.description,
+            resolved.readable,
+            resolved.category,
+        )
         probability = self.probability(description, grounding)
         ranking = [(category, 1.0)] if category else self.engine.knowledge.rank(description)[:3]
         result = self._result(
             probability, threshold, description, "prompt", readable, ranking, min_volume_ml
         )
+        result.not_understood, result.query_notes = resolved.not_understood, resolved.notes
+        if not category:
+            name = segment_name(self.engine.knowledge, ranking, description)
+            for lesion in result.lesions:
+                lesion.name = name
+            _number_names(result.lesions)
         if self._grounds(description, grounding):
             result.grounding_warning = self.grounding_warning(description.location)
             result.grounded_in = None if result.grounding_warning else description.location
@@ -654,10 +685,13 @@ class EncodedVolume:
 
     def grounding_warning(self, location: str) -> str | None:
         """What to tell the user when ``location``'s region is larger than its organ can be."""
-        from malenia.inference.grounding import region_warning
+        from malenia.inference.grounding import PLAUSIBLE_REGION_ML, region_warning
 
         region_ml = float(np.count_nonzero(self.location_region(location))) * self.voxel_ml
-        return region_warning(location, region_ml)
+        parts = sub_locations(location)
+        bounds = [PLAUSIBLE_REGION_ML.get(p) for p in parts]
+        bound = sum(bounds) if None not in bounds else None  # type: ignore[arg-type]
+        return region_warning(location, region_ml, bound)
 
     def recut(self, result: SegmentationResult, threshold: float) -> SegmentationResult:
         """Same query, new threshold: numpy only, the network is not touched."""
@@ -668,6 +702,12 @@ class EncodedVolume:
             result.ranking, result.min_volume_ml,
         )  # fmt: skip
         recut.grounded_in, recut.grounding_warning = result.grounded_in, result.grounding_warning
+        recut.not_understood, recut.query_notes = result.not_understood, result.query_notes
+        if result.lesions:  # same query, same name
+            base = result.lesions[0].name.rstrip("0123456789 ").strip()
+            for lesion in recut.lesions:
+                lesion.name = base
+            _number_names(recut.lesions)
         return recut
 
     @torch.no_grad()
@@ -733,10 +773,7 @@ class EncodedVolume:
     def _result(
         self, probability, threshold, description, mode, query, ranking, min_volume_ml: float = 0.1
     ) -> SegmentationResult:
-        if not 0.0 < threshold < 1.0:
-            raise UnknownAttributeValueError(
-                f"threshold must be between 0 and 1 (exclusive), not {threshold}"
-            )
+        _check_threshold(threshold)
         labels, boxes = _components_in_box(
             probability, threshold, max(1, int(round(min_volume_ml / self._model_voxel_ml)))
         )
@@ -788,6 +825,40 @@ class EncodedVolume:
         ids_in = to_input_grid(ids, self.model_reference, reference, nearest=True)
         labelmap[box] = np.where(probability_in > threshold, ids_in, 0)
         return labelmap
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0.0 < float(threshold) < 1.0:
+        raise UnknownAttributeValueError(
+            f"The threshold must lie strictly between 0 and 1, not {threshold}."
+        )
+
+
+# A category names the segments only when the knowledge table is this sure of it.
+NAME_MIN_PROBABILITY = 0.5
+
+
+def segment_name(knowledge: KnowledgeTable, ranking, description: LesionDescription) -> str:
+    """What to call the answer's segments: its most likely category when the knowledge table
+    is sure (>= NAME_MIN_PROBABILITY) and it lies in the organ the description names; else
+    a plain "Liver lesion" / "Lesion", never an unrelated category."""
+    organ = _organ_of_location(description.location)
+    if ranking:
+        category, probability = ranking[0]
+        in_organ = organ is None or knowledge.organ_of(category) == organ
+        if probability >= NAME_MIN_PROBABILITY and in_organ:
+            return category[0].upper() + category[1:]
+    return f"{organ[0].upper()}{organ[1:]} lesion" if organ else "Lesion"
+
+
+def _organ_of_location(location: str | None) -> str | None:
+    if not location:
+        return None
+    from malenia.attributes import load_vocabulary
+
+    vocabulary = load_vocabulary()
+    organs = {vocabulary.organ(p) for p in sub_locations(location, vocabulary)}
+    return organs.pop() if len(organs) == 1 else None
 
 
 def _components_in_box(probability: np.ndarray, threshold: float, min_voxels: int):

@@ -66,10 +66,12 @@ PLAUSIBLE_REGION_ML = {
 }
 
 
-def region_warning(location: str, region_ml: float) -> str | None:
+def region_warning(location: str, region_ml: float, bound: float | None = None) -> str | None:
     """A sentence for the user when the region named ``location`` is larger than that organ
-    can be (None when it is plausible, or the location has no known bound)."""
-    bound = PLAUSIBLE_REGION_ML.get(location)
+    can be (None when it is plausible, or the location has no known bound). ``bound``: the
+    largest plausible region, by default ``PLAUSIBLE_REGION_ML[location]`` (an organ-level
+    location passes the sum over its parts)."""
+    bound = PLAUSIBLE_REGION_ML.get(location) if bound is None else bound
     if bound is None or region_ml <= bound:
         return None
     return (

@@ -23,8 +23,20 @@ def segment_tags(result: SegmentationResult, lesion) -> dict[str, str]:
 
 
 def write_seg_nrrd(result: SegmentationResult, path: Path) -> Path:
-    """A Slicer segmentation file: one labelmap layer, one segment per lesion."""
+    """A Slicer segmentation file: one labelmap layer, one segment per lesion. Names and tags
+    are UTF-8 (a Chinese query stays Chinese): pynrrd writes ASCII headers only, so each
+    non-ASCII text is written as a placeholder and the header is then rewritten in UTF-8,
+    which Slicer's reader reads back."""
     import slicerio
+
+    texts: dict[str, str] = {}
+
+    def ascii_safe(text: str) -> str:
+        if text.isascii():
+            return text
+        token = f"@@malenia-utf8-{len(texts)}@@"
+        texts[token] = text
+        return token
 
     labelmap = result.labelmap
     volume = result.volume
@@ -43,12 +55,12 @@ def write_seg_nrrd(result: SegmentationResult, path: Path) -> Path:
         high = [s.stop - 1 for s in box]
         segments.append({
             "id": f"Segment_{lesion.index}",
-            "name": lesion.name,
+            "name": ascii_safe(lesion.name),
             "color": [c / 255 for c in lesion_color(lesion.category)],
             "labelValue": int(lesion.index),
             "layer": 0,
             "extent": [int(low[2]), int(high[2]), int(low[1]), int(high[1]), int(low[0]), int(high[0])],
-            "tags": segment_tags(result, lesion),
+            "tags": {k: ascii_safe(v) for k, v in segment_tags(result, lesion).items()},
         })  # fmt: skip
     segmentation = {
         "voxels": labelmap.astype(np.int16),
@@ -58,9 +70,21 @@ def write_seg_nrrd(result: SegmentationResult, path: Path) -> Path:
         "masterRepresentation": "Binary labelmap",
         "referenceImageExtentOffset": [0, 0, 0],
     }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     slicerio.write_segmentation(str(path), segmentation, index_order="C")
+    if texts:
+        _restore_utf8_header(Path(path), texts)
     return Path(path)
+
+
+def _restore_utf8_header(path: Path, texts: dict[str, str]) -> None:
+    """Replace the placeholders in the NRRD header (the text before the first blank line)
+    with their UTF-8 text; the voxel data after it is copied unchanged."""
+    content = path.read_bytes()
+    end = content.index(b"\n\n") + 2
+    header = content[:end].decode("ascii")
+    for token, text in texts.items():
+        header = header.replace(token, text)
+    path.write_bytes(header.encode("utf-8") + content[end:])
 
 
 def write_labelmap(result: SegmentationResult, path: Path) -> Path:
@@ -73,8 +97,16 @@ def write_labelmap(result: SegmentationResult, path: Path) -> Path:
 
 
 def write_report(result: SegmentationResult, path: Path) -> Path:
-    Path(path).write_text(json.dumps(result.to_dict(), indent=1, ensure_ascii=False))
+    Path(path).write_text(
+        json.dumps(result.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8"
+    )
     return Path(path)
+
+
+def write_dicom_seg(result: SegmentationResult, path: Path) -> Path:
+    from malenia.inference.dicom_seg import write_dicom_seg as write
+
+    return write(result, path)
 
 
 def write_overlay(result: SegmentationResult, path: Path, max_lesions: int = 4) -> Path:

@@ -9,11 +9,13 @@
     POST   /v1/volumes/{id}/recut      {"result_id", "threshold"}
     POST   /v1/volumes/{id}/find       {"threshold"}   (all lesions + predicted attributes)
     POST   /v1/volumes/{id}/cancel
+    GET    /v1/volumes/{id}/results/{result_id}/dicom-seg   DICOM SEG of a result (DICOM uploads)
     DELETE /v1/volumes/{id}
     GET    /v1/openapi.json, /v1/docs
 
 Errors are JSON `{"detail": message}`: 400 malformed input, 401 token, 404 unknown volume,
-409 not encoded yet, 413 upload too large, 503 (+ Retry-After) encode queue full.
+409 not encoded yet (or no DICOM references), 413 body too large (every request: uploads up
+to --max-upload-mb, JSON bodies up to MAX_JSON_BYTES), 503 (+ Retry-After) encode queue full.
 Segment/find answers carry the labelmap as zlib + base64 int16 (see backend.result_payload).
 """
 
@@ -26,8 +28,9 @@ import time
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from malenia.attributes import resolve_query
 from malenia.errors import MaleniaError
 from malenia.server.backend import EngineBackend, result_payload
 from malenia.server.jobs import QueueFull, VolumeEntry, VolumeStore
@@ -35,6 +38,81 @@ from malenia.server.uploads import parse_upload
 
 API = "/v1"
 RETRY_AFTER_S = 5
+# Every body but an upload is a small JSON object (a query, a threshold): a larger one is a
+# mistake or an attack, refused before it is read.
+MAX_JSON_BYTES = 64 << 10
+
+
+class BodyLimit:
+    """ASGI middleware: one body-size limit for every request, checked on Content-Length
+    before the body is read and counted while it streams (chunked bodies declare nothing).
+    Uploads (POST /v1/volumes) may carry ``upload_bytes`` (the route streams and counts
+    them); everything else MAX_JSON_BYTES, read here."""
+
+    def __init__(self, app, upload_bytes: int) -> None:
+        self.app, self.upload_bytes = app, upload_bytes
+
+    def limit(self, scope) -> int:
+        upload = scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == (
+            f"{API}/volumes"
+        )
+        return self.upload_bytes if upload else MAX_JSON_BYTES
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit(scope)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                await _reply(send, 400, "Content-Length is not a number.")
+                return
+            if length > limit:
+                await _reply(send, 413, _too_large(length, limit, scope))
+                return
+        if limit == MAX_JSON_BYTES:
+            # Small bodies are read here, whole, so an oversized chunked one gets its 413
+            # (FastAPI would turn an error raised while it parses the body into a 400).
+            messages, received = [], 0
+            while True:
+                message = await receive()
+                messages.append(message)
+                if message.get("type") != "http.request":
+                    break
+                received += len(message.get("body", b""))
+                if received > limit:
+                    await _reply(send, 413, _too_large(received, limit, scope))
+                    return
+                if not message.get("more_body", False):
+                    break
+
+            async def replay():
+                return messages.pop(0) if messages else await receive()
+
+            await self.app(scope, replay, send)
+            return
+        await self.app(scope, receive, send)  # an upload: the route counts while it reads
+
+
+async def _reply(send, status: int, detail: str) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}, ensure_ascii=False).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(
@@ -43,7 +121,10 @@ def create_app(
     max_upload_bytes: int = 2 << 30,
     queue_size: int = 8,
     memory_budget_bytes: int = 3 << 30,
+    max_volume_bytes: int | None = None,
 ) -> FastAPI:
+    """The app; ``max_volume_bytes``: memory one uploaded volume may need to be segmented
+    (checked on the declared size before the volume is allocated; default: half the RAM)."""
     if len(token) < 16:
         raise MaleniaError("The server token must be at least 16 characters.")
     app = FastAPI(
@@ -56,6 +137,7 @@ def create_app(
     )
     store = VolumeStore(backend, queue_size, memory_budget_bytes)
     app.state.store = store
+    app.add_middleware(BodyLimit, upload_bytes=max_upload_bytes)
 
     def authorised(request: Request) -> None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -111,7 +193,7 @@ def create_app(
         Body: raw array bytes (Content-Type application/x-malenia-array with X-Shape,
         X-Dtype and X-Ijk-To-Ras or X-Spacing/X-Origin/X-Direction) or a NIfTI/NRRD/MHA file."""
         body = await _read_limited(request, max_upload_bytes)
-        volume, roi = await run_in_threadpool(parse_upload, request.headers, body)
+        volume, roi = await run_in_threadpool(parse_upload, request.headers, body, max_volume_bytes)
         try:
             entry = store.submit(volume, roi)
         except QueueFull:
@@ -175,8 +257,9 @@ def create_app(
         if not isinstance(query, str | dict):
             raise HTTPException(400, "'query' must be a string or an object of attributes.")
         threshold = _threshold(body)
+        resolved = resolve_query(query)  # a bad query is refused before the volume is touched
         entry = ready(volume_id)
-        return answer(entry, lambda encoded: backend.segment(encoded, query, threshold))
+        return answer(entry, lambda encoded: backend.segment(encoded, resolved, threshold))
 
     @app.post(f"{API}/volumes/{{volume_id}}/recut", dependencies=[Depends(authorised)])
     def recut(volume_id: str, body: dict = Body(...)) -> dict:
@@ -206,6 +289,35 @@ def create_app(
             raise HTTPException(404, f"Unknown volume {volume_id}.")
         return entry.status()
 
+    @app.get(
+        f"{API}/volumes/{{volume_id}}/results/{{result_id}}/dicom-seg",
+        dependencies=[Depends(authorised)],
+        response_class=Response,
+    )
+    def dicom_seg(volume_id: str, result_id: str) -> Response:
+        """The result as a DICOM SEG referencing the uploaded DICOM series (upload the series
+        as a zip, Content-Type application/zip); 409 for a volume without DICOM references."""
+        from malenia.inference.dicom_seg import NothingToWrite, no_dicom_reference_message
+
+        entry = ready(volume_id)
+        result = entry.results.get(result_id)
+        if result is None:
+            raise HTTPException(
+                404, "Unknown result_id (too old, or never made): run segment again."
+            )
+        if result.volume.dicom is None:
+            raise HTTPException(409, no_dicom_reference_message(result.volume.name))
+        try:
+            with entry.lock:
+                data = backend.dicom_seg(result)
+        except NothingToWrite as error:
+            raise HTTPException(409, str(error)) from None
+        return Response(
+            data,
+            media_type="application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="{result_id}.seg.dcm"'},
+        )
+
     @app.delete(f"{API}/volumes/{{volume_id}}", dependencies=[Depends(authorised)])
     def delete(volume_id: str) -> dict:
         if not store.delete(volume_id):
@@ -233,7 +345,12 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _too_large(size: int, limit: int) -> str:
+def _too_large(size: int, limit: int, scope=None) -> str:
+    if scope is not None and limit == MAX_JSON_BYTES:
+        return (
+            f"The request body of {size} bytes exceeds {limit} bytes, the limit for everything "
+            "but an upload: a query is a short description, a preset or a few attributes."
+        )
     return (
         f"Upload of {size} bytes exceeds the server's upload limit of {limit} bytes "
         f"({limit / 2**20:.0f} MB): crop the volume to a region of interest, or restart the "

@@ -68,6 +68,18 @@ class EngineBackend:
     def find_lesions(encoded, threshold: float | None):
         return encoded.find_lesions(threshold)
 
+    @staticmethod
+    def dicom_seg(result) -> bytes:
+        """The result as DICOM SEG file bytes (the volume must come from a DICOM series)."""
+        import tempfile
+
+        from malenia.inference.dicom_seg import write_dicom_seg
+
+        with tempfile.TemporaryDirectory(prefix="malenia-seg-") as folder:
+            path = Path(folder) / "result.seg.dcm"
+            write_dicom_seg(result, path)
+            return path.read_bytes()
+
 
 def _nbytes(value, depth: int = 0) -> int:
     """Bytes held by arrays / tensors in a value (lists, dicts, dataclasses, CTVolume)."""

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import secrets
+import signal
 import socket
 import stat
 import sys
@@ -63,6 +64,13 @@ def register(subparsers) -> None:
         "--cache-mb", type=float, default=3072, help="memory budget of encoded volumes"
     )
     parser.add_argument("--queue-size", type=int, default=8, help="volumes waiting to encode")
+    parser.add_argument(
+        "--max-volume-mb",
+        type=float,
+        default=None,
+        help="memory one uploaded volume may need to be segmented, checked on its declared "
+        "size before it is allocated (default: $MALENIA_MAX_MEMORY_GB or half the RAM)",
+    )
     parser.add_argument(
         "--exit-with-parent",
         type=int,
@@ -179,7 +187,20 @@ def _windows_process_alive(pid: int) -> bool:
         kernel32.CloseHandle(handle)
 
 
-def _watch_parent(pid: int, server) -> None:
+def _remove_token_file(token_file: Path) -> None:
+    """Remove our token file (only if it is still ours: a newer server may have replaced it)."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(token_file.read_text()).get("pid") == os.getpid():
+            token_file.unlink()
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM / SIGHUP: leave through the normal exit path, so `finally` removes the token
+    file (uvicorn stops serving on SIGTERM, then raises the signal again to our handler)."""
+    raise SystemExit(128 + signum)
+
+
+def _watch_parent(pid: int, server, token_file: Path) -> None:
     """Stop when the process that started us (Slicer, through any launcher) is gone, so no
     engine is orphaned."""
 
@@ -189,6 +210,7 @@ def _watch_parent(pid: int, server) -> None:
         print(f"process {pid} exited; shutting down", file=sys.stderr, flush=True)
         server.should_exit = True
         time.sleep(10)
+        _remove_token_file(token_file)
         os._exit(0)  # graceful shutdown hung (a long request): leave anyway
 
     threading.Thread(target=watch, daemon=True, name="malenia-parent-watch").start()
@@ -198,10 +220,19 @@ def _serve(args: argparse.Namespace) -> int:
     check_host(args.host, args.allow_remote)
     if args.queue_size < 1 or args.max_upload_mb <= 0 or args.cache_mb <= 0:
         raise MaleniaError("--queue-size, --max-upload-mb and --cache-mb must be positive.")
+    if args.max_volume_mb is not None and not args.max_volume_mb > 0:
+        raise MaleniaError("--max-volume-mb must be positive.")
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ModuleNotFoundError as error:
+        raise MaleniaError(
+            f"`malenia serve` needs {error.name}, which is not installed in this Python: "
+            "pip install 'fastapi>=0.115,<1' 'uvicorn>=0.30,<1' (both are part of "
+            "MaleniaSegment's default install: pip install malenia-segment)."
+        ) from None
     sock = _bind(args.host, args.port)
     token_file = args.token_file or default_token_file()
-
-    import uvicorn
 
     from malenia.server.app import create_app
     from malenia.server.backend import EngineBackend
@@ -220,32 +251,34 @@ def _serve(args: argparse.Namespace) -> int:
         int(args.max_upload_mb * (1 << 20)),
         args.queue_size,
         int(args.cache_mb * (1 << 20)),
+        None if args.max_volume_mb is None else int(args.max_volume_mb * (1 << 20)),
     )
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     if args.exit_with_parent:
-        _watch_parent(args.exit_with_parent, server)
-    write_token_file(
-        token_file,
-        {
-            "url": f"http://{host}:{port}",
-            "port": port,
-            "token": token,
-            "pid": os.getpid(),
-            "instance": args.instance_id,
-            "model": backend.model_id,
-        },
-    )
-    print(
-        f"MaleniaSegment engine on http://{host}:{port} ({backend.device_note}); "
-        f"token in {token_file}",
-        flush=True,
-    )
+        _watch_parent(args.exit_with_parent, server, token_file)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _terminate)
     try:
+        write_token_file(
+            token_file,
+            {
+                "url": f"http://{host}:{port}",
+                "port": port,
+                "token": token,
+                "pid": os.getpid(),
+                "instance": args.instance_id,
+                "model": backend.model_id,
+            },
+        )
+        print(
+            f"MaleniaSegment engine on http://{host}:{port} ({backend.device_note}); "
+            f"token in {token_file}",
+            flush=True,
+        )
         server.run(sockets=[sock])
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(token_file.read_text()).get("pid") == os.getpid():
-                token_file.unlink()
+        _remove_token_file(token_file)
         sock.close()
     return 0

@@ -7,7 +7,12 @@ Two forms:
     `X-Spacing: sx,sy,sz`, `X-Origin: ox,oy,oz` and optionally `X-Direction` (9 numbers,
     row-major) in SimpleITK's LPS convention;
   * a NIfTI / NRRD / MHA file: any other content type; `X-Format: nifti|nrrd|mha`, or the
-    format is recognised from the first bytes.
+    format is recognised from the first bytes;
+  * a DICOM series as a zip of its files (`Content-Type: application/zip` or
+    `X-Format: dicom-zip`; `X-Series: UID` picks one series of several). Only such an
+    upload can be answered as a DICOM SEG (GET .../results/{id}/dicom-seg).
+Every form is checked on what it declares (shape x dtype, the file's header) against the
+server's per-volume memory budget before the voxels are allocated.
 Optional `X-Roi`: JSON `[[centre RAS mm x3], [size mm x3]]`; `X-Name`: a label for messages.
 """
 
@@ -21,25 +26,32 @@ import numpy as np
 
 from malenia.errors import MaleniaError
 from malenia.io import CTVolume, read_volume, validate_ct
+from malenia.validation import VolumeHeader, check_header
 
 ARRAY_CONTENT_TYPE = "application/x-malenia-array"
 ALLOWED_DTYPES = {"int8", "uint8", "int16", "uint16", "int32", "uint32", "float32", "float64"}
 SUFFIXES = {"nifti": ".nii.gz", "nii": ".nii", "nrrd": ".nrrd", "mha": ".mha"}
+ZIP_CONTENT_TYPE = "application/zip"
+MAX_ZIP_FILES = 5000  # slices of one series; more is not one CT
 
 
 class UploadError(MaleniaError):
     """The upload cannot be turned into a volume (answered with 400)."""
 
 
-def parse_upload(headers, body: bytes) -> tuple[CTVolume, object]:
-    """(volume, roi) from the request headers and body."""
+def parse_upload(headers, body: bytes, budget_bytes: int | None = None) -> tuple[CTVolume, object]:
+    """(volume, roi) from the request headers and body; ``budget_bytes``: memory one volume
+    may need (default: ``validation.default_memory_budget``)."""
     if not body:
         raise UploadError("The upload is empty: send the volume in the request body.")
     roi = _roi(headers.get("x-roi"))
     name = (headers.get("x-name") or "upload")[:200]
-    if headers.get("content-type", "").startswith(ARRAY_CONTENT_TYPE):
-        return _raw_array(headers, body, name), roi
-    return _file(headers.get("x-format"), body, name), roi
+    content_type = headers.get("content-type", "")
+    if content_type.startswith(ARRAY_CONTENT_TYPE):
+        return _raw_array(headers, body, name, budget_bytes), roi
+    if content_type.startswith(ZIP_CONTENT_TYPE) or headers.get("x-format") == "dicom-zip":
+        return _dicom_zip(body, name, headers.get("x-series"), budget_bytes), roi
+    return _file(headers.get("x-format"), body, name, budget_bytes), roi
 
 
 def _numbers(headers, key: str, count: int | None, example: str) -> list[float] | None:
@@ -62,7 +74,7 @@ def _numbers(headers, key: str, count: int | None, example: str) -> list[float] 
     return numbers
 
 
-def _raw_array(headers, body: bytes, name: str) -> CTVolume:
+def _raw_array(headers, body: bytes, name: str, budget_bytes: int | None) -> CTVolume:
     shape_text = headers.get("x-shape")
     if not shape_text:
         raise UploadError(
@@ -87,6 +99,10 @@ def _raw_array(headers, body: bytes, name: str) -> CTVolume:
         raise UploadError(
             f"X-Dtype {dtype} is not a CT voxel type; use one of {sorted(ALLOWED_DTYPES)}."
         )
+    check_header(
+        VolumeHeader(name, tuple(reversed(shape)), dtype.name, 1, (1.0, 1.0, 1.0), ()),
+        budget_bytes,
+    )
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(body) != expected:
         raise UploadError(
@@ -137,7 +153,7 @@ def _sniff(body: bytes) -> str | None:
     return None
 
 
-def _file(declared: str | None, body: bytes, name: str) -> CTVolume:
+def _file(declared: str | None, body: bytes, name: str, budget_bytes: int | None) -> CTVolume:
     kind = (declared or _sniff(body) or "").lower()
     if kind not in SUFFIXES:
         raise UploadError(
@@ -150,7 +166,45 @@ def _file(declared: str | None, body: bytes, name: str) -> CTVolume:
     with tempfile.TemporaryDirectory(prefix="malenia-upload-") as folder:
         path = Path(folder) / f"upload{suffix}"
         path.write_bytes(body)
-        volume = read_volume(path)
+        volume = read_volume(path, budget_bytes=budget_bytes)
+    volume.name = name
+    return volume
+
+
+def _dicom_zip(body: bytes, name: str, series: str | None, budget_bytes: int | None) -> CTVolume:
+    """A zipped DICOM series, unpacked into a private temporary folder. The archive's own
+    directory is checked first: no more than MAX_ZIP_FILES files, no paths leaving the
+    folder, and no more uncompressed bytes than the budget (a zip bomb stops here)."""
+    import io
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(body))
+        members = [m for m in archive.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, ValueError) as error:
+        raise UploadError(f"The upload is not a readable zip archive ({error}).") from None
+    from malenia.validation import default_memory_budget
+
+    budget = default_memory_budget() if budget_bytes is None else budget_bytes
+    if len(members) > MAX_ZIP_FILES:
+        raise UploadError(
+            f"The zip holds {len(members)} files; one CT series has at most {MAX_ZIP_FILES}."
+        )
+    if sum(m.file_size for m in members) > budget:
+        raise UploadError(
+            f"The zip unpacks to {sum(m.file_size for m in members)} bytes, more than the "
+            f"server's per-volume budget of {budget} bytes; send one series, or crop it."
+        )
+    with tempfile.TemporaryDirectory(prefix="malenia-dicom-") as folder:
+        for index, member in enumerate(members):
+            target = Path(folder) / f"{index:05d}.dcm"  # our names: no path from the archive
+            try:
+                target.write_bytes(archive.read(member))
+            except (zipfile.BadZipFile, OSError, EOFError) as error:
+                raise UploadError(
+                    f"The zip is damaged ({member.filename}: {error}); zip the series again."
+                ) from None
+        volume = read_volume(Path(folder), series, budget_bytes)
     volume.name = name
     return volume
 
