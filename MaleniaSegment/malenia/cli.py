@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "malenia.inference.cli",  # segment, find, info
     "malenia.evaluation",  # eval, calibrate
     "malenia.server.cli",  # serve
+    "malenia.viewer.cli",  # view
 )
 
 

@@ -241,6 +241,8 @@ def _serve(args: argparse.Namespace) -> int:
         f"token in {token_file}",
         flush=True,
     )
+    if not args.exit_with_parent:  # a person started it: the viewer URL carries the token once
+        print(f"Web viewer: http://{host}:{port}/?token={token}", flush=True)
     try:
         server.run(sockets=[sock])
     finally:
