@@ -263,7 +263,6 @@ async function followEncoding(volumeId) {
       return { state: "failed", error: error.message };
     }
     if (S.volumeId !== volumeId) return status;
-    S.volumeState = status.state;
     const [done, total] = status.progress;
     $("progress").value = status.state === "ready" ? 1 : total ? done / total : 0;
     if (status.state === "ready") {
@@ -275,6 +274,7 @@ async function followEncoding(volumeId) {
       $("encode-status").textContent = status.state;
     }
     if (["ready", "failed", "cancelled"].includes(status.state)) {
+      S.volumeState = status.state;
       $("cancel").disabled = true;
       setBusy(false);
       if (status.state === "failed") say("error", `The engine could not encode this CT: ${status.error}`);
@@ -285,6 +285,7 @@ async function followEncoding(volumeId) {
       status.wall_seconds = (performance.now() - started) / 1000;
       return status;
     }
+    S.volumeState = status.state;
     await sleep(300);
   }
 }
@@ -294,8 +295,8 @@ async function loadSample() {
   say("info", "Loading the bundled sample CT...");
   const status = await json("POST", "/v1/volumes/sample");
   $("volume-name").textContent = "sample_ct.nii.gz";
+  say("info", "Sample CT loaded (real anatomy with a synthetic renal cyst and liver tumour); encoding it.");
   await startVolume(status);
-  say("info", "Sample CT loaded (real anatomy with a synthetic renal cyst and liver tumour).");
 }
 
 function uploadFormat(name) {
@@ -326,8 +327,8 @@ async function uploadFile(file) {
     status = await json("POST", "/v1/volumes", file, { ...headers, "X-Format": kind });
   }
   $("volume-name").textContent = file.name;
+  say("info", `${file.name} loaded; encoding it in the background.`);
   await startVolume(status);
-  say("info", `${file.name} loaded; encoding in the background.`);
 }
 
 // ------------------------------------------------------------------ results

@@ -113,6 +113,8 @@ def volume_from_zip(body: bytes, name: str, max_bytes: int) -> CTVolume:
 
     Members are written under fresh names (no path from the archive is used), and the
     unpacked size is bounded by ``max_bytes``."""
+    if not body:
+        raise ArchiveError("The upload is empty: send the zip of one DICOM series.")
     try:
         archive = zipfile.ZipFile(io.BytesIO(body))
         members = [m for m in archive.infolist() if not m.is_dir()]

@@ -143,12 +143,16 @@ def create_router(store: VolumeStore, token: str, authorised, max_upload_bytes: 
         """Encode the same CT again, inside a box (the first volume stays)."""
         import json
 
-        from malenia.server.uploads import _roi
+        from malenia.server.uploads import UploadError, _roi
 
         entry = entry_or_404(volume_id)
-        roi = _roi(json.dumps(body.get("roi")))
+        shape = "[[centre x, y, z RAS mm], [size x, y, z mm]] with sizes > 0"
+        try:
+            roi = _roi(json.dumps(body.get("roi")))
+        except UploadError:
+            roi = None
         if roi is None:
-            raise HTTPException(400, "The body needs 'roi': [[centre x,y,z RAS mm], [size mm]].")
+            raise HTTPException(400, f"The body needs 'roi': {shape}.")
         volume = _volume_of(entry)
         if volume is None:
             raise HTTPException(409, f"Volume {volume_id} is {entry.state}: load the CT again.")
