@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "malenia.inference.cli",  # segment, find, info
     "malenia.evaluation",  # eval, calibrate
     "malenia.server.cli",  # serve
+    "malenia.viewer.cli",  # view
 )
 # Sub-command -> its module: a command imports only its own module, so `malenia segment`
 # checks its inputs before torch is imported (the training module alone takes ~10 s).

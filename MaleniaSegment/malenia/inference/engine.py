@@ -811,20 +811,36 @@ class EncodedVolume:
         """Lesion ids on the input grid: probabilities resampled (linear) and cut again on
         the input grid for smooth edges, ids from the nearest model voxel. Only the input
         voxels around the lesions are resampled, so the cost follows lesion size."""
-        from scipy import ndimage
-
         labelmap = np.zeros(self.volume.array.shape, np.int16)
         if labels_model.max() == 0:
             return labelmap
-        box = _input_box(labels_model > 0, self.model_reference, self.input_reference)
-        if box is None:
+        maps = self.input_maps(probability, labels_model, labels_model > 0)
+        if maps is None:
             return labelmap
+        box, probability_in, ids_in = maps
+        labelmap[box] = np.where(probability_in > threshold, ids_in, 0)
+        return labelmap
+
+    def input_maps(
+        self, probability: np.ndarray, labels_model: np.ndarray, cover: np.ndarray
+    ) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray] | None:
+        """(box, probability, lesion ids) on the input voxels (k, j, i slices) around the
+        model-grid voxels ``cover``: probability resampled linearly (float32), ids from the
+        nearest model voxel of ``labels_model`` grown by one voxel. None when ``cover`` is
+        empty or misses the input grid. ``to_input_labelmap`` cuts these; the browser viewer
+        re-cuts them at other thresholds."""
+        from scipy import ndimage
+
+        if not cover.any():
+            return None
+        box = _input_box(cover, self.model_reference, self.input_reference)
+        if box is None:
+            return None
         reference = _sub_grid(self.input_reference, box)
         ids = ndimage.grey_dilation(labels_model, size=(3, 3, 3)).astype(np.int16)
         probability_in = to_input_grid(probability, self.model_reference, reference)
         ids_in = to_input_grid(ids, self.model_reference, reference, nearest=True)
-        labelmap[box] = np.where(probability_in > threshold, ids_in, 0)
-        return labelmap
+        return box, probability_in, ids_in
 
 
 def _check_threshold(threshold: float) -> None:

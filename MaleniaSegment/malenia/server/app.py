@@ -35,6 +35,7 @@ from malenia.errors import MaleniaError
 from malenia.server.backend import EngineBackend, result_payload
 from malenia.server.jobs import QueueFull, VolumeEntry, VolumeStore
 from malenia.server.uploads import parse_upload
+from malenia.viewer.routes import create_router
 
 API = "/v1"
 RETRY_AFTER_S = 5
@@ -324,6 +325,7 @@ def create_app(
             raise HTTPException(404, f"Unknown volume {volume_id}.")
         return {"deleted": volume_id}
 
+    app.include_router(create_router(store, token, authorised, max_upload_bytes))  # the viewer
     return app
 
 

@@ -277,6 +277,8 @@ def _serve(args: argparse.Namespace) -> int:
             f"token in {token_file}",
             flush=True,
         )
+        if not args.exit_with_parent:  # a person started it: the viewer URL carries the token once
+            print(f"Web viewer: http://{host}:{port}/?token={token}", flush=True)
         server.run(sockets=[sock])
     finally:
         _remove_token_file(token_file)
