@@ -42,21 +42,20 @@ RETRY_AFTER_S = 5
 # Every body but an upload is a small JSON object (a query, a threshold): a larger one is a
 # mistake or an attack, refused before it is read.
 MAX_JSON_BYTES = 64 << 10
+UPLOAD_PATHS = (f"{API}/volumes", f"{API}/volumes/archive")  # the viewer's zip upload too
 
 
 class BodyLimit:
     """ASGI middleware: one body-size limit for every request, checked on Content-Length
     before the body is read and counted while it streams (chunked bodies declare nothing).
-    Uploads (POST /v1/volumes) may carry ``upload_bytes`` (the route streams and counts
-    them); everything else MAX_JSON_BYTES, read here."""
+    Uploads (POST to UPLOAD_PATHS) may carry ``upload_bytes`` (the route streams and
+    counts them); everything else MAX_JSON_BYTES, read here."""
 
     def __init__(self, app, upload_bytes: int) -> None:
         self.app, self.upload_bytes = app, upload_bytes
 
     def limit(self, scope) -> int:
-        upload = scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == (
-            f"{API}/volumes"
-        )
+        upload = scope.get("method") == "POST" and scope.get("path", "").rstrip("/") in UPLOAD_PATHS
         return self.upload_bytes if upload else MAX_JSON_BYTES
 
     async def __call__(self, scope, receive, send) -> None:
