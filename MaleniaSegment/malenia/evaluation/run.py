@@ -75,7 +75,10 @@ def register(subparsers) -> None:
         help="the real-CT benchmark on ../shared/data/real_ct (validation cases only)",
     )
     parser.add_argument(
-        "--groups", nargs="+", default=None, help="--real: hcc lidc lung2 sarcoma (default all)"
+        "--groups",
+        nargs="+",
+        default=None,
+        help="--real: hcc lidc lung2 sarcoma sample (default all; sample is a demo, not scored)",
     )
     parser.add_argument("--limit", type=int, default=None, help="--real: cases per group")
     parser.add_argument("--n-per-category", type=int, default=20)
@@ -384,10 +387,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_real(args: argparse.Namespace) -> int:
-    from malenia.evaluation.real import GROUPS, evaluate_real, real_cases
+    from malenia.evaluation.real import DEMO_GROUPS, GROUPS, evaluate_real, real_cases
     from malenia.inference import Engine
 
-    groups = tuple(args.groups or GROUPS)
+    groups = tuple(args.groups or GROUPS + DEMO_GROUPS)
     next(iter(real_cases(groups[:1], 1)), None)  # the data is there: before loading weights
     engine = Engine.load(args.weights, args.device)
     out = args.out or Path("eval") / "real"
