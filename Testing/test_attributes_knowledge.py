@@ -163,7 +163,9 @@ def test_unknown_values_are_rejected_with_the_allowed_list():
 def test_committed_resources_are_what_the_script_generates(real_records):
     import build_attribute_resources as build
 
-    committed = json.loads((REPO / "Resources" / "Attributes" / "presets.json").read_text())
+    committed = json.loads(
+        (REPO / "Resources" / "Attributes" / "presets.json").read_text(encoding="utf-8")
+    )
     bundled = list(load_records())
     assert [r.case_id for r in bundled] == [r.case_id for r in real_records]
     for mine, raw in zip(bundled, real_records, strict=True):

@@ -67,7 +67,7 @@ def test_segment_writes_every_output_on_the_input_grid(weights, ct_file, tmp_pat
     np.testing.assert_allclose(labelmap.GetOrigin(), source.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(labelmap.GetDirection(), source.GetDirection(), atol=1e-6)
 
-    report = json.loads((out / "r.json").read_text())
+    report = json.loads((out / "r.json").read_text(encoding="utf-8"))
     lesions = report["lesions"]
     ids = np.unique(sitk.GetArrayFromImage(labelmap))
     assert len(lesions) >= 1 and set(ids[ids > 0]) <= {lesion["index"] for lesion in lesions}
@@ -83,7 +83,7 @@ def test_find_runs_in_auto_mode(weights, ct_file, tmp_path):
          "--report", str(tmp_path / "auto.json")]
     )  # fmt: skip
     assert code == 0
-    assert json.loads((tmp_path / "auto.json").read_text())["mode"] == "auto"
+    assert json.loads((tmp_path / "auto.json").read_text(encoding="utf-8"))["mode"] == "auto"
 
 
 def test_info_shows_a_summary_and_the_card_behind_json(weights, capsys):

@@ -198,7 +198,7 @@ def test_cancel_stops_an_engine_that_is_still_starting(tmp_path):
             process.start(cancel=flag)
         assert time.monotonic() - started < 10
         assert process.popen is None
-        assert not running(int(pid_file.read_text()))
+        assert not running(int(pid_file.read_text(encoding="utf-8")))
     finally:
         process.close()
 

@@ -247,7 +247,7 @@ def test_missing_and_corrupt_weights_are_refused(weights, tmp_path):
         Engine.load(tmp_path / "nothing.safetensors")
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(weights.read_bytes()[:-100] + b"\x00" * 100)
-    card = json.loads(weights.with_suffix(".json").read_text())
+    card = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))
     corrupt.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(WeightsError, match="corrupt"):
         Engine.load(corrupt)
@@ -292,7 +292,7 @@ def test_outputs_open_as_slicer_segmentation(engine, tmp_path, slicer_scene):
     labelmap = sitk.ReadImage(str(tmp_path / "out.nii.gz"))
     assert np.array_equal(sitk.GetArrayFromImage(labelmap), known)
     assert np.allclose(labelmap.GetDirection(), volume.direction)
-    report = json.loads((tmp_path / "out.json").read_text())
+    report = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
     assert {
         "name",
         "category_ranking",
@@ -363,7 +363,7 @@ def test_the_model_cards_calibrated_threshold_is_the_default(weights, tmp_path):
 
     calibrated = tmp_path / "calibrated.safetensors"
     shutil.copy(weights, calibrated)
-    card = json.loads(card_path(weights).read_text())
+    card = json.loads(card_path(weights).read_text(encoding="utf-8"))
     card["postprocess"] = {"threshold": 0.2}
     card_path(calibrated).write_text(json.dumps(card))
     engine = Engine.load(calibrated, device="cpu")

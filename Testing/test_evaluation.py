@@ -67,9 +67,9 @@ def test_smoke_eval_writes_every_output(tmp_path):
     for name in ("metrics.json", "per_case.csv", "summary.md", "dsc_per_category.png"):
         assert (tmp_path / "eval" / name).is_file(), name
     assert {"seen", "unseen"} <= set(summary["groups"])
-    entry = json.loads((tmp_path / "eval" / "metrics.json").read_text())["per_category"][
-        "renal cyst"
-    ]
+    entry = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))[
+        "per_category"
+    ]["renal cyst"]
     assert {
         "dice_true",
         "nsd_true",

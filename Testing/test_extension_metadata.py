@@ -37,7 +37,7 @@ LICENSE_NAMES = ["LICENSE", "LICENCE", "License.txt", "license.txt", "LICENSE.tx
 
 def parse_s4ext(path: Path) -> dict[str, str]:
     fields = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             key, _, value = line.partition(" ")
@@ -58,7 +58,7 @@ def test_cmakelists_lists_every_module_file():
 
 
 def test_cmakelists_builds_a_scripted_module_with_tests():
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for needle in (
         'EXTENSION_DEPENDS "PyTorch"',
         'EXTENSION_CATEGORY "Segmentation"',
@@ -66,7 +66,7 @@ def test_cmakelists_builds_a_scripted_module_with_tests():
         "cmake_minimum_required(VERSION 3.20.6",  # what Slicer >= 5.10 itself requires
     ):
         assert needle in top, needle
-    module = MODULE_CMAKE.read_text()
+    module = MODULE_CMAKE.read_text(encoding="utf-8")
     for needle in (
         "slicerMacroBuildScriptedModule",
         "WITH_GENERIC_TESTS",
@@ -88,7 +88,7 @@ def installed_layout(root: Path) -> dict[Path, Path]:
     qt-scripted-modules: module scripts and resources relative to MaleniaSegment/
     (ctkMacroCompilePythonScript, SOURCE_DIR = the module folder), the engine's data relative to
     the repository (configure_file into the same folder)."""
-    text = MODULE_CMAKE.read_text()
+    text = MODULE_CMAKE.read_text(encoding="utf-8")
     layout: dict[Path, Path] = {}
     for name, base in (
         ("MODULE_PYTHON_SCRIPTS", REPO / "MaleniaSegment"),
@@ -172,7 +172,7 @@ def test_s4ext_has_the_required_fields():
 
 
 def test_catalog_entry_matches_s4ext_and_schema_fields():
-    entry = json.loads(CATALOG_ENTRY.read_text())
+    entry = json.loads(CATALOG_ENTRY.read_text(encoding="utf-8"))
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
     assert set(entry) >= SCHEMA_REQUIRED, SCHEMA_REQUIRED - set(entry)
     assert set(entry) <= set(SCHEMA_KEYS), set(entry) - set(SCHEMA_KEYS)  # no extra keys
@@ -190,7 +190,7 @@ def test_catalog_entry_matches_s4ext_and_schema_fields():
 
 def test_catalog_submission_passes_the_extensions_index_checks():
     """What check_description_files.py checks once it has cloned the repository."""
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     # check_cmakelists_content: the first project() must name the description file.
     project = re.findall(r"project\s*\(\s*([^\s\)\n\r]+)", top, re.IGNORECASE | re.MULTILINE)
     assert project and project[0] == CATALOG_ENTRY.stem == S4EXT.stem, (project, CATALOG_ENTRY)
@@ -199,7 +199,7 @@ def test_catalog_submission_passes_the_extensions_index_checks():
     assert icon and shots, (
         "EXTENSION_ICONURL / EXTENSION_SCREENSHOTURLS not found as the index reads them"
     )
-    entry = json.loads(CATALOG_ENTRY.read_text())
+    entry = json.loads(CATALOG_ENTRY.read_text(encoding="utf-8"))
     url = urllib.parse.urlsplit(entry["scm_url"])
     assert url.scheme in ("git", "https")  # check_scm_url_syntax
     repo_name = Path(url.path).stem
@@ -215,8 +215,10 @@ def test_catalog_submission_passes_the_extensions_index_checks():
     # check_license_file: one of these names at the root; ours is the Apache-2.0 text.
     licence = next((REPO / n for n in LICENSE_NAMES if (REPO / n).is_file()), None)
     assert licence is not None, "no licence file at the repository root"
-    assert "Apache License" in licence.read_text() and "Version 2.0" in licence.read_text()
-    pyproject = (REPO / "pyproject.toml").read_text()
+    assert "Apache License" in licence.read_text(
+        encoding="utf-8"
+    ) and "Version 2.0" in licence.read_text(encoding="utf-8")
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert 'license = "Apache-2.0"' in pyproject
 
 

@@ -277,7 +277,7 @@ def test_checkpoint_resume_continues_with_the_same_loss(tmp_path):
     resumed = train(_config(tmp_path / "b", 3))
     assert resumed["step"] == 3
     assert resumed["last"]["total"] == pytest.approx(straight["last"]["total"], rel=1e-4, abs=1e-4)
-    card = json.loads((tmp_path / "b" / "last.json").read_text())
+    card = json.loads((tmp_path / "b" / "last.json").read_text(encoding="utf-8"))
     assert card["training"]["steps"] == 3 and len(card["sha256"]) == 64
     assert not list((tmp_path / "b").glob("*.pt*")) and not list((tmp_path / "b").glob("*.pkl"))
 
@@ -392,7 +392,7 @@ def test_older_weights_without_the_direct_path_still_load(tmp_path):
     def rewrite(state):
         save_file(state, str(path))
         card_file = path.with_suffix(".json")
-        card = json.loads(card_file.read_text())
+        card = json.loads(card_file.read_text(encoding="utf-8"))
         card["sha256"] = sha256_of(path)
         card_file.write_text(json.dumps(card))
 
@@ -413,7 +413,7 @@ def test_training_can_start_from_published_weights(tmp_path):
     config.init_from = str(tmp_path / "a" / "last.safetensors")
     start, _ = load_weights(tmp_path / "a" / "last.safetensors")
     second = train(config)
-    card = json.loads((tmp_path / "b" / "last.json").read_text())
+    card = json.loads((tmp_path / "b" / "last.json").read_text(encoding="utf-8"))
     assert card["training"]["initialised_from"]["steps"] == 2
     moved = [
         (second["model"].state_dict()[k] - v).abs().max() for k, v in start.state_dict().items()

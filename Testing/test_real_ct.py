@@ -105,8 +105,8 @@ def test_malenia_eval_real_runs_and_reports_groups(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| lidc | ratings (scored) | 2 |" in done.stdout
-    metrics = json.loads((out / "metrics.json").read_text())
-    rows = (out / "per_case.csv").read_text().splitlines()
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    rows = (out / "per_case.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + 2 * 2  # header + two nodules x two queries
     group = metrics["groups"]["lidc"]["ratings"]
     assert 0.0 <= group["dice"] <= 1.0 and group["truth_ml"] > 0

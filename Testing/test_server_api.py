@@ -136,7 +136,7 @@ def test_token_file_is_private(server):
     mode = stat.S_IMODE(os.stat(server.token_file).st_mode)
     assert mode == 0o600, oct(mode)
     assert stat.S_IMODE(os.stat(server.token_file.parent).st_mode) == 0o700
-    content = json.loads(server.token_file.read_text())
+    content = json.loads(server.token_file.read_text(encoding="utf-8"))
     assert content["token"] == server.token and content["url"] == server.url
     assert urlparse(server.url).hostname == "127.0.0.1"
 

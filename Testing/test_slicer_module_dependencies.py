@@ -41,7 +41,7 @@ def test_requirements_cover_every_third_party_import_of_the_engine():
 def test_requirements_never_touch_slicers_own_packages():
     names = {dependencies.distribution_name(r) for r in dependencies.requirements()}
     assert not names & set(dependencies.PROTECTED)
-    raw = (REPO / "Resources" / "requirements.txt").read_text().lower().splitlines()
+    raw = (REPO / "Resources" / "requirements.txt").read_text(encoding="utf-8").lower().splitlines()
     assert not [
         line
         for line in raw

@@ -352,7 +352,7 @@ def test_without_a_threshold_the_models_calibrated_one_is_used_and_tagged(
 
     torch.manual_seed(0)
     path = save_weights(MaleniaNet(), tmp_path / "calibrated.safetensors", {"name": "m"})
-    card = json.loads(card_path(path).read_text())
+    card = json.loads(card_path(path).read_text(encoding="utf-8"))
     card["postprocess"] = {"threshold": 0.35}
     card_path(path).write_text(json.dumps(card))
     logic = MaleniaSegmentLogic(slicer_scene, InProcessEngineClient(Engine.load(path, "cpu")))

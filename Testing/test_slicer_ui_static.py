@@ -56,7 +56,7 @@ BUILTIN = {
 
 
 def module_tree() -> ast.Module:
-    return ast.parse(MODULE.read_text())
+    return ast.parse(MODULE.read_text(encoding="utf-8"))
 
 
 def ui_widgets() -> dict[str, ET.Element]:
@@ -122,7 +122,7 @@ def parameter_kinds() -> dict[str, str]:
 
 
 def test_module_and_ui_parse():
-    ast.parse(MODULE.read_text())
+    ast.parse(MODULE.read_text(encoding="utf-8"))
     root = ET.parse(UI).getroot()
     assert root.tag == "ui" and root.find("widget").get("class") == "qMRMLWidget"
 
@@ -168,7 +168,7 @@ def test_every_parameter_field_is_bound_once_with_a_connector_slicer_has():
             assert ui_property(widgets[widget_name], "editable") == "true", widget_name
     classes = {n.name for n in module_tree().body if isinstance(n, ast.ClassDef)}
     assert {c for _, c in custom.values()} <= classes
-    source = MODULE.read_text()
+    source = MODULE.read_text(encoding="utf-8")
     assert "connectGui(self.ui)" in source and "connectParametersToGui(" in source
 
 
@@ -190,7 +190,7 @@ def test_node_selectors_list_the_node_types_of_their_parameters():
 
 
 def test_module_metadata_and_self_test_exist():
-    text = MODULE.read_text()
+    text = MODULE.read_text(encoding="utf-8")
     for needle in (
         'categories = ["Segmentation"]',
         "ICLR 2025",
@@ -311,6 +311,6 @@ def test_the_minimum_slicer_version_is_the_same_everywhere_it_is_stated():
     assert version_problem((5, 10), (3, 12, 10)) is None
     assert version_problem((5, 12), (3, 9)) is not None  # a custom build with an old Python
     for path in ("README.md", "docs/SLICER.md"):
-        assert "Slicer 5.10 or newer" in (REPO / path).read_text(), path
-    text = MODULE.read_text()
+        assert "Slicer 5.10 or newer" in (REPO / path).read_text(encoding="utf-8"), path
+    text = MODULE.read_text(encoding="utf-8")
     assert "Needs Slicer 5.10 or newer" in text and "_versionProblem()" in text

@@ -72,15 +72,17 @@ def cookie(server) -> dict:
 
 # ---------------------------------------------------------------------- static files
 def test_vendored_niivue_matches_its_recorded_sha256_and_licence():
-    record = (WEB / "NIIVUE.md").read_text()
+    record = (WEB / "NIIVUE.md").read_text(encoding="utf-8")
     recorded = re.search(r"sha256\s+([0-9a-f]{64})\s+niivue\.umd\.js", record).group(1)
     assert hashlib.sha256((WEB / "niivue.umd.js").read_bytes()).hexdigest() == recorded
-    assert "0.69.0" in record and "BSD 2-Clause" in (WEB / "NIIVUE_LICENSE.txt").read_text()
+    assert "0.69.0" in record and "BSD 2-Clause" in (WEB / "NIIVUE_LICENSE.txt").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_page_and_script_load_nothing_from_outside():
     for name in ("index.html", "app.js"):
-        text = (WEB / name).read_text()
+        text = (WEB / name).read_text(encoding="utf-8")
         assert not re.search(r"(src|href)\s*=\s*[\"']https?:", text), name
         assert 'fetch("http' not in text and "//cdn" not in text, name
 

@@ -280,7 +280,7 @@ def test_downloads_reopen_and_match_the_engines_own_labelmap(page, engine_result
     segmentation = sitk.ReadImage(str(seg_path))
     assert np.array_equal(sitk.GetArrayFromImage(segmentation), expected.labelmap)
     assert segmentation.GetMetaData("Segment0_Name") == expected.lesions[0].name
-    report = json.loads(report_path.read_text())
+    report = json.loads(report_path.read_text(encoding="utf-8"))
     assert [lesion["name"] for lesion in report["lesions"]] == [
         lesion.name for lesion in expected.lesions
     ]

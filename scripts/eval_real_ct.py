@@ -111,7 +111,8 @@ def main() -> None:
                 "cases": rows,
             },
             indent=1,
-        )
+        ),
+        encoding="utf-8",
     )
 
 

@@ -61,7 +61,7 @@ def main() -> None:
             for p in (OUT / "sample_ct.nii.gz", OUT / "sample_ct_lesions.nii.gz")
         },
     }
-    (OUT / "sample_ct.json").write_text(json.dumps(info, indent=1))
+    (OUT / "sample_ct.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     print(json.dumps(info, indent=1))
 
 

@@ -29,19 +29,19 @@ def evaluation_summary(
     """The figures a user needs from the card: group means and real-CT results."""
     summary: dict = {}
     if real_eval_file:  # `malenia eval --real`: the real-CT benchmark, first
-        real = json.loads(real_eval_file.read_text())
+        real = json.loads(real_eval_file.read_text(encoding="utf-8"))
         summary["real_ct_benchmark"] = {
             key: real[key] for key in ("groups", "macro_dice", "targets", "organ_dice")
         } | {"report": "docs/EVALUATION.md", "splits": "malenia/data/real_ct.py"}
     if metrics_file:
-        metrics = json.loads(metrics_file.read_text())
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
         summary["synthetic_held_out"] = {
             "groups": metrics["groups"],
             "settings": {k: v for k, v in metrics["settings"].items() if k != "model"},
             "report": "docs/EVALUATION.md",
         }
     if real_ct_file:
-        real = json.loads(real_ct_file.read_text())
+        real = json.loads(real_ct_file.read_text(encoding="utf-8"))
         summary["real_ct_dsc"] = {case["case"]: case["dsc"] for case in real["cases"]}
     return summary
 
@@ -85,7 +85,7 @@ def main() -> None:
     if args.description:
         card["description"] = args.description
     if args.calibration:
-        calibration = json.loads(args.calibration.read_text())
+        calibration = json.loads(args.calibration.read_text(encoding="utf-8"))
         card["postprocess"] = {
             key: calibration[key]
             for key in ("threshold", "rule", "validation_dice", "dice_at_0.5", "validation_set")

@@ -80,7 +80,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report differences")
     args = parser.parse_args()
-    text = CMAKE.read_text()
+    text = CMAKE.read_text(encoding="utf-8")
     expected, current = expected_lists(), current_lists(text)
     if args.check:
         stale = False
@@ -93,7 +93,7 @@ def main() -> int:
                 print(f"{key}: lists a file that does not exist: {path}")
             stale = stale or bool(missing or extra)
         return 1 if stale else 0
-    CMAKE.write_text(render(text, expected))
+    CMAKE.write_text(render(text, expected), encoding="utf-8")
     return 0
 
 

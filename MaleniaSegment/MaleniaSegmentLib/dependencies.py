@@ -39,7 +39,7 @@ def requirements_file() -> Path:
 def requirements(path: Path | None = None) -> list[str]:
     """Requirement lines of Resources/requirements.txt, minus comments and protected ones."""
     lines = []
-    for line in (path or requirements_file()).read_text().splitlines():
+    for line in (path or requirements_file()).read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if line and not line.startswith("-") and distribution_name(line) not in PROTECTED:
             lines.append(line)
@@ -129,7 +129,7 @@ def install(packages: list[str]) -> str:
     if rest:
         with tempfile.TemporaryDirectory() as folder:
             constraints = Path(folder) / "slicer-constraints.txt"
-            constraints.write_text(protected_constraints())
+            constraints.write_text(protected_constraints(), encoding="utf-8")
             packaging = slicer_packaging()
             if packaging is not None:  # Slicer >= 5.12
                 packaging.pip_ensure(

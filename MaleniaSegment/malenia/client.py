@@ -121,7 +121,7 @@ class EngineHTTPClient:
     def from_token_file(cls, path: str | Path, **kwargs) -> EngineHTTPClient:
         """Connect with the URL and token a server wrote (e.g. copied from a workstation)."""
         try:
-            info = json.loads(Path(path).read_text())
+            info = json.loads(Path(path).read_text(encoding="utf-8"))
             return cls(info["url"], info["token"], **kwargs)
         except (OSError, ValueError, KeyError) as error:
             raise EngineUnavailableError(
@@ -472,7 +472,7 @@ class EngineProcess:
         nonce (not our child's pid: through PythonSlicer the child is the launcher, and the
         server is the launcher's child)."""
         try:
-            info = json.loads(self.token_file.read_text())
+            info = json.loads(self.token_file.read_text(encoding="utf-8"))
             if not self.instance or info.get("instance") != self.instance:
                 return False
             self.url, self.token = info["url"], info["token"]

@@ -80,7 +80,7 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         """Read a config JSON; keys starting with "_" are comments."""
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(**{k: v for k, v in data.items() if not k.startswith("_")})
 
 
@@ -529,13 +529,13 @@ def save_checkpoint(
             else:
                 scalars["state"][str(index)][name] = float(value)
     save_file(tensors, str(out / "optimizer.safetensors"))
-    (out / "optimizer.json").write_text(json.dumps(scalars))
+    (out / "optimizer.json").write_text(json.dumps(scalars), encoding="utf-8")
 
 
 def load_checkpoint(out: Path, model: MaleniaNet, optimizer: torch.optim.Optimizer, device) -> int:
     loaded, _ = load_weights(out / "last.safetensors", device)
     model.load_state_dict(loaded.state_dict())
-    scalars = json.loads((out / "optimizer.json").read_text())
+    scalars = json.loads((out / "optimizer.json").read_text(encoding="utf-8"))
     tensors = load_file(str(out / "optimizer.safetensors"))
     state = {}
     for index, values in scalars["state"].items():
@@ -728,7 +728,7 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
         from tqdm import tqdm
 
         progress = tqdm(total=config.steps, initial=step, desc="training", unit="step")
-    with open(log_file, "a", newline="") as handle:
+    with open(log_file, "a", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         if new_log and rank == 0:
             writer.writerow(

@@ -50,7 +50,7 @@ def write_card(model: MaleniaNet, path: Path, card: dict | None, dtype: str) -> 
     full_card["dtype"] = dtype
     full_card["weights_file"] = Path(path).name
     full_card["sha256"] = sha256_of(path)
-    card_path(path).write_text(json.dumps(full_card, indent=1))
+    card_path(path).write_text(json.dumps(full_card, indent=1), encoding="utf-8")
 
 
 def read_card(path: Path) -> dict:
@@ -60,7 +60,7 @@ def read_card(path: Path) -> dict:
             f"Model card {card_file} is missing; weights and card must be copied together."
         )
     try:
-        return json.loads(card_file.read_text())
+        return json.loads(card_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise WeightsError(
             f"Model card {card_file} is not valid JSON ({error}); reinstall the weights."

@@ -49,7 +49,7 @@ def discover_cases(root: str | Path, layout: str = "msd") -> list[RealCase]:
             lesion_label = MSD_LESION_LABEL.get(task.name)
             if lesion_label is None:
                 continue
-            for item in json.loads(task_json.read_text()).get("training", []):
+            for item in json.loads(task_json.read_text(encoding="utf-8")).get("training", []):
                 image, label = task / item["image"], task / item["label"]
                 case_id = Path(item["image"]).name.removesuffix(".nii.gz")
                 for record in records.get(case_id, []):

@@ -229,7 +229,7 @@ def _rating(row: dict, name: str) -> float | None:
 def load_lidc(split: str | None = None, root: Path | None = None) -> list[Nodule]:
     """The LIDC crops of one split ("train" | "validation" | None = all), file order."""
     folder = (root or real_ct_root()) / "lidc_nodules"
-    with open(folder / "lidc_nodules.csv", newline="") as handle:
+    with open(folder / "lidc_nodules.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     arrays = np.load(folder / "lidc_nodules.npz")
     nodules = []

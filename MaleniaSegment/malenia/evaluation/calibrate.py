@@ -102,6 +102,6 @@ def _run(args: argparse.Namespace) -> int:
         engine, args.n_per_category, log=lambda line: print(line, file=sys.stderr, flush=True)
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    args.out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     print(json.dumps({k: result[k] for k in ("threshold", "validation_dice", "dice_at_0.5")}))
     return 0

@@ -211,10 +211,10 @@ def evaluate_real(engine, out: Path, groups=GROUPS, limit=None, threshold=None, 
     summary["settings"] = {"model": engine.model_id, "threshold": threshold or engine.default_threshold,
                            "seconds": round(time.time() - started, 1), "groups": list(groups),
                            "limit_per_group": limit}  # fmt: skip
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     write_csv(out / "per_case.csv", [{k: json.dumps(v) if isinstance(v, dict) else v
                                       for k, v in r.items()} for r in rows])  # fmt: skip
-    (out / "summary.md").write_text(summary_markdown(summary))
+    (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
     if examples:
         overlays(examples, out / "overlays.png")
     return summary

@@ -18,16 +18,16 @@ PREDICTION_COLOUR = (240, 60, 60)
 
 
 def write_outputs(out: Path, rows: list[dict], summary: dict, examples: dict) -> None:
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     write_csv(out / "per_case.csv", rows)
-    (out / "summary.md").write_text(summary_markdown(summary))
+    (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
     bar_chart(summary, out / "dsc_per_category.png")
     if examples:
         overlays(examples, out / "overlays.png")
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

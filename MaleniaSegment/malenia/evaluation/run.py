@@ -381,7 +381,7 @@ def _run(args: argparse.Namespace) -> int:
         overlays=not args.no_overlays,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    print((args.out / "summary.md").read_text())
+    print((args.out / "summary.md").read_text(encoding="utf-8"))
     print(json.dumps(summary["targets"], indent=1))
     return 0
 
@@ -398,5 +398,5 @@ def _run_real(args: argparse.Namespace) -> int:
         engine, out, groups, args.limit, args.threshold,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )  # fmt: skip
-    print((out / "summary.md").read_text())
+    print((out / "summary.md").read_text(encoding="utf-8"))
     return 0 if summary["macro_dice"] is not None else 1

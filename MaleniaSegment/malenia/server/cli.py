@@ -121,7 +121,7 @@ def write_token_file(path: Path, content: dict) -> None:
     _private_folder(path.parent)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         json.dump(content, handle)
     os.chmod(partial, 0o600)
     os.replace(partial, path)
@@ -190,7 +190,7 @@ def _windows_process_alive(pid: int) -> bool:
 def _remove_token_file(token_file: Path) -> None:
     """Remove our token file (only if it is still ours: a newer server may have replaced it)."""
     with contextlib.suppress(OSError, ValueError):
-        if json.loads(token_file.read_text()).get("pid") == os.getpid():
+        if json.loads(token_file.read_text(encoding="utf-8")).get("pid") == os.getpid():
             token_file.unlink()
 
 

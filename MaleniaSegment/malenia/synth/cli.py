@@ -66,6 +66,8 @@ def _run(args: argparse.Namespace) -> int:
                 for r in sample.lesions
             ],
         }
-        Path(f"{stem}.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
+        Path(f"{stem}.json").write_text(
+            json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8"
+        )
     print(f"wrote {args.n} volumes to {args.out}")
     return 0
