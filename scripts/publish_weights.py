@@ -1,7 +1,7 @@
 """Publish a training checkpoint as the bundled weights, with its model card.
 
     python scripts/publish_weights.py runs/tiny_stage2/last.safetensors \
-        --eval docs/eval/synthetic/metrics.json --real-ct docs/eval/real_ct.json \
+        --eval docs/eval/synthetic/metrics.json --real-eval docs/eval/real/metrics.json \
         --config configs/tiny_cpu_stage2.json --hardware "2-core CPU, no GPU"
 
 The checkpoint's card (training history, data, split, start weights) is kept; the evaluation
@@ -23,12 +23,11 @@ sys.path.insert(0, str(REPO / "MaleniaSegment"))
 DEFAULT_TARGET = REPO / "Resources" / "Weights" / "malenia-tiny.safetensors"
 
 
-def evaluation_summary(
-    metrics_file: Path | None, real_ct_file: Path | None, real_eval_file: Path | None = None
-) -> dict:
-    """The figures a user needs from the card: group means and real-CT results."""
+def evaluation_summary(metrics_file: Path | None, real_eval_file: Path | None = None) -> dict:
+    """The figures a user needs from the card: the real-CT benchmark first, then the
+    synthetic group means."""
     summary: dict = {}
-    if real_eval_file:  # `malenia eval --real`: the real-CT benchmark, first
+    if real_eval_file:  # `malenia eval --real`
         real = json.loads(real_eval_file.read_text(encoding="utf-8"))
         summary["real_ct_benchmark"] = {
             key: real[key] for key in ("groups", "macro_dice", "targets", "organ_dice")
@@ -40,9 +39,6 @@ def evaluation_summary(
             "settings": {k: v for k, v in metrics["settings"].items() if k != "model"},
             "report": "docs/EVALUATION.md",
         }
-    if real_ct_file:
-        real = json.loads(real_ct_file.read_text(encoding="utf-8"))
-        summary["real_ct_dsc"] = {case["case"]: case["dsc"] for case in real["cases"]}
     return summary
 
 
@@ -53,7 +49,6 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path, help="a .safetensors with its .json card")
     parser.add_argument("--out", type=Path, default=DEFAULT_TARGET)
     parser.add_argument("--eval", type=Path, default=None, help="metrics.json of `malenia eval`")
-    parser.add_argument("--real-ct", type=Path, default=None, help="scripts/eval_real_ct.py output")
     parser.add_argument(
         "--real-eval", type=Path, default=None, help="metrics.json of `malenia eval --real`"
     )
@@ -95,7 +90,7 @@ def main() -> None:
         from malenia.data.real_ct import REAL_TRAINING_DATA
 
         training["real_data"] = REAL_TRAINING_DATA
-    evaluation = evaluation_summary(args.eval, args.real_ct, args.real_eval)
+    evaluation = evaluation_summary(args.eval, args.real_eval)
     if evaluation:
         card["evaluation"] = evaluation
     if args.checkpoint.resolve() == args.out.resolve() and not args.half:
