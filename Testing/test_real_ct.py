@@ -94,6 +94,16 @@ def test_zoomed_roi_query_matches_the_training_crop_and_lands_on_the_input_grid(
     )  # the engine's grid for the ROI is the grid the crop was trained on
     result = encoded.segment(case.queries["ratings"])
     assert result.labelmap.shape == case.volume.array.shape
+    assert result.threshold == encoded.default_threshold
+    postprocess = engine.card.setdefault("postprocess", {})
+    saved = dict(postprocess)
+    try:  # weights calibrated for ROI queries cut zoomed encodings at their own threshold
+        postprocess["roi_threshold"] = 0.15
+        assert encoded.segment(case.queries["ratings"]).threshold == 0.15
+        assert engine.default_threshold == saved.get("threshold", 0.5)  # whole scans unchanged
+    finally:
+        postprocess.clear()
+        postprocess.update(saved)
 
 
 @needs_data

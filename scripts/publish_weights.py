@@ -83,7 +83,17 @@ def main() -> None:
         calibration = json.loads(args.calibration.read_text(encoding="utf-8"))
         card["postprocess"] = {
             key: calibration[key]
-            for key in ("threshold", "rule", "validation_dice", "dice_at_0.5", "validation_set")
+            for key in (
+                "threshold",
+                "rule",
+                "validation_dice",
+                "dice_at_0.5",
+                "validation_set",
+                "roi_threshold",
+                "roi_dice",
+                "roi_dice_at_0.5",
+                "roi_set",
+            )  # fmt: skip
             if key in calibration
         } | {"calibrated_with": "malenia calibrate"}
     if training.get("data", {}).get("type") == "real_mix":

@@ -59,6 +59,19 @@ def real_ct_root() -> Path | None:
     return root if root.is_dir() else None
 
 
+def require_real_ct_root(root: Path | None = None) -> Path:
+    """``root`` or the real-CT folder, or a clear error saying where it is looked for."""
+    from malenia.errors import MaleniaError
+
+    found = root or real_ct_root()
+    if found is None:
+        raise MaleniaError(
+            "The real-CT data folder (../shared/data/real_ct next to the repository, or "
+            f"${REAL_CT_ENV}) is not here; real-CT training, calibration and evaluation need it."
+        )
+    return found
+
+
 def lidc_split(patient_id: str) -> str:
     """ "validation" for a fixed fifth of the LIDC patients (by hash), else "train"."""
     digest = hashlib.sha256(patient_id.encode()).digest()
@@ -157,7 +170,7 @@ def _lobe_of(labels: np.ndarray, mask: np.ndarray) -> str | None:
 
 def load_hcc(case: str, spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -> RealScan:
     """An HCC case: manual liver (split into lobes along x) and tumour; lungs from HU."""
-    folder = (root or real_ct_root()) / "hcc_liver" / case
+    folder = require_real_ct_root(root) / "hcc_liver" / case
     grid = _on_grid(sitk.ReadImage(str(folder / "ct.nii.gz")), spacing_zyx)
     hu = sitk.GetArrayFromImage(grid)
     label = _labels_on(sitk.ReadImage(str(folder / "label.nii.gz")), grid)
@@ -186,7 +199,7 @@ def load_totalseg_example(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None)
     """The TotalSegmentator example CT with its (model-made) organ labels; no lesion."""
     from malenia.synth.real_ct import TOTALSEG_TO_LOCATION, labels_from_totalseg
 
-    folder = (root or real_ct_root()) / "totalseg_example"
+    folder = require_real_ct_root(root) / "totalseg_example"
     grid = _on_grid(sitk.ReadImage(str(folder / "example_ct.nii.gz")), spacing_zyx)
     organs = _labels_on(sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz")), grid)
     labels = labels_from_totalseg(organs, grid)
@@ -228,7 +241,7 @@ def _rating(row: dict, name: str) -> float | None:
 
 def load_lidc(split: str | None = None, root: Path | None = None) -> list[Nodule]:
     """The LIDC crops of one split ("train" | "validation" | None = all), file order."""
-    folder = (root or real_ct_root()) / "lidc_nodules"
+    folder = require_real_ct_root(root) / "lidc_nodules"
     with open(folder / "lidc_nodules.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     arrays = np.load(folder / "lidc_nodules.npz")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from malenia.data.real_ct import HCC_VALIDATION, real_ct_root
+from malenia.data.real_ct import HCC_VALIDATION, require_real_ct_root
 from malenia.evaluation.metrics import lesion_detection, nsd
 from malenia.evaluation.report import PREDICTION_COLOUR, TRUTH_COLOUR
 
@@ -60,14 +60,7 @@ class RealCase:
 
 def real_cases(groups=GROUPS, limit: int | None = None, root: Path | None = None):
     """The validation cases of ``groups`` (at most ``limit`` per group), lazily."""
-    root = root or real_ct_root()
-    if root is None:
-        from malenia.errors import MaleniaError
-
-        raise MaleniaError(
-            "The real-CT data folder (../shared/data/real_ct next to the repository, or "
-            "$MALENIA_REAL_CT) is not here; `malenia eval --real` needs it."
-        )
+    root = require_real_ct_root(root)
     for group in groups:
         yield from list(_group_cases(group, root))[:limit]
 
@@ -112,17 +105,23 @@ def _group_cases(group: str, root: Path):
 
 def _lidc_cases(root: Path):
     from malenia.data.real_ct import load_lidc, nodule_description, nodule_text
-    from malenia.io import CTVolume
 
     for nodule in load_lidc("validation", root):
-        sz, sy, sx = nodule.spacing_zyx
-        volume = CTVolume(nodule.hu, (sx, sy, sz), nodule.origin_xyz, tuple(np.eye(3).ravel()),
-                          nodule.uid)  # fmt: skip
-        extent = np.array(nodule.hu.shape[::-1]) * np.array([sx, sy, sz])
-        centre_lps = np.array(nodule.origin_xyz) + (extent - [sx, sy, sz]) / 2
-        roi = (tuple(centre_lps * [-1, -1, 1]), tuple(extent))  # RAS centre, size
+        volume, roi = nodule_case(nodule)
         queries = {"ratings": nodule_description(nodule), "text": nodule_text(nodule)}
         yield RealCase("lidc", nodule.uid, None, nodule.mask, queries, roi, volume)
+
+
+def nodule_case(nodule):
+    """(CTVolume of the crop, ROI of exactly its extent as (RAS centre, size mm))."""
+    from malenia.io import CTVolume
+
+    sz, sy, sx = nodule.spacing_zyx
+    volume = CTVolume(nodule.hu, (sx, sy, sz), nodule.origin_xyz, tuple(np.eye(3).ravel()),
+                      nodule.uid)  # fmt: skip
+    extent = np.array(nodule.hu.shape[::-1]) * np.array([sx, sy, sz])
+    centre_lps = np.array(nodule.origin_xyz) + (extent - [sx, sy, sz]) / 2
+    return volume, (tuple(centre_lps * [-1, -1, 1]), tuple(extent))
 
 
 # --------------------------------------------------------------------------- scoring
@@ -209,6 +208,7 @@ def evaluate_real(engine, out: Path, groups=GROUPS, limit=None, threshold=None, 
         for r in rows if r["group"] in DEMO_GROUPS
     ]  # fmt: skip
     summary["settings"] = {"model": engine.model_id, "threshold": threshold or engine.default_threshold,
+                           "roi_threshold": threshold or (engine.card.get("postprocess") or {}).get("roi_threshold"),
                            "seconds": round(time.time() - started, 1), "groups": list(groups),
                            "limit_per_group": limit}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
@@ -263,7 +263,8 @@ def summarise(rows: list[dict]) -> dict:
 def summary_markdown(summary: dict) -> str:
     s = summary.get("settings", {})
     lines = [
-        f"Model `{s.get('model')}`, threshold {s.get('threshold')}, {s.get('seconds')} s. "
+        f"Model `{s.get('model')}`, threshold {s.get('threshold')} (small ROIs: "
+        f"{s.get('roi_threshold') or s.get('threshold')}), {s.get('seconds')} s. "
         "Validation cases only; the first query of each group is the scored one.",
         "",
         "| group | query | n | Dice | NSD@2mm | found | predicted ml | true ml | FP ml | FP <= true |",

@@ -515,6 +515,20 @@ class EncodedVolume:
         return resolved.description, resolved.readable, resolved.category
 
     @property
+    def zoomed(self) -> bool:
+        """Whether this is a small ROI encoded on a finer grid than the model's own."""
+        return self.spacing_mm != tuple(self.engine.config.spacing_mm)
+
+    @property
+    def default_threshold(self) -> float:
+        """The engine's calibrated threshold; for a zoomed ROI the one calibrated for ROI
+        queries (``malenia calibrate --roi``: LIDC training nodules) when the card has it."""
+        postprocess = self.engine.card.get("postprocess") or {}
+        if self.zoomed and postprocess.get("roi_threshold") is not None:
+            return float(postprocess["roi_threshold"])
+        return self.engine.default_threshold
+
+    @property
     def grounded(self) -> bool:
         """Whether answers are grounded in the named organ (weights with a location head)."""
         return self.engine.anatomy_grounding
@@ -656,10 +670,10 @@ class EncodedVolume:
     ) -> SegmentationResult:
         """Lesions matching a preset name, attribute dict / LesionDescription, or free text.
 
-        ``threshold`` None: the model's calibrated default (``Engine.default_threshold``).
+        ``threshold`` None: the calibrated default of this encoding (``default_threshold``).
         ``grounding`` None: anatomy grounding whenever the weights support it."""
         if threshold is None:
-            threshold = self.engine.default_threshold
+            threshold = self.default_threshold
         _check_threshold(threshold)
         resolved = resolve_query(query)
         description, readable, category = (
