@@ -380,43 +380,44 @@ def _extract(hu: np.ndarray, start, size) -> np.ndarray:
     return np.pad(hu[inside].astype(np.float32, copy=False), pad, mode="edge")
 
 
-def _roi_slices(roi, model_image) -> tuple[slice, slice, slice]:
-    """ROI given as (centre RAS mm, size mm) -> index box on the model grid."""
+def _roi_corner_indices(roi, image: sitk.Image) -> np.ndarray:
+    """[8, 3] continuous (x, y, z) indices on ``image`` of the corners of an ROI given as
+    (centre RAS mm, size mm)."""
     centre, size = np.asarray(roi[0], float), np.asarray(roi[1], float)
     corners = [
         centre + np.array(signs) * size / 2 for signs in itertools.product((-1, 1), repeat=3)
     ]
-    indices = np.array(
-        [
-            model_image.TransformPhysicalPointToContinuousIndex(tuple(c * [-1, -1, 1]))
-            for c in corners
-        ]
+    return np.array(
+        [image.TransformPhysicalPointToContinuousIndex(tuple(c * [-1, -1, 1])) for c in corners]
     )
+
+
+def _roi_outside() -> UnknownAttributeValueError:
+    return UnknownAttributeValueError(
+        "The region of interest lies outside the volume; move it over the anatomy."
+    )
+
+
+def _roi_slices(roi, model_image) -> tuple[slice, slice, slice]:
+    """ROI given as (centre RAS mm, size mm) -> index box on the model grid (every voxel
+    the box touches)."""
+    indices = _roi_corner_indices(roi, model_image)
     low = np.maximum(np.floor(indices.min(0)).astype(int), 0)
     high = np.minimum(np.ceil(indices.max(0)).astype(int) + 1, model_image.GetSize())
     if (high <= low).any():
-        raise UnknownAttributeValueError(
-            "The region of interest lies outside the volume; move it over the anatomy."
-        )
+        raise _roi_outside()
     return tuple(slice(int(low[i]), int(high[i])) for i in (2, 1, 0))  # type: ignore[return-value]
 
 
 def _roi_crop(volume: CTVolume, roi) -> CTVolume:
-    """The part of ``volume`` inside an ROI (centre RAS mm, size mm), on its own grid."""
+    """The part of ``volume`` inside an ROI (the voxels whose centres it holds), on its
+    own grid."""
     image = volume.to_sitk()
-    centre, size = np.asarray(roi[0], float), np.asarray(roi[1], float)
-    corners = [
-        centre + np.array(signs) * size / 2 for signs in itertools.product((-1, 1), repeat=3)
-    ]
-    indices = np.array(
-        [image.TransformPhysicalPointToContinuousIndex(tuple(c * [-1, -1, 1])) for c in corners]
-    )
+    indices = _roi_corner_indices(roi, image)
     low = np.maximum(np.floor(indices.min(0) + 0.5).astype(int), 0)
     high = np.minimum(np.ceil(indices.max(0) - 0.5).astype(int) + 1, image.GetSize())
     if (high <= low).any():
-        raise UnknownAttributeValueError(
-            "The region of interest lies outside the volume; move it over the anatomy."
-        )
+        raise _roi_outside()
     crop = sitk.RegionOfInterest(image, [int(v) for v in high - low], [int(v) for v in low])
     return CTVolume.from_sitk(crop, volume.name)
 
