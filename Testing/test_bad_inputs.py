@@ -510,9 +510,21 @@ def test_dicom_seg_download_needs_a_dicom_upload(server, files):
     )
     assert status == 409 and "DICOM" in answer["detail"]
 
+    # A series the model finds a lesion in: a validation-seed phantom of a training category
+    # (the toy sphere of the other fixtures is not a lesion to weights trained on real CT).
+    from malenia.evaluation.run import _volume
+    from malenia.evaluation.testset import held_out_cases
+    from malenia.synth.split import VALIDATION_SET_SEED
+
+    case = next(iter(held_out_cases(["renal cell carcinoma"], 1, (64, 64, 64), SPACING,
+                                    seed=VALIDATION_SET_SEED)))  # fmt: skip
+    phantom = _volume(case)
+    phantom.array = np.round(phantom.array).astype(np.int16)
+    folder = files / "dicom" / "phantom"
+    write_series(phantom, folder)
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as handle:
-        for path in series_files(files / "dicom" / "good"):
+        for path in series_files(folder):
             handle.write(path, f"nested/{path.name}")
     status, answer = request(
         server, "POST", "/v1/volumes", archive.getvalue(), {"Content-Type": "application/zip"}
@@ -521,7 +533,7 @@ def test_dicom_seg_download_needs_a_dicom_upload(server, files):
     assert wait_ready(server, answer["volume_id"])["state"] == "ready"
     status, result = request(
         server, "POST", f"/v1/volumes/{answer['volume_id']}/segment",
-        json.dumps({"query": "hypodense lesion", "threshold": 0.01}).encode(),
+        json.dumps({"query": "renal cell carcinoma"}).encode(),
         {"Content-Type": "application/json"},
     )  # fmt: skip
     assert status == 200 and result["lesions"], result
@@ -530,7 +542,7 @@ def test_dicom_seg_download_needs_a_dicom_upload(server, files):
     )
     assert status == 200, data
     seg = hd.seg.segread(io.BytesIO(data))
-    uid = read_uid(series_files(files / "dicom" / "good")[0])
+    uid = read_uid(series_files(folder)[0])
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
     assert seg.number_of_segments == len({v for v in np.unique(_payload_labelmap(result)) if v > 0})
 
