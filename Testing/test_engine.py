@@ -562,16 +562,21 @@ def test_grounding_finds_unseen_lesions_the_prompt_branch_misses(
 
 
 def test_roi_queries_keep_the_input_grid_and_refuse_a_box_off_the_volume(engine):
-    """A box of 100 mm or more is encoded at the model's spacing inside the box; a small box
-    on a finer grid of its own; both answer on the input grid; a box beside the volume is a
-    clear error."""
+    """A box of 100 mm or more is encoded at the model's spacing inside the box, and so is a
+    small box in soft tissue; a small box that is mostly lung gets a finer grid of its own
+    (the model learnt it on lung-nodule boxes); all answer on the input grid; a box beside
+    the volume is a clear error."""
     volume = body_ct()
     centre = tuple(volume.ijk_to_ras()[:3, :3] @ [24, 22, 20] + volume.ijk_to_ras()[:3, 3])
     large = engine.encode(volume, roi=(centre, (100.0, 100.0, 100.0)))
     assert large.spacing_mm == (2.0, 2.0, 2.0) and not large.zoomed
-    small = engine.encode(volume, roi=(centre, (30.0, 30.0, 30.0)))
+    soft = engine.encode(volume, roi=(centre, (30.0, 30.0, 30.0)))
+    assert not soft.zoomed
+    lung_array = np.where(volume.array > 0, volume.array - 900, volume.array).astype(np.int16)
+    lung = CTVolume(lung_array, volume.spacing, volume.origin, volume.direction, "lung")
+    small = engine.encode(lung, roi=(centre, (30.0, 30.0, 30.0)))
     assert small.zoomed and max(small.spacing_mm) < 2.0
-    for encoded in (large, small):
+    for encoded in (large, soft, small):
         result = encoded.segment({"density": "hypodense"})
         assert result.labelmap.shape == volume.array.shape
     with pytest.raises(UnknownAttributeValueError, match="outside the volume"):

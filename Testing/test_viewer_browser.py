@@ -220,12 +220,13 @@ def test_the_slider_recuts_the_overlay_without_a_server_request(page):
     page.fill("#threshold", "0.85")
     after = canvas_pixels(page)
     voxels_high = state(page, "overlayVoxels")
-    page.fill("#threshold", "0.2")
+    low = round(max(0.06, default / 2), 2)  # below the calibrated default, above the floor
+    page.fill("#threshold", str(low))
     voxels_low = state(page, "overlayVoxels")
     assert page.requests[requests_before:] == []  # re-cut in the browser only
     assert voxels_high < voxels_at_default < voxels_low
     assert changed_pixels(before, after) > 0
-    assert page.text_content("#threshold-value") == "0.20"
+    assert page.text_content("#threshold-value") == f"{low:.2f}"
     page.fill("#threshold", str(default))
     assert state(page, "overlayVoxels") == voxels_at_default
 

@@ -110,6 +110,11 @@ def _crop_box(region, patch) -> tuple[list[int], list[int]]:
     return starts, sizes
 
 
+# A small ROI is zoomed only when it is mostly lung (its median below this): the model learnt
+# the finer grid on LIDC nodule boxes only.
+ZOOM_MEDIAN_HU = -400.0
+
+
 class Engine:
     """A loaded model on a device, with an LRU cache of encoded volumes."""
 
@@ -185,15 +190,19 @@ class Engine:
             self._cache.move_to_end(key)
             return self._cache[key]
         spacing = tuple(self.config.spacing_mm)
+        crop = None
         if roi is not None:
-            spacing = roi_spacing_mm(
-                np.asarray(roi[1], float)[::-1], spacing, self.config.patch_size
-            )
+            finer = roi_spacing_mm(np.asarray(roi[1], float)[::-1], spacing, self.config.patch_size)
+            crop = _roi_crop(volume, roi) if finer != spacing else None
+            # The finer grid was learnt on boxes around lung nodules: other boxes (a box in
+            # the liver is soft tissue, not air) stay on the model's grid.
+            if crop is not None and float(np.median(crop.array)) < ZOOM_MEDIAN_HU:
+                spacing = finer
         zoomed = spacing != tuple(self.config.spacing_mm)
-        # A small ROI is encoded on a finer grid (``roi_spacing_mm``): only the ROI itself
-        # is resampled, and all of it is encoded (a lung nodule's box is mostly air, which
-        # the body box would cut away).
-        model_image = to_model_grid(_roi_crop(volume, roi) if zoomed else volume, spacing)
+        # A small ROI in the lung is encoded on a finer grid (``roi_spacing_mm``): only the
+        # ROI itself is resampled, and all of it is encoded (a lung nodule's box is mostly
+        # air, which the body box would cut away).
+        model_image = to_model_grid(crop if zoomed else volume, spacing)
         hu = sitk.GetArrayFromImage(model_image)
         if zoomed:
             region = tuple(slice(0, n) for n in hu.shape)
