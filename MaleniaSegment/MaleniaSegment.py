@@ -314,10 +314,14 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for preset in load_presets().values():
             suffix = "" if preset.seen_in_training else "  (zero-shot)"
             self.ui.presetComboBox.addItem(preset.name + suffix, preset.category)
+        from malenia.attributes.locations import location_choices
+
         for key, name in ATTRIBUTE_WIDGETS.items():
             combo = getattr(self.ui, name)
             combo.addItem("")
-            combo.addItems(vocabulary.values(key))
+            combo.addItems(
+                location_choices(vocabulary) if key == "location" else vocabulary.values(key)
+            )
 
     def _showDependencies(self) -> None:
         """Missing packages -> the install button; else probe the GPU in the background."""
@@ -417,7 +421,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from malenia.attributes import load_presets
 
         preset = load_presets()[category]
-        self._setAttributes(preset.description)
+        self._setAttributes(preset.query_description)
         seen = "seen in training" if preset.seen_in_training else "zero-shot: never seen"
         self.ui.statusLabel.text = f"Preset {preset.name} ({seen}); edit any row before running."
 

@@ -331,3 +331,23 @@ def test_knowledge_table_predicts_a_missing_attribute_and_holds_out_exactly():
         during = held.rank(record.description)
     assert table.rank(record.description) == before
     assert during != before
+
+
+def test_a_preset_searches_the_whole_organ_its_lesions_grow_in():
+    """Picking "Lung cancer" searches every lobe (a tumour in the left lower lobe must be
+    found); the stored typical description keeps the annotations' most frequent lobe."""
+    from malenia.attributes.locations import location_choices, sub_locations
+    from malenia.attributes.query import resolve_query
+
+    lung = get_preset("lung cancer")
+    assert lung.description.location == "right upper lobe"
+    assert resolve_query("Lung cancer").description.location == "lung"
+    assert "left lower lobe" in sub_locations(resolve_query("lung cancer").description.location)
+    assert resolve_query("liver cancer").description.location == "liver"
+    assert resolve_query("renal cyst").description.location == "kidney"
+    assert resolve_query("splenic cyst").description.location == "spleen"  # one part: itself
+    unchanged = {k: v for k, v in lung.query_description.to_dict().items() if k != "location"}
+    assert unchanged == {k: v for k, v in lung.description.to_dict().items() if k != "location"}
+    choices = location_choices()
+    assert {"lung", "liver", "kidney"} <= set(choices) and "right upper lobe" in choices
+    assert lung.to_dict()["query_attributes"]["location"] == "lung"

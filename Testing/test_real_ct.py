@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from malenia.data.real_ct import lidc_split, real_ct_root
+from scipy import ndimage
 
 ROOT = real_ct_root()
 needs_data = pytest.mark.skipif(
@@ -131,3 +132,29 @@ def test_eval_real_without_data_says_where_it_looks(tmp_path, monkeypatch):
     assert done.returncode != 0
     assert "real_ct" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "o").exists()
+
+
+@needs_data
+def test_soft_tissue_masses_grow_in_muscle_and_fat_never_in_bone():
+    """The muscle kind of the training mixture: a mass in real skeletal muscle, prompted by
+    attributes only (no location names muscle), in the window, never inside bone."""
+    from malenia.data.real_mix import SOFT_TISSUE_CATEGORY, RealMixDataset
+    from malenia.preprocessing import normalize_ct
+    from malenia.synth.split import SEEN_CATEGORIES
+
+    dataset = RealMixDataset(SEEN_CATEGORIES, seed=5, mix={"soft_tissue": 1.0})
+    scan = next(s for s in dataset.scans if s.muscle is not None)
+    assert scan.muscle.sum() * 8 / 1000 > 500  # ml of gluteal, paraspinal and psoas muscle
+    bone_level = float(normalize_ct(np.array([300.0]))[0])
+    volumes = []
+    for index in range(6):
+        item = dataset[index]
+        assert item["categories"] == [SOFT_TISSUE_CATEGORY]
+        (description,) = item["descriptions"]
+        assert description.location is None and description.density and description.shape
+        mask = item["instance_mask"] > 0
+        volumes.append(mask.sum() * 8 / 1000)
+        core = ndimage.binary_erosion(mask, iterations=2)
+        assert (item["image"][0][core] > bone_level).mean() < 0.02  # not in bone
+        assert core.any()
+    assert 5 < np.median(volumes) < 400, volumes  # ml: masses of 2.5-9 cm

@@ -427,6 +427,6 @@ def test_a_query_without_threshold_gets_the_models_calibrated_default(server):
 
     answer = client.segment(volume_id, "renal cyst")
     assert answer.threshold == default
-    assert answer.extra["grounded_in"] == get_preset("renal cyst").description.location
+    assert answer.extra["grounded_in"] == get_preset("renal cyst").query_description.location
     assert answer.extra["grounding_warning"] is None  # the phantom's kidney was found
     assert client.segment(volume_id, "renal cyst", 0.65).threshold == 0.65

@@ -374,7 +374,7 @@ def test_the_bundled_engine_says_where_it_grounded_the_answer(slicer_scene, ct_n
     client = InProcessEngineClient(Engine.load(device="cpu"))
     logic = MaleniaSegmentLogic(slicer_scene, client)
     run = logic.segment(ct_node, "renal cyst")
-    assert run.result.extra["grounded_in"] == get_preset("renal cyst").description.location
+    assert run.result.extra["grounded_in"] == get_preset("renal cyst").query_description.location
     unlocated = logic.segment(ct_node, {"density": "hypodense", "shape": "round"})
     assert unlocated.result.extra["grounded_in"] is None
 

@@ -215,3 +215,19 @@ def test_samples_near_the_volume_edge_render(seed, seen_only):
     sample = make_sample(seed, categories, distractor_prob=0.7)
     assert sample.ct.shape == sample.instance_mask.shape == (64, 64, 64)
     assert np.isfinite(sample.ct).all()
+
+
+def test_contrast_scales_the_lesion_offset_from_its_host(liver_phantom):
+    """A subtle lesion (contrast < 1, as an HCC in its equilibrium phase) differs less from
+    its host than the same lesion at full contrast, on the same side."""
+    description = LesionDescription(**BASE)
+    offsets = {}
+    for contrast in (1.0, 0.25):
+        record = LesionRecord("liver cancer", description, size_mm=(30, 30), contrast=contrast)
+        ct, mask, done = render_lesions(
+            liver_phantom.ct, liver_phantom.labels, [record], np.random.default_rng(3), SPACING
+        )
+        assert done and mask.any()
+        offsets[contrast] = float(ct[mask > 0].mean()) - host_mean(liver_phantom, mask > 0)
+    assert offsets[1.0] < -25 and offsets[1.0] < offsets[0.25] < -3
+    assert abs(offsets[0.25]) < 0.5 * abs(offsets[1.0])

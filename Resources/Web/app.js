@@ -531,7 +531,7 @@ async function main() {
   });
   on("preset", "change", () => {
     const preset = S.info.presets.find((p) => p.name === $("preset").value);
-    if (preset) { fillRows(preset.attributes); S.preset = preset.name; } else { S.preset = null; }
+    if (preset) { fillRows(preset.query_attributes || preset.attributes); S.preset = preset.name; } else { S.preset = null; }
   });
   on("parse", "click", parseText);
   on("run", "click", () => run("segment"));

@@ -112,6 +112,23 @@ def sub_locations(location: str, vocabulary=None) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def organ_level_of(location: str, vocabulary=None) -> str:
+    """The whole organ a canonical location belongs to, when the organ has several parts
+    ('left lower lobe' -> 'lung'); the location itself otherwise ('spleen')."""
+    vocabulary = vocabulary or _vocabulary()
+    canonical = vocabulary.canonical("location", location)
+    if canonical in ORGAN_LEVEL:
+        return canonical
+    organ = vocabulary.organ(canonical)
+    return organ if organ in ORGAN_LEVEL else canonical
+
+
+def location_choices(vocabulary=None) -> list[str]:
+    """What a location menu offers: every canonical location, then the whole organs."""
+    vocabulary = vocabulary or _vocabulary()
+    return list(vocabulary.values("location")) + list(ORGAN_LEVEL)
+
+
 def organ_level_value(text: str) -> str | None:
     """The organ-level value a surface form names exactly ('Hepatic' -> 'liver'), or None."""
     form = re.sub(r"\s+", " ", text.strip().lower())

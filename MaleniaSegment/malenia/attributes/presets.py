@@ -8,7 +8,7 @@ materialised in Resources/Attributes/presets.json by scripts/build_attribute_res
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -137,11 +137,23 @@ class Preset:
     seen_in_training: bool
     size_mm: tuple[float, float]
 
+    @property
+    def query_description(self) -> LesionDescription:
+        """What picking the preset searches for: the typical description with its location
+        widened to the whole organ. The stored location is the most frequent sub-region of
+        the annotations (lung cancer: right upper lobe), a statistic, not a place to look: a
+        radiologist who picks "Lung cancer" wants the tumour in whichever lobe it lies."""
+        from malenia.attributes.locations import organ_level_of
+
+        location = self.description.location
+        return replace(self.description, location=organ_level_of(location) if location else None)
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
             "category": self.category,
             "attributes": self.description.to_dict(),
+            "query_attributes": self.query_description.to_dict(),
             "source": self.source,
             "seen_in_training": self.seen_in_training,
             "size_mm": list(self.size_mm),

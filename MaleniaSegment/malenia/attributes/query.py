@@ -60,7 +60,7 @@ def resolve_query(query) -> ResolvedQuery:
         )
     try:
         preset = get_preset(text)
-        return ResolvedQuery(preset.description, preset.name, preset.category)
+        return ResolvedQuery(preset.query_description, preset.name, preset.category)
     except UnknownAttributeValueError:
         pass
     parsed = parse_text(text)

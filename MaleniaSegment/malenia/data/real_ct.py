@@ -40,6 +40,9 @@ REAL_TRAINING_DATA = [
              "IBSI soft-tissue sarcoma crops (CC BY 3.0)", "licence": "as stated",
      "use": "validation only, never trained on"},
 ]  # fmt: skip
+# TotalSegmentator v2 "total" ids of skeletal muscles: gluteus maximus / medius / minimus,
+# autochthon and iliopsoas, left and right.
+TOTALSEG_MUSCLES = tuple(range(80, 90))
 HCC_TRAIN = ("RadCTTACEomics_0697", "RadCTTACEomics_2022")
 HCC_VALIDATION = ("RadCTTACEomics_1720",)
 LUNG_LOBES = (
@@ -93,6 +96,9 @@ class RealScan:
     # Locations whose label is complete in this scan: only these are asked of the location
     # head (present ones as their mask, absent ones as empty).
     known_locations: tuple[str, ...] = field(default_factory=tuple)
+    # Skeletal muscle (bool, same grid) where the scan's labels have it: the host tissue of
+    # soft-tissue masses, which no location of the vocabulary names.
+    muscle: np.ndarray | None = None
 
 
 def _on_grid(image: sitk.Image, spacing_zyx) -> sitk.Image:
@@ -203,12 +209,13 @@ def load_totalseg_example(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None)
     grid = _on_grid(sitk.ReadImage(str(folder / "example_ct.nii.gz")), spacing_zyx)
     organs = _labels_on(sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz")), grid)
     labels = labels_from_totalseg(organs, grid)
+    muscle = np.isin(organs, TOTALSEG_MUSCLES)
     known = sorted(set(TOTALSEG_TO_LOCATION.values()))
     known += ["right liver lobe", "left liver lobe", "pancreatic head", "pancreatic body",
               "pancreatic tail"]  # fmt: skip
     return RealScan(
         "totalseg_example", sitk.GetArrayFromImage(grid), labels, np.zeros(labels.shape, np.int16),
-        [], [], tuple(reversed(grid.GetOrigin())), tuple(spacing_zyx), tuple(known),
+        [], [], tuple(reversed(grid.GetOrigin())), tuple(spacing_zyx), tuple(known), muscle,
     )  # fmt: skip
 
 

@@ -37,6 +37,33 @@ CATEGORY_LOCATIONS = {
 DEFAULT_MIX = {"phantom": 0.3, "real_synthetic": 0.3, "real_lesion": 0.1, "lidc": 0.2,
                "real_negative": 0.1}  # fmt: skip
 LIDC_CATEGORY = "lung nodule"
+SOFT_TISSUE_CATEGORY = "soft-tissue mass"
+# Diameters (mm) of the masses rendered into muscle: soft-tissue tumours are found late,
+# mostly 3-10 cm.
+SOFT_TISSUE_SIZE_MM = (25.0, 90.0)
+# Share of lesions rendered into real organs with a reduced HU offset from their host, and
+# the range of that scale (1 = the renderer's full offset, e.g. 40-75 HU for hypodense).
+SUBTLE_SHARE, SUBTLE_CONTRAST = 0.5, (0.2, 0.8)
+
+
+def soft_tissue_description(rng: np.random.Generator):
+    """A mass in muscle described by its elemental attributes only: no location of the
+    vocabulary names muscle, so the prompt never has one. Attributes vary independently,
+    so the model learns what each means in this tissue (not one tumour type's look)."""
+    from malenia.attributes.schema import LesionDescription
+
+    def pick(values, weights):
+        return values[int(rng.choice(len(values), p=np.array(weights) / sum(weights)))]
+
+    features = tuple(f for f, p in (("necrosis", 0.2), ("calcification", 0.1)) if rng.random() < p)
+    return LesionDescription(
+        shape=pick(("irregular", "round-like"), (0.6, 0.4)),
+        density=pick(("isodense", "hypodense", "hyperdense"), (0.5, 0.3, 0.2)),
+        density_variation=pick(("heterogeneous", "homogeneous"), (0.7, 0.3)),
+        surface=pick(("ill-defined margin", "well-defined margin"), (0.5, 0.5)),
+        enhancement=pick(("contrast-enhanced CT", "non-contrast CT"), (0.6, 0.4)),
+        specific_features=features,
+    )
 
 
 def augment_hu(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -102,6 +129,8 @@ class RealMixDataset:
             return {**self.phantoms[index], "known_locations": tuple(LOCATION_LABEL)}
         if kind == "lidc":
             return self._lidc_item(rng)
+        if kind == "soft_tissue":
+            return self._soft_tissue_item(rng)
         return self._scan_item(kind, rng)
 
     # ------------------------------------------------------------------ real scans
@@ -124,7 +153,13 @@ class RealMixDataset:
                 pool = lesion_pool(category)
                 record = pool[int(rng.integers(len(pool)))]
                 description = replace(record.description, location=location)
-                records.append(LesionRecord(category, description, record.report, record.size_mm))
+                contrast = (
+                    float(rng.uniform(*SUBTLE_CONTRAST)) if rng.random() < SUBTLE_SHARE else 1.0
+                )
+                records.append(
+                    LesionRecord(category, description, record.report, record.size_mm,
+                                 contrast=contrast)
+                )  # fmt: skip
                 centre = self._voxel_in(scan.labels == LOCATION_LABEL[location], rng)
             else:
                 kind = "real_negative"
@@ -158,6 +193,56 @@ class RealMixDataset:
             "categories": categories,
             "reports": [""] * len(descriptions),
             "labels": labels,
+            "origin_mm": origin,
+            "known_locations": scan.known_locations,
+        }
+
+    def _soft_tissue_item(self, rng: np.random.Generator) -> dict:
+        """A mass rendered into the real skeletal muscle of a training scan (gluteal,
+        paraspinal, iliopsoas), free to grow into the fat around it but not into bone or
+        organs, prompted without a location."""
+        from malenia.synth.anatomy import LABELS
+        from malenia.synth.lesions import LesionRecord, RenderError, render_in_host
+
+        scans = [s for s in self.scans if s.muscle is not None and s.muscle.sum() > 1000]
+        if not scans:
+            return self._scan_item("real_negative", rng)
+        scan = scans[int(rng.integers(len(scans)))]
+        # Render in a box 1.5 windows wide around a muscle voxel, then cut the window around
+        # the mass (the renderer places it anywhere in its host).
+        big = tuple(int(p * 1.5) for p in self.shape)
+        centre = self._voxel_in(scan.muscle, rng)
+        start = [int(np.clip(c - p // 2, 0, max(n - p, 0))) for c, p, n in zip(centre, big, scan.hu.shape, strict=True)]  # fmt: skip
+        hu = _window(scan.hu, start, big)
+        organs = _window(scan.labels, start, big, mode="constant")
+        muscle = _window(scan.muscle, start, big, mode="constant")
+        # Soft tissue and fat around the muscle are free space; bone and organs are not.
+        tissue = np.where(organs > 0, LABELS["aorta"], 0).astype(np.uint8)
+        tissue[(organs == 0) & (hu > -300) & (hu < 250)] = LABELS["body"]
+        tissue[(organs == 0) & (hu >= 250)] = LABELS["aorta"]
+        tissue[muscle] = LABELS["muscle"]
+        description = soft_tissue_description(rng)
+        record = LesionRecord(SOFT_TISSUE_CATEGORY, description, "", SOFT_TISSUE_SIZE_MM)
+        try:
+            hu, instances = render_in_host(hu, tissue, muscle, record, rng, self.spacing)
+        except RenderError:
+            return self._scan_item("real_negative", rng)
+        middle = np.array(record.rendered["centre_voxel"]) + rng.integers(-10, 11, size=3)
+        inner = [int(np.clip(m - p // 2, 0, b - p)) for m, p, b in zip(middle, self.shape, big, strict=True)]  # fmt: skip
+        cut = tuple(slice(i, i + p) for i, p in zip(inner, self.shape, strict=True))
+        hu, instances, organs = hu[cut], instances[cut], organs[cut]
+        start = [s + i for s, i in zip(start, inner, strict=True)]
+        found = bool(instances.any())
+        origin = tuple(
+            o + s * d for o, s, d in zip(scan.origin_zyx, start, scan.spacing_zyx, strict=True)
+        )
+        return {
+            "image": normalize_ct(augment_hu(hu, rng))[None],
+            "instance_mask": instances,
+            "descriptions": [description] if found else [],
+            "categories": [SOFT_TISSUE_CATEGORY] if found else [],
+            "reports": [""] if found else [],
+            "labels": organs,
             "origin_mm": origin,
             "known_locations": scan.known_locations,
         }

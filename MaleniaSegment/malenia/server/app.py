@@ -173,8 +173,11 @@ def create_app(
     @app.get(f"{API}/info", dependencies=[Depends(authorised)])
     def info() -> dict:
         from malenia.attributes import ATTRIBUTE_KEYS, load_presets, load_vocabulary
+        from malenia.attributes.locations import location_choices
 
         vocabulary = load_vocabulary()
+        choices = {k: vocabulary.values(k) for k in ATTRIBUTE_KEYS}
+        choices["location"] = location_choices(vocabulary)  # whole organs too
         return {
             "model_id": backend.model_id,
             "model_card": backend.card,
@@ -182,7 +185,7 @@ def create_app(
             "anatomy_grounding": backend.anatomy_grounding,
             "device": backend.device_note,
             "max_upload_bytes": max_upload_bytes,
-            "vocabulary": {k: vocabulary.values(k) for k in ATTRIBUTE_KEYS},
+            "vocabulary": choices,
             "presets": [p.to_dict() for p in load_presets().values()],
             "queue": store.stats(),
         }

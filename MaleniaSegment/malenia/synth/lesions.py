@@ -53,6 +53,10 @@ class LesionRecord:
     report: str = ""
     size_mm: tuple[float, float] = (10.0, 40.0)
     rendered: dict = field(default_factory=dict)  # filled in: centre, diameter, host HU...
+    # Scales the lesion's HU offset from its host (solid tissue only): real lesions range
+    # from marked to barely visible (an HCC in its equilibrium phase is 5-15 HU below the
+    # liver); the phantoms keep 1.0.
+    contrast: float = 1.0
 
 
 class RenderError(ValueError):
@@ -135,6 +139,25 @@ def render_lesions(
             continue
         rendered.append(record)
     return ct, instances, rendered
+
+
+def render_in_host(
+    ct: np.ndarray,
+    labels: np.ndarray,
+    host: np.ndarray,
+    record: LesionRecord,
+    rng: np.random.Generator,
+    spacing: tuple[float, float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One lesion inside ``host`` (a mask, for tissue no location names, e.g. muscle).
+    Returns (new ct, instance mask with the lesion as 1); RenderError when it cannot be placed."""
+    ct = ct.astype(np.float32, copy=True)
+    instances = np.zeros(ct.shape, dtype=np.int16)
+    if host.sum() < 20:
+        raise RenderError("the host tissue is not in this volume")
+    spacing_arr = np.asarray(spacing, dtype=np.float32)
+    _render_one(ct, labels, instances, host, record, rng, spacing_arr, 1)
+    return ct, instances
 
 
 # --------------------------------------------------------------------------- one lesion
@@ -302,7 +325,7 @@ def _lesion_intensity(record, d, features, host_hu, rng, distance, radius_vox) -
             "isodense": rng.uniform(-5, 5),
             "hyperdense": rng.uniform(35, 70),
         }
-        base = host_hu + float(offset.get(d.density or "", rng.uniform(-40, 40)))
+        base = host_hu + record.contrast * float(offset.get(d.density or "", rng.uniform(-40, 40)))
     hu = np.full(shape_box, base, dtype=np.float32)
     if d.density == "mixed ground-glass and solid":
         hu = np.where(distance < rng.uniform(0.3, 0.55), 30.0, hu).astype(np.float32)
