@@ -35,7 +35,6 @@ repository, or $MALENIA_REAL_CT. Without weights or data it prints why and exits
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
@@ -50,6 +49,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from malenia.weights import sha256_of
 from scipy import ndimage
 from torch import nn
 
@@ -122,14 +122,6 @@ class I3ResNet152(nn.Module):
 # Feature index m of each stage sits at input index stride * m (Z, X, Y); see forward_to_layer3.
 STRIDE_L2 = (4, 8, 8)
 STRIDE_L3 = (8, 16, 16)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def published_sha256() -> tuple[str, str]:
