@@ -100,6 +100,12 @@ class RealScan:
     # soft-tissue masses, which no location of the vocabulary names.
     muscle: np.ndarray | None = None
 
+    def position_of(self, index_zyx) -> tuple[float, float, float]:
+        """LPS mm (z, y, x) of the voxel at ``index_zyx`` (e.g. a training window's corner)."""
+        return tuple(
+            o + i * d for o, i, d in zip(self.origin_zyx, index_zyx, self.spacing_zyx, strict=True)
+        )
+
 
 def _on_grid(image: sitk.Image, spacing_zyx) -> sitk.Image:
     from malenia.preprocessing import canonical_orientation, resample_to_spacing

@@ -183,9 +183,6 @@ class RealMixDataset:
             instances[(real == lesion) & (instances == 0)] = len(descriptions) + 1
             descriptions.append(scan.descriptions[lesion - 1])
             categories.append(scan.categories[lesion - 1])
-        origin = tuple(
-            o + s * d for o, s, d in zip(scan.origin_zyx, start, scan.spacing_zyx, strict=True)
-        )
         return {
             "image": normalize_ct(augment_hu(hu, rng))[None],
             "instance_mask": instances,
@@ -193,7 +190,7 @@ class RealMixDataset:
             "categories": categories,
             "reports": [""] * len(descriptions),
             "labels": labels,
-            "origin_mm": origin,
+            "origin_mm": scan.position_of(start),
             "known_locations": scan.known_locations,
         }
 
@@ -233,9 +230,6 @@ class RealMixDataset:
         hu, instances, organs = hu[cut], instances[cut], organs[cut]
         start = [s + i for s, i in zip(start, inner, strict=True)]
         found = bool(instances.any())
-        origin = tuple(
-            o + s * d for o, s, d in zip(scan.origin_zyx, start, scan.spacing_zyx, strict=True)
-        )
         return {
             "image": normalize_ct(augment_hu(hu, rng))[None],
             "instance_mask": instances,
@@ -243,7 +237,7 @@ class RealMixDataset:
             "categories": [SOFT_TISSUE_CATEGORY] if found else [],
             "reports": [""] if found else [],
             "labels": organs,
-            "origin_mm": origin,
+            "origin_mm": scan.position_of(start),
             "known_locations": scan.known_locations,
         }
 
