@@ -321,7 +321,11 @@ def test_page_runs_under_its_csp_and_fetches_nothing_from_outside(page, server, 
     strict.on("pageerror", lambda error: errors.append(str(error)))
     strict.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     strict.goto(f"{server.url}/?token={server.token}")
-    strict.wait_for_function("window.malenia && window.malenia.ready", timeout=120_000)
+    # A function, not an expression: Playwright evals an expression inside the page, which
+    # the page's CSP (no unsafe-eval) rightly refuses once the page has loaded.
+    strict.wait_for_function(
+        "() => Boolean(window.malenia && window.malenia.ready)", timeout=120_000
+    )
     assert strict.text_content("#error") == "" and errors == []
     assert "connecting" not in strict.text_content("#model")
     context.close()
