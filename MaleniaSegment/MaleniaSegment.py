@@ -308,14 +308,13 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _fillVocabulary(self) -> None:
         from malenia.attributes import load_presets, load_vocabulary
+        from malenia.attributes.locations import location_choices
 
         vocabulary = load_vocabulary()
         self.ui.presetComboBox.addItem("(no preset)", "")
         for preset in load_presets().values():
             suffix = "" if preset.seen_in_training else "  (zero-shot)"
             self.ui.presetComboBox.addItem(preset.name + suffix, preset.category)
-        from malenia.attributes.locations import location_choices
-
         for key, name in ATTRIBUTE_WIDGETS.items():
             combo = getattr(self.ui, name)
             combo.addItem("")

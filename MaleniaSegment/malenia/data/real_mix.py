@@ -11,6 +11,7 @@ patients and the TotalSegmentator example CT. Items have the synthetic dataset's
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -116,6 +117,11 @@ class RealMixDataset:
             self._scans.append(load_totalseg_example(self.spacing))
         return self._scans
 
+    @cached_property
+    def muscle_scans(self) -> list[RealScan]:
+        """The training scans with enough labelled skeletal muscle to host a mass."""
+        return [s for s in self.scans if s.muscle is not None and s.muscle.sum() > 1000]
+
     @property
     def nodules(self):
         if self._nodules is None:
@@ -201,7 +207,7 @@ class RealMixDataset:
         from malenia.synth.anatomy import LABELS
         from malenia.synth.lesions import LesionRecord, RenderError, render_in_host
 
-        scans = [s for s in self.scans if s.muscle is not None and s.muscle.sum() > 1000]
+        scans = self.muscle_scans
         if not scans:
             return self._scan_item("real_negative", rng)
         scan = scans[int(rng.integers(len(scans)))]
