@@ -421,6 +421,32 @@ def test_training_can_start_from_published_weights(tmp_path):
     assert first["step"] == 2 and max(moved) < 0.05  # one small step away, not a fresh model
 
 
+def test_a_soft_tissue_view_starts_as_the_older_model_and_then_learns(tmp_path):
+    """Training from weights without the soft-tissue view: same function at the start (the
+    stem's last layer is zero), the view is the input in W400/L40, and after a step the stem
+    has weight, so a 10 HU difference can reach the features."""
+    from malenia.weights import load_weights
+
+    train(_config(tmp_path / "a", 1))
+    older, _ = load_weights(tmp_path / "a" / "last.safetensors")
+    with_view = MaleniaNet(small_config(soft_tissue_window=(-160.0, 240.0))).eval()
+    with_view.load_state_dict(older.state_dict(), strict=False)
+    image = torch.rand(1, 1, 32, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(older.encode_image(image).f4, with_view.encode_image(image).f4)
+    hu = torch.tensor([-1000.0, -160.0, 83.0, 92.0, 240.0, 1000.0])
+    view = with_view.soft_tissue_view(hu / 1000.0)  # normalize_ct of these HU
+    assert view.tolist() == pytest.approx([-1.0, -1.0, 0.215, 0.26, 1.0, 1.0], abs=1e-4)
+
+    config = _config(tmp_path / "b", 1, init_from=str(tmp_path / "a" / "last.safetensors"))
+    config.model = small_config(soft_tissue_window=(-160.0, 240.0)).to_dict()
+    trained = train(config)["model"]
+    assert trained.soft_tissue[-1].weight.abs().max() > 0
+    reloaded, card = load_weights(tmp_path / "b" / "last.safetensors")
+    assert card["config"]["soft_tissue_window"] == [-160.0, 240.0]
+    assert reloaded.soft_tissue is not None
+
+
 def test_publish_weights_makes_a_checkpoint_the_verified_bundled_pair(tmp_path):
     """scripts/publish_weights.py: card keeps the training record and gains the evaluation;
     re-publishing only the card keeps the weights' bytes (and so the model id)."""

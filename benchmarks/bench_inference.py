@@ -133,6 +133,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--baseline-windows", type=int, default=3)
     parser.add_argument(
+        "--organ-features",
+        default=None,
+        help="model | astra (the extra's encoder; its maps are made in the first grounded query)",
+    )
+    parser.add_argument(
         "--overlap", type=float, default=None, help="window overlap (default: the engine's)"
     )
     parser.add_argument(
@@ -158,11 +163,11 @@ def main() -> None:
         estimate, how = baseline(volume, pick_device(args.device)[0], args.baseline_windows, rows)
         print(f"baseline ({how}): {estimate:.1f} s; ratio {estimate / args.baseline_only:.1f}x")
         return
-    engine = Engine.load(args.weights, args.device)
+    engine = Engine.load(args.weights, args.device, args.organ_features)
     if args.overlap is not None:
         engine.overlap = args.overlap
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {engine.device_note}")
-    print(f"weights: {engine.weights_path} ({engine.model_id})")
+    print(f"weights: {engine.weights_path} ({engine.model_id}); organ maps: {engine.organ_source}")
     print(f"CT {array.shape[::-1]} voxels at {SPACING_XYZ} mm; RSS before: ", end="")
     print(f"{psutil.Process().memory_info().rss / 2**30:.2f} GB")
     encoded, encode_s = timed("encode whole CT (heavy pass)", lambda: engine.encode(volume), rows)

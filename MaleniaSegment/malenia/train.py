@@ -686,7 +686,8 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
         new = [
             k
             for k in missing
-            if not (
+            if not k.startswith(MaleniaNet.NEUTRAL_MODULES)
+            and not (
                 anatomy
                 and k.startswith(("location_head.", "location_features.", "location_centre"))
             )

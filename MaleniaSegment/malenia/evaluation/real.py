@@ -146,7 +146,7 @@ def score(prediction: np.ndarray, truth: np.ndarray, spacing_zyx) -> dict:
 
 
 def organ_dice(encoded, locations, truth: np.ndarray) -> float:
-    """Dice of the location head's organ map (union of ``locations``, probability > 0.5)
+    """Dice of the engine's organ map (union of ``locations``, probability > 0.5)
     against ``truth`` on the input grid."""
     from malenia.evaluation.metrics import dice
     from malenia.preprocessing import to_input_grid
@@ -207,7 +207,8 @@ def evaluate_real(engine, out: Path, groups=GROUPS, limit=None, threshold=None, 
                            "grounded_in", "grounding_warning")}
         for r in rows if r["group"] in DEMO_GROUPS
     ]  # fmt: skip
-    summary["settings"] = {"model": engine.model_id, "threshold": threshold or engine.default_threshold,
+    summary["settings"] = {"model": engine.model_id, "organ_maps": engine.organ_source,
+                           "threshold": threshold or engine.default_threshold,
                            "roi_threshold": threshold or (engine.card.get("postprocess") or {}).get("roi_threshold"),
                            "seconds": round(time.time() - started, 1), "groups": list(groups),
                            "limit_per_group": limit}  # fmt: skip
@@ -264,7 +265,8 @@ def summary_markdown(summary: dict) -> str:
     s = summary.get("settings", {})
     lines = [
         f"Model `{s.get('model')}`, threshold {s.get('threshold')} (small ROIs: "
-        f"{s.get('roi_threshold') or s.get('threshold')}), {s.get('seconds')} s. "
+        f"{s.get('roi_threshold') or s.get('threshold')}), organ maps: "
+        f"{s.get('organ_maps', 'location head')}, {s.get('seconds')} s. "
         "Validation cases only; the first query of each group is the scored one.",
         "",
         "| group | query | n | Dice | NSD@2mm | found | predicted ml | true ml | FP ml | FP <= true |",
@@ -291,7 +293,8 @@ def summary_markdown(summary: dict) -> str:
                      f"grounded in {demo['grounded_in']}, {warned}")  # fmt: skip
     for organ in summary.get("organ_dice", []):
         lines.append(
-            f"- location head, {organ['organ']} on {organ['case']}: organ Dice {organ['dice']}"
+            f"- organ map ({s.get('organ_maps', 'location head')}), {organ['organ']} on "
+            f"{organ['case']}: organ Dice {organ['dice']}"
         )
     return "\n".join(lines) + "\n"
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from malenia.astra import ORGAN_FEATURES, ORGAN_FEATURES_HELP
 from malenia.errors import MaleniaError
 from malenia.evaluation.metrics import DETECTION_IOU, NSD_TOLERANCE_MM, dice, lesion_detection, nsd
 from malenia.evaluation.testset import (
@@ -101,6 +102,9 @@ def register(subparsers) -> None:
         help="extra models asked the true prompt on the same cases, e.g. no_cmki=W.safetensors",
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--organ-features", choices=ORGAN_FEATURES, help="--real: " + ORGAN_FEATURES_HELP
+    )
     parser.add_argument("--no-overlays", action="store_true", help="skip overlays.png")
     parser.set_defaults(handler=_run)
 
@@ -392,7 +396,7 @@ def _run_real(args: argparse.Namespace) -> int:
 
     groups = tuple(args.groups or GROUPS + DEMO_GROUPS)
     next(iter(real_cases(groups[:1], 1)), None)  # the data is there: before loading weights
-    engine = Engine.load(args.weights, args.device)
+    engine = Engine.load(args.weights, args.device, args.organ_features)
     out = args.out or Path("eval") / "real"
     summary = evaluate_real(
         engine, out, groups, args.limit, args.threshold,

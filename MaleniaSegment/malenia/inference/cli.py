@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from malenia.astra import ORGAN_FEATURES, ORGAN_FEATURES_HELP
 from malenia.errors import MaleniaError
 
 # Output option -> (extensions it accepts, what it is).
@@ -110,6 +111,7 @@ def register(subparsers) -> None:
         )
         parser.add_argument("--weights", type=Path, help="weights (.safetensors); default: bundled")
         parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+        parser.add_argument("--organ-features", choices=ORGAN_FEATURES, help=ORGAN_FEATURES_HELP)
         parser.set_defaults(handler=_run)
     info = subparsers.add_parser("info", help="weights, model summary and device")
     info.add_argument("--weights", type=Path)
@@ -280,8 +282,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from malenia.inference import Engine
 
-    engine = Engine.load(args.weights, args.device)
-    print(f"{engine.model_id}: {engine.device_note}", file=sys.stderr)
+    engine = Engine.load(args.weights, args.device, args.organ_features)
+    print(
+        f"{engine.model_id}: {engine.device_note}; organ maps: {engine.organ_source}",
+        file=sys.stderr,
+    )
     bar = tqdm(desc="encoding", unit="window", file=sys.stderr)
 
     def progress(stage: str, done: int, total: int) -> None:

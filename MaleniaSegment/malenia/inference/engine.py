@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from malenia.astra import ORGAN_FEATURES, ORGAN_FEATURES_ENV
 from malenia.attributes import KnowledgeTable, LesionDescription, resolve_query
 from malenia.attributes.locations import sub_locations
 from malenia.attributes.schema import ATTRIBUTE_KEYS
@@ -125,9 +126,11 @@ class Engine:
         device: torch.device,
         device_note: str,
         weights_path: Path | None = None,
+        organ_mapper=None,
     ) -> None:
         self.model, self.card, self.device, self.device_note = model, card, device, device_note
         self.weights_path = weights_path
+        self.organ_mapper = organ_mapper  # malenia.astra.OrganMapper, or the location head
         self.config = model.config
         self.window_batch = 4 if device.type == "cuda" else 1
         self.grounding = True  # answers grounded in the named organ when the weights can
@@ -144,8 +147,25 @@ class Engine:
             )
 
     @classmethod
-    def load(cls, weights: str | Path | None = None, device: str = "auto") -> Engine:
+    def load(
+        cls,
+        weights: str | Path | None = None,
+        device: str = "auto",
+        organ_features: str | None = None,
+    ) -> Engine:
+        """``organ_features``: "model" (the location head) or "astra" (the extra's pretrained
+        encoder; checked and loaded here, before any CT is read); None: $MALENIA_ORGAN_FEATURES,
+        else "model"."""
+        import os
+
         from malenia.weights import load_weights
+
+        organ_features = organ_features or os.environ.get(ORGAN_FEATURES_ENV) or "model"
+        if organ_features not in ORGAN_FEATURES:
+            raise WeightsError(
+                f"Unknown organ feature source '{organ_features}' (from --organ-features or "
+                f"${ORGAN_FEATURES_ENV}): use one of {', '.join(ORGAN_FEATURES)}."
+            )
 
         path = Path(weights) if weights else default_weights_path()
         if not path.is_file():
@@ -156,7 +176,12 @@ class Engine:
             )
         torch_device, note = pick_device(device)
         model, card = load_weights(path, "cpu")
-        return cls(model.to(torch_device).eval(), card, torch_device, note, path)
+        mapper = None
+        if organ_features == "astra":
+            from malenia.astra.organ_maps import load_organ_mapper
+
+            mapper = load_organ_mapper()
+        return cls(model.to(torch_device).eval(), card, torch_device, note, path, mapper)
 
     @property
     def default_threshold(self) -> float:
@@ -170,6 +195,11 @@ class Engine:
         """Whether prompts are answered in the organ their location names as well
         (``malenia.inference.grounding``): weights with a location head, not switched off."""
         return self.grounding and self.model.location_head is not None
+
+    @property
+    def organ_source(self) -> str:
+        """What grounded answers take their organ maps from (recorded with evaluations)."""
+        return self.organ_mapper.source if self.organ_mapper else "location head"
 
     @property
     def model_id(self) -> str:
@@ -510,6 +540,7 @@ class EncodedVolume:
         self._maps: OrderedDict[str, np.ndarray] = OrderedDict()  # see _cached
         self.any_lesion = np.zeros(shape, np.float32)  # prompt-free map (set by the encoder)
         self._lesion_components = None  # any_lesion's lesions (see lesion_components)
+        self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
         # The grid this volume was encoded on: the model's spacing, finer for a small ROI.
         self.spacing_mm = tuple(spacing_mm or engine.config.spacing_mm)
         self.voxel_ml = float(np.prod(self.spacing_mm)) / 1000.0
@@ -626,6 +657,11 @@ class EncodedVolume:
 
     @torch.no_grad()
     def _location_map(self, location: str) -> np.ndarray:
+        mapper = self.engine.organ_mapper
+        if mapper is not None and not self.zoomed and location in mapper.locations:
+            if self._organ_maps is None:  # one encoder pass per volume, for every location
+                self._organ_maps = mapper.maps(self.volume.to_sitk(), self.model_reference)
+            return self._organ_maps.probability(location)
         model, table = self.engine.model, self.engine.table
         embedding = table.value_embedding("location", location)[None].to(self.engine.device)
         vectors = model.location_vectors(embedding).cpu()

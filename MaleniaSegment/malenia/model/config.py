@@ -21,6 +21,10 @@ class MaleniaConfig:
     # Anatomy grounding: a head that maps a location phrase to the organ it names, trained on
     # organ masks (anatomy only, no lesion of any category). Weights without it leave it off.
     location_head: bool = False
+    # A second view of the input in a soft-tissue window (HU low, high): the model's
+    # -1000..1000 HU input squeezes a 10 HU difference (an HCC against its liver, a sarcoma
+    # against muscle) into 0.5 % of its range. None: the single wide view of older weights.
+    soft_tissue_window: tuple[float, float] | None = None
     patch_size: tuple[int, int, int] = (64, 64, 64)
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
     extra: dict = field(default_factory=dict)
@@ -44,7 +48,7 @@ class MaleniaConfig:
     @classmethod
     def from_dict(cls, data: dict) -> MaleniaConfig:
         data = dict(data)
-        for key in ("filters", "align_blocks", "patch_size", "spacing_mm"):
-            if key in data:
+        for key in ("filters", "align_blocks", "patch_size", "spacing_mm", "soft_tissue_window"):
+            if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)

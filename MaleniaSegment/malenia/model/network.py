@@ -114,6 +114,9 @@ class MaleniaNet(nn.Module):
     # Parameters added after weights were first published; a file without them loads with
     # their initial values (zero), which leaves the older model's function unchanged.
     OPTIONAL_KEYS = ("prompt_direct.weight", "prompt_direct.bias")
+    # Modules that start as the identity of an older model (their last layer is zero), so
+    # training may start from weights without them (``malenia train`` with ``init_from``).
+    NEUTRAL_MODULES = ("soft_tissue.",)
 
     def __init__(self, config: MaleniaConfig | None = None) -> None:
         super().__init__()
@@ -121,6 +124,18 @@ class MaleniaNet(nn.Module):
         f = config.filters
         e, norm = config.token_dim, "instance"
         self.enc0 = UnetResBlock(3, 1, f[0], 3, 1, norm)
+        self.soft_tissue = None
+        if config.soft_tissue_window is not None:
+            # The soft-tissue view enters next to the first encoder block; zero last layer:
+            # the older model's function until training gives it weight.
+            self.soft_tissue = nn.Sequential(
+                nn.Conv3d(1, f[0], 3, padding=1),
+                nn.InstanceNorm3d(f[0], affine=True),
+                nn.LeakyReLU(0.01),
+                nn.Conv3d(f[0], f[0], 1),
+            )
+            nn.init.zeros_(self.soft_tissue[-1].weight)
+            nn.init.zeros_(self.soft_tissue[-1].bias)
         self.enc1 = UnetResBlock(3, f[0], f[1], 3, 2, norm)
         self.enc2 = UnetResBlock(3, f[1], f[2], 3, 2, norm)
         self.enc3 = UnetResBlock(3, f[2], f[3], 3, 2, norm)
@@ -180,8 +195,19 @@ class MaleniaNet(nn.Module):
             self.location_features = self.location_head = None
 
     # ----------------------------------------------------------------- image side (heavy)
+    def soft_tissue_view(self, image: torch.Tensor) -> torch.Tensor:
+        """The input (``normalize_ct``: -1..1 over HU_WINDOW) in the soft-tissue window."""
+        from malenia.preprocessing import HU_WINDOW
+
+        wide_low, wide_high = HU_WINDOW
+        low, high = self.config.soft_tissue_window  # type: ignore[misc]
+        hu = (image + 1.0) * ((wide_high - wide_low) / 2.0) + wide_low
+        return ((hu - low) * (2.0 / (high - low)) - 1.0).clamp(-1.0, 1.0)
+
     def encode_image(self, image: torch.Tensor) -> ImageFeatures:
         x0 = self.enc0(image)
+        if self.soft_tissue is not None:
+            x0 = x0 + self.soft_tissue(self.soft_tissue_view(image))
         x1 = self.enc1(x0)
         x2 = self.enc2(x1)
         x3 = self.enc3(x2)
