@@ -10,9 +10,9 @@ from typing import Any
 
 _EXPORTS = {
     "CancelToken": "malenia.inference.engine",
-    "EncodedVolume": "malenia.inference.engine",
+    "EncodedVolume": "malenia.inference.encoded",
     "Engine": "malenia.inference.engine",
-    "SegmentationResult": "malenia.inference.engine",
+    "SegmentationResult": "malenia.inference.encoded",
     "default_weights_path": "malenia.inference.engine",
     "LesionInfo": "malenia.inference.postprocess",
 }

@@ -1,0 +1,564 @@
+"""The light side of the engine: an encoded volume answers queries (a preset, attributes or
+free text; a new threshold; every lesion) from the windows' cached tokens and features, and a
+result goes back onto the input grid. The heavy pass that makes it is ``engine.Engine.encode``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from malenia.attributes import KnowledgeTable, LesionDescription, resolve_query
+from malenia.attributes.locations import sub_locations
+from malenia.attributes.schema import ATTRIBUTE_KEYS
+from malenia.errors import UnknownAttributeValueError
+from malenia.inference.postprocess import (
+    LesionInfo,
+    components,
+    foreground_box,
+    longest_axial_diameter,
+)
+from malenia.io import CTVolume
+from malenia.preprocessing import to_input_grid
+
+if TYPE_CHECKING:
+    from malenia.inference.engine import Engine, Window
+
+
+@dataclass
+class SegmentationResult:
+    """Probabilities and lesions of one query; the labelmap on the input grid is made on
+    first access (so that a re-cut stays cheap)."""
+
+    encoded: EncodedVolume
+    probability: np.ndarray  # model grid, float32
+    labels_model: np.ndarray  # model grid, int16
+    lesions: list[LesionInfo]
+    threshold: float
+    description: LesionDescription | None
+    mode: str  # "prompt" or "auto"
+    query: str = ""
+    min_volume_ml: float = 0.1
+    ranking: list | None = None  # category ranking of a prompt (kept for re-cuts)
+    # The location the answer was grounded in (``malenia.inference.grounding``), or None
+    # when the prompt branch answered alone.
+    grounded_in: str | None = None
+    # Set when the grounding region is larger than its organ can be (``region_warning``).
+    grounding_warning: str | None = None
+    # Free-text words the parser did not use, and its notes (what it inferred, conflicts).
+    not_understood: list[str] = field(default_factory=list)
+    query_notes: list[str] = field(default_factory=list)
+    _labelmap: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def labelmap(self) -> np.ndarray:
+        """int16 [k, j, i] on the input grid: 0 background, lesion i = i."""
+        if self._labelmap is None:
+            self._labelmap = self.encoded.to_input_labelmap(
+                self.probability, self.labels_model, self.threshold
+            )
+        return self._labelmap
+
+    @property
+    def volume(self) -> CTVolume:
+        return self.encoded.volume
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "query": self.query,
+            "threshold": self.threshold,
+            "grounded_in": self.grounded_in,
+            "grounding_warning": self.grounding_warning,
+            "not_understood": list(self.not_understood),
+            "query_notes": list(self.query_notes),
+            "description": self.description.to_dict() if self.description else None,
+            "model": self.encoded.engine.model_id,
+            "lesions": [lesion.to_dict() for lesion in self.lesions],
+        }
+
+
+class EncodedVolume:
+    """A volume after the heavy pass: per-window mask tokens and mask features."""
+
+    def __init__(
+        self, engine: Engine, volume: CTVolume, model_image, shape, windows: list[Window], region,
+        spacing_mm: tuple[float, float, float] | None = None,
+    ) -> None:  # fmt: skip
+        self.engine, self.volume, self.shape, self.windows, self.region = (
+            engine,
+            volume,
+            shape,
+            windows,
+            region,
+        )
+        self.model_reference = _blank_like(model_image)
+        self.input_reference = _blank_like(volume.to_sitk())
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()  # see _cached
+        self.any_lesion = np.zeros(shape, np.float32)  # prompt-free map (set by the encoder)
+        self._lesion_components = None  # any_lesion's lesions (see lesion_components)
+        self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
+        # The grid this volume was encoded on: the model's spacing, finer for a small ROI.
+        self.spacing_mm = tuple(spacing_mm or engine.config.spacing_mm)
+        self.voxel_ml = float(np.prod(self.spacing_mm)) / 1000.0
+        # Smallest lesion kept, counted in voxels of the model's own grid (``min_volume_ml``
+        # is meant at its spacing): a finer ROI grid keeps proportionally smaller lesions.
+        self._model_voxel_ml = float(np.prod(engine.config.spacing_mm)) / 1000.0
+
+    # ------------------------------------------------------------------ queries
+    def resolve(self, query) -> tuple[LesionDescription, str, str | None]:
+        """(description, readable query, preset category or None) from any query form
+        (``malenia.attributes.query.resolve_query``, which callers may run first)."""
+        resolved = resolve_query(query)
+        return resolved.description, resolved.readable, resolved.category
+
+    @property
+    def zoomed(self) -> bool:
+        """Whether this is a small ROI encoded on a finer grid than the model's own."""
+        return self.spacing_mm != tuple(self.engine.config.spacing_mm)
+
+    @property
+    def default_threshold(self) -> float:
+        """The engine's calibrated threshold; for a zoomed ROI the one calibrated for ROI
+        queries (``malenia calibrate --roi``: LIDC training nodules) when the card has it."""
+        postprocess = self.engine.card.get("postprocess") or {}
+        if self.zoomed and postprocess.get("roi_threshold") is not None:
+            return float(postprocess["roi_threshold"])
+        return self.engine.default_threshold
+
+    @property
+    def grounded(self) -> bool:
+        """Whether answers are grounded in the named organ (weights with a location head)."""
+        return self.engine.anatomy_grounding
+
+    def _grounds(self, description: LesionDescription, grounding: bool | None) -> bool:
+        """Whether this query is grounded: it names a location, the weights can, and the
+        caller did not ask for the prompt branch alone."""
+        wanted = self.grounded if grounding is None else grounding and self.grounded
+        has_map = all(w.location is not None for w in self.windows)  # not on a zoomed ROI
+        return bool(wanted and description.location and has_map)
+
+    def probability(
+        self, description: LesionDescription, grounding: bool | None = None
+    ) -> np.ndarray:
+        """The answer's probability map on the model grid. ``grounding`` None: on whenever
+        the weights have a location head (``malenia.inference.grounding``); False gives
+        the prompt branch alone (for ablations)."""
+        if not self._grounds(description, grounding) or self.grounding_warning(
+            description.location
+        ):  # no organ map, or one too large to be that organ: the description alone answers
+            return self._prompt_probability(description)
+        from malenia.inference.grounding import grounded_probability
+
+        return self._cached(
+            "grounded " + repr(description),
+            lambda: grounded_probability(
+                self._prompt_probability(description),
+                self.any_lesion,
+                self.location_region(description.location),
+                self.lesion_components(),
+            ),
+        )
+
+    def lesion_components(self):
+        """The prompt-free map's lesions (``grounding.LesionComponents``): labelled once, at
+        encoding when the weights ground answers, since every grounded query keeps the
+        lesions that reach its organ whole."""
+        from malenia.inference.grounding import LesionComponents
+
+        if self._lesion_components is None:
+            self._lesion_components = LesionComponents.of(self.any_lesion)
+        return self._lesion_components
+
+    def location_region(self, location: str) -> np.ndarray:
+        """[model grid] where answers naming ``location`` are grounded (kept: editing the
+        other attributes of a description keeps its location)."""
+        from malenia.inference.grounding import location_region
+
+        parts = sub_locations(location)
+        if len(parts) > 1:  # an organ-level location: the union of its parts' regions
+            return self._cached(
+                "region " + location,
+                lambda: np.logical_or.reduce([self.location_region(p) for p in parts]),
+            )
+        location = parts[0]
+        return self._cached(
+            "region " + location,
+            lambda: location_region(self.location_probability(location), self.spacing_mm),
+        )
+
+    def _cached(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """Model-grid maps of recent queries (probabilities, organ regions): a user edits
+        one description several times. The least recently used beyond 8 are dropped."""
+        if key in self._maps:
+            self._maps.move_to_end(key)
+            return self._maps[key]
+        self._maps[key] = value = compute()
+        if len(self._maps) > 8:
+            self._maps.popitem(last=False)
+        return value
+
+    def location_probability(self, location: str) -> np.ndarray:
+        """[model grid] probability of being inside the organ a canonical location names.
+
+        Windows whose 1/4-grid logits are all <= 0 stay 0: upsampling cannot lift them
+        above 0.5, so the organ is not there, and most windows of a CT hold no given organ.
+        An organ-level location ("liver") is the voxel-wise maximum over its parts."""
+        parts = sub_locations(location)
+        if len(parts) > 1:
+            return self._cached(
+                "location " + location,
+                lambda: np.maximum.reduce([self.location_probability(p) for p in parts]),
+            )
+        return self._cached("location " + parts[0], lambda: self._location_map(parts[0]))
+
+    @torch.no_grad()
+    def _location_map(self, location: str) -> np.ndarray:
+        mapper = self.engine.organ_mapper
+        if mapper is not None and not self.zoomed and location in mapper.locations:
+            if self._organ_maps is None:  # one encoder pass per volume, for every location
+                self._organ_maps = mapper.maps(self.volume.to_sitk(), self.model_reference)
+            return self._organ_maps.probability(location)
+        model, table = self.engine.model, self.engine.table
+        embedding = table.value_embedding("location", location)[None].to(self.engine.device)
+        vectors = model.location_vectors(embedding).cpu()
+        patch = tuple(self.engine.config.patch_size)
+        probability = torch.zeros(self.shape)
+        for w in self.windows:
+            low = model.location_map_logits(vectors, w.location[None])
+            if float(low.max()) <= 0:
+                continue
+            logits = model.upsample_location_logits(low, patch)[0]
+            probability[w.slices] = torch.sigmoid_(logits[w.local])
+        return probability.numpy()
+
+    def _prompt_probability(self, description: LesionDescription) -> np.ndarray:
+        """The prompt branch's map; for an organ-level location the voxel-wise maximum of
+        the prompts naming each canonical part (the embeddings only know the parts)."""
+        parts = sub_locations(description.location) if description.location else ()
+        if len(parts) > 1 or (parts and parts[0] != description.location):
+            return self._cached(
+                repr(description),
+                lambda: np.maximum.reduce(
+                    [
+                        self._prompt_probability(dataclasses.replace(description, location=p))
+                        for p in parts
+                    ]
+                ),
+            )
+        return self._cached(repr(description), lambda: self._prompt_map(description))
+
+    @torch.no_grad()
+    def _prompt_map(self, description: LesionDescription) -> np.ndarray:
+        model = self.engine.model
+        attributes = self.engine.table.embed(description)[None].to(self.engine.device)
+        probability = torch.zeros(self.shape)  # outside the encoded box: nothing
+        if self.windows:  # one batched prompt pass over every window's tokens
+            tokens = torch.stack([w.tokens for w in self.windows]).to(self.engine.device)
+            vectors = model.prompt_vectors(tokens, attributes.expand(len(self.windows), -1, -1))[
+                "ensemble"
+            ].cpu()
+        for w, vector in zip(self.windows, vectors if self.windows else [], strict=True):
+            channels = w.f4.shape[0]
+            logits = (vector[None] @ w.f4.view(channels, -1)).view(w.f4.shape[1:])
+            probability[w.slices] = torch.sigmoid_(logits)
+        return probability.numpy()
+
+    def segment(
+        self,
+        query,
+        threshold: float | None = None,
+        min_volume_ml: float = 0.1,
+        grounding: bool | None = None,
+    ) -> SegmentationResult:
+        """Lesions matching a preset name, attribute dict / LesionDescription, or free text.
+
+        ``threshold`` None: the calibrated default of this encoding (``default_threshold``).
+        ``grounding`` None: anatomy grounding whenever the weights support it."""
+        if threshold is None:
+            threshold = self.default_threshold
+        _check_threshold(threshold)
+        resolved = resolve_query(query)
+        description, readable, category = (
+            resolved.description,
+            resolved.readable,
+            resolved.category,
+        )
+        probability = self.probability(description, grounding)
+        ranking = [(category, 1.0)] if category else self.engine.knowledge.rank(description)[:3]
+        result = self._result(
+            probability, threshold, description, "prompt", readable, ranking, min_volume_ml
+        )
+        result.not_understood, result.query_notes = resolved.not_understood, resolved.notes
+        if not category:
+            name = segment_name(self.engine.knowledge, ranking, description)
+            for lesion in result.lesions:
+                lesion.name = name
+            _number_names(result.lesions)
+        if self._grounds(description, grounding):
+            result.grounding_warning = self.grounding_warning(description.location)
+            result.grounded_in = None if result.grounding_warning else description.location
+        return result
+
+    def grounding_warning(self, location: str) -> str | None:
+        """What to tell the user when ``location``'s region is larger than its organ can be."""
+        from malenia.inference.grounding import PLAUSIBLE_REGION_ML, region_warning
+
+        region_ml = float(np.count_nonzero(self.location_region(location))) * self.voxel_ml
+        parts = sub_locations(location)
+        bounds = [PLAUSIBLE_REGION_ML.get(p) for p in parts]
+        bound = sum(bounds) if None not in bounds else None  # type: ignore[arg-type]
+        return region_warning(location, region_ml, bound)
+
+    def recut(self, result: SegmentationResult, threshold: float) -> SegmentationResult:
+        """Same query, new threshold: numpy only, the network is not touched."""
+        if result.mode == "auto":
+            return self.find_lesions(threshold, result.min_volume_ml)
+        recut = self._result(
+            result.probability, threshold, result.description, result.mode, result.query,
+            result.ranking, result.min_volume_ml,
+        )  # fmt: skip
+        recut.grounded_in, recut.grounding_warning = result.grounded_in, result.grounding_warning
+        recut.not_understood, recut.query_notes = result.not_understood, result.query_notes
+        if result.lesions:  # same query, same name
+            base = result.lesions[0].name.rstrip("0123456789 ").strip()
+            for lesion in recut.lesions:
+                lesion.name = base
+            _number_names(recut.lesions)
+        return recut
+
+    @torch.no_grad()
+    def find_lesions(
+        self, threshold: float | None = None, min_volume_ml: float = 0.1
+    ) -> SegmentationResult:
+        """Every lesion the model sees (objectness-weighted tokens), with predicted attributes.
+
+        The prompt-free map is not calibrated, so ``threshold`` None means 0.5 here."""
+        result = self._result(
+            self.any_lesion,
+            0.5 if threshold is None else threshold,
+            None,
+            "auto",
+            "all lesions",
+            None,
+            min_volume_ml,
+        )
+        for lesion in result.lesions:
+            soft = self._predicted_attributes(lesion)
+            lesion.attributes = {k: max(v, key=v.get) for k, v in soft.items() if v}
+            lesion.category_ranking = self.engine.knowledge.rank(soft)[:3]
+            lesion.name = (
+                f"{lesion.category[0].upper()}{lesion.category[1:]}"
+                if lesion.category
+                else "Lesion"
+            )
+        _number_names(result.lesions)
+        return result
+
+    @torch.no_grad()
+    def _predicted_attributes(self, lesion: LesionInfo) -> dict[str, dict[str, float]]:
+        """Attribute probabilities of the token whose mask covers the lesion best."""
+        model, table = self.engine.model, self.engine.table
+        best, best_score = None, -1.0
+        centre = tuple((s.start + s.stop) // 2 for s in lesion.bbox_model)
+        for w in self.windows:
+            if all(sl.start <= c < sl.stop for sl, c in zip(w.slices, centre, strict=True)):
+                local = tuple(c - sl.start for sl, c in zip(w.slices, centre, strict=True))
+                scores = torch.sigmoid(
+                    model.mask_head(w.tokens) @ w.f4.float()[(slice(None), *local)]
+                ) * torch.sigmoid(w.objectness)
+                index = int(scores.argmax())
+                if float(scores[index]) > best_score:
+                    best, best_score = w.tokens[index], float(scores[index])
+        if best is None:
+            return {}
+        vocab = [table.vocabulary_matrix(k)[1] for k in ATTRIBUTE_KEYS]
+        logits = model.attribute_logits(best[None], vocab)
+        soft = {}
+        for key, key_logits in zip(ATTRIBUTE_KEYS, logits, strict=True):
+            probs = torch.softmax(key_logits[0], dim=-1)
+            phrases = table.vocabulary_matrix(key)[0]
+            if key == "specific_features":
+                soft[key] = {
+                    p: float(v) for p, v in zip(phrases, probs, strict=True) if float(v) > 0.5
+                }
+            else:
+                soft[key] = {p: float(v) for p, v in zip(phrases, probs, strict=True)}
+        return soft
+
+    # ------------------------------------------------------------------ results
+    def _result(
+        self, probability, threshold, description, mode, query, ranking, min_volume_ml: float = 0.1
+    ) -> SegmentationResult:
+        _check_threshold(threshold)
+        labels, boxes = _components_in_box(
+            probability, threshold, max(1, int(round(min_volume_ml / self._model_voxel_ml)))
+        )
+        spacing = self.spacing_mm
+        lesions = []
+        for index, box in enumerate(boxes, start=1):
+            mask = labels[box] == index
+            centroid = np.array([s.start for s in box]) + np.argwhere(mask).mean(0)
+            lps = self.model_reference.TransformContinuousIndexToPhysicalPoint(
+                tuple(float(c) for c in centroid[::-1])
+            )
+            category = ranking[0][0] if ranking else None
+            lesions.append(
+                LesionInfo(
+                    index=index,
+                    name=category[0].upper() + category[1:] if category else "Lesion",
+                    category_ranking=list(ranking or []),
+                    score=round(float(probability[box][mask].mean()), 4),
+                    volume_ml=round(float(mask.sum()) * self.voxel_ml, 3),
+                    diameter_mm=round(longest_axial_diameter(mask, spacing), 1),
+                    centroid_ras=(-lps[0], -lps[1], lps[2]),
+                    attributes=description.to_dict() if description else {},
+                    bbox_model=box,
+                )
+            )
+        _number_names(lesions)
+        return SegmentationResult(
+            self, probability, labels, lesions, threshold, description, mode, query,
+            min_volume_ml, ranking,
+        )  # fmt: skip
+
+    def to_input_labelmap(
+        self, probability: np.ndarray, labels_model: np.ndarray, threshold: float
+    ) -> np.ndarray:
+        """Lesion ids on the input grid: probabilities resampled (linear) and cut again on
+        the input grid for smooth edges, ids from the nearest model voxel. Only the input
+        voxels around the lesions are resampled, so the cost follows lesion size."""
+        labelmap = np.zeros(self.volume.array.shape, np.int16)
+        if labels_model.max() == 0:
+            return labelmap
+        maps = self.input_maps(probability, labels_model, labels_model > 0)
+        if maps is None:
+            return labelmap
+        box, probability_in, ids_in = maps
+        labelmap[box] = np.where(probability_in > threshold, ids_in, 0)
+        return labelmap
+
+    def input_maps(
+        self, probability: np.ndarray, labels_model: np.ndarray, cover: np.ndarray
+    ) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray] | None:
+        """(box, probability, lesion ids) on the input voxels (k, j, i slices) around the
+        model-grid voxels ``cover``: probability resampled linearly (float32), ids from the
+        nearest model voxel of ``labels_model`` grown by one voxel. None when ``cover`` is
+        empty or misses the input grid. ``to_input_labelmap`` cuts these; the browser viewer
+        re-cuts them at other thresholds."""
+        from scipy import ndimage
+
+        if not cover.any():
+            return None
+        box = _input_box(cover, self.model_reference, self.input_reference)
+        if box is None:
+            return None
+        reference = _sub_grid(self.input_reference, box)
+        ids = ndimage.grey_dilation(labels_model, size=(3, 3, 3)).astype(np.int16)
+        probability_in = to_input_grid(probability, self.model_reference, reference)
+        ids_in = to_input_grid(ids, self.model_reference, reference, nearest=True)
+        return box, probability_in, ids_in
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0.0 < float(threshold) < 1.0:
+        raise UnknownAttributeValueError(
+            f"The threshold must lie strictly between 0 and 1, not {threshold}."
+        )
+
+
+# A category names the segments only when the knowledge table is this sure of it.
+NAME_MIN_PROBABILITY = 0.5
+
+
+def segment_name(knowledge: KnowledgeTable, ranking, description: LesionDescription) -> str:
+    """What to call the answer's segments: its most likely category when the knowledge table
+    is sure (>= NAME_MIN_PROBABILITY) and it lies in the organ the description names; else
+    a plain "Liver lesion" / "Lesion", never an unrelated category."""
+    organ = _organ_of_location(description.location)
+    if ranking:
+        category, probability = ranking[0]
+        in_organ = organ is None or knowledge.organ_of(category) == organ
+        if probability >= NAME_MIN_PROBABILITY and in_organ:
+            return category[0].upper() + category[1:]
+    return f"{organ[0].upper()}{organ[1:]} lesion" if organ else "Lesion"
+
+
+def _organ_of_location(location: str | None) -> str | None:
+    if not location:
+        return None
+    from malenia.attributes import load_vocabulary
+
+    vocabulary = load_vocabulary()
+    organs = {vocabulary.organ(p) for p in sub_locations(location, vocabulary)}
+    return organs.pop() if len(organs) == 1 else None
+
+
+def _components_in_box(probability: np.ndarray, threshold: float, min_voxels: int):
+    """Connected components of ``probability > threshold``, labelled only inside the box
+    holding the foreground (most of a CT is not lesion; labelling all of it is slow)."""
+    foreground = probability > threshold
+    labels = np.zeros(probability.shape, np.int16)
+    box = foreground_box(foreground)
+    if box is None:
+        return labels, []
+    local, boxes = components(foreground[box], min_voxels)
+    labels[box] = local
+    shifted = [
+        tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(inner, box, strict=True))
+        for inner in boxes
+    ]
+    return labels, shifted
+
+
+def _input_box(mask: np.ndarray, model_image, input_image, margin_vox: int = 2):
+    """The box of input-grid voxels (k, j, i slices) covering ``mask`` on the model grid,
+    grown by a couple of model voxels; None when it misses the input grid."""
+    hit = [
+        np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)
+    ]
+    low = [int(h[0]) - margin_vox for h in hit]
+    high = [int(h[-1]) + margin_vox for h in hit]
+    corners = []
+    for z, y, x in itertools.product(*zip(low, high, strict=True)):
+        point = model_image.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(z)))
+        corners.append(input_image.TransformPhysicalPointToContinuousIndex(point)[::-1])
+    corners = np.asarray(corners)
+    size = input_image.GetSize()[::-1]
+    start = np.maximum(np.floor(corners.min(0)).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(corners.max(0)).astype(int) + 2, size)
+    if np.any(stop <= start):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+
+
+def _sub_grid(image: sitk.Image, box) -> sitk.Image:
+    """A blank image on the part ``box`` (k, j, i slices) of ``image``'s grid."""
+    size = [b.stop - b.start for b in box[::-1]]
+    sub = sitk.Image(size, sitk.sitkUInt8)
+    sub.SetSpacing(image.GetSpacing())
+    sub.SetDirection(image.GetDirection())
+    sub.SetOrigin(image.TransformIndexToPhysicalPoint([b.start for b in box[::-1]]))
+    return sub
+
+
+def _blank_like(image) -> sitk.Image:
+    blank = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    blank.CopyInformation(image)
+    return blank
+
+
+def _number_names(lesions: list[LesionInfo]) -> None:
+    counts: dict[str, int] = {}
+    for lesion in lesions:
+        base = lesion.name.rstrip("0123456789 ").strip() or "Lesion"
+        counts[base] = counts.get(base, 0) + 1
+        lesion.name = f"{base} {counts[base]}"
