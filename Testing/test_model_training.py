@@ -11,16 +11,13 @@ import SimpleITK as sitk
 import torch
 from malenia.attributes.schema import LesionDescription
 from malenia.model import MaleniaConfig, MaleniaNet, count_parameters
-from malenia.train import (
-    TrainConfig,
+from malenia.train import TrainConfig, compute_loss, learning_rate, train
+from malenia.training.prompts import (
     Vocabulary,
-    compute_loss,
     contrast_prompts,
     drop_attributes,
     fits,
-    learning_rate,
     prompt_target,
-    train,
 )
 
 torch.set_num_threads(2)
@@ -554,7 +551,7 @@ def test_anatomy_targets_ask_for_organs_in_view_and_sometimes_one_that_is_not():
     import random
 
     from malenia.synth.anatomy import LOCATION_LABEL
-    from malenia.train import anatomy_targets
+    from malenia.training.anatomy import anatomy_targets
 
     labels = np.zeros((8, 8, 8), np.uint8)
     labels[:4] = LOCATION_LABEL["spleen"]

@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
-from malenia.attributes.schema import ATTRIBUTE_KEYS, LesionDescription
-from malenia.losses import alignment_loss, hungarian_match, mask_loss, organ_loss
+from malenia.attributes.schema import ATTRIBUTE_KEYS
+from malenia.losses import alignment_loss, hungarian_match, mask_loss
 from malenia.model import MaleniaConfig, MaleniaNet, count_parameters
-from malenia.preprocessing import HU_WINDOW
-from malenia.weights import load_weights, save_weights
+from malenia.training.anatomy import compute_anatomy_loss, joint_anatomy_loss, validate_anatomy
+from malenia.training.checkpoints import load_checkpoint, save_checkpoint
+from malenia.training.prompts import Vocabulary, choose_prompt, contrast_prompts
+from malenia.weights import load_weights
 
 
 @dataclass
@@ -83,6 +84,12 @@ class TrainConfig:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(**{k: v for k, v in data.items() if not k.startswith("_")})
 
+    def category_names(self) -> tuple[str, ...]:
+        """The lesion categories trained on ("seen": the four seen ones)."""
+        from malenia.synth.split import SEEN_CATEGORIES
+
+        return SEEN_CATEGORIES if self.categories == "seen" else tuple(self.categories)
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train MaleniaNet (torchrun for several GPUs)")
@@ -111,19 +118,13 @@ def _main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- data
 
 
-def _categories(config: TrainConfig) -> tuple[str, ...]:
-    from malenia.synth.split import SEEN_CATEGORIES
-
-    return SEEN_CATEGORIES if config.categories == "seen" else tuple(config.categories)
-
-
 def make_dataset(config: TrainConfig, model_config: MaleniaConfig, seed_offset: int = 0):
     kind = config.data.get("type", "synthetic")
     if kind == "synthetic":
         from malenia.synth import SyntheticLesionDataset
 
         return SyntheticLesionDataset(
-            _categories(config), seed=config.seed + seed_offset, length=10**9,
+            config.category_names(), seed=config.seed + seed_offset, length=10**9,
             shape=model_config.patch_size, spacing=model_config.spacing_mm,
             max_lesions=config.data.get("max_lesions", 2),
             distractor_prob=config.data.get("distractor_prob", 0.0),
@@ -132,7 +133,7 @@ def make_dataset(config: TrainConfig, model_config: MaleniaConfig, seed_offset: 
         from malenia.data.real_mix import RealMixDataset
 
         return RealMixDataset(
-            _categories(config), seed=config.seed + seed_offset, shape=model_config.patch_size,
+            config.category_names(), seed=config.seed + seed_offset, shape=model_config.patch_size,
             spacing=model_config.spacing_mm, mix=config.data.get("mix"),
             max_lesions=config.data.get("max_lesions", 2),
             distractor_prob=config.data.get("distractor_prob", 0.5),
@@ -142,7 +143,7 @@ def make_dataset(config: TrainConfig, model_config: MaleniaConfig, seed_offset: 
 
         return RealLesionDataset(
             config.data["root"], layout=kind, patch=model_config.patch_size, spacing=model_config.spacing_mm,
-            seed=config.seed + seed_offset, categories=_categories(config),
+            seed=config.seed + seed_offset, categories=config.category_names(),
         )  # fmt: skip
     raise ValueError(f"unknown data type {kind!r} (synthetic | real_mix | msd | kits23)")
 
@@ -175,94 +176,6 @@ class Batches:
 
 
 # --------------------------------------------------------------------------- one step
-
-
-class Vocabulary:
-    """Embedding matrices of every attribute value, and value indices of descriptions."""
-
-    def __init__(self, device) -> None:
-        from malenia.text import load_embedding_table
-
-        self.table = load_embedding_table()
-        self.phrases = [self.table.vocabulary_matrix(k)[0] for k in ATTRIBUTE_KEYS]
-        self.matrices = [self.table.vocabulary_matrix(k)[1].to(device) for k in ATTRIBUTE_KEYS]
-
-    def value_index(self, key_index: int, description) -> int:
-        value = getattr(description, ATTRIBUTE_KEYS[key_index])
-        if ATTRIBUTE_KEYS[key_index] == "specific_features":
-            value = value[0] if value else None
-        return self.phrases[key_index].index(value) if value in self.phrases[key_index] else -1
-
-
-def fits(lesion: LesionDescription, prompt: LesionDescription) -> bool:
-    """Whether a lesion matches every attribute the prompt specifies."""
-    for key in prompt.specified_keys():
-        wanted, has = getattr(prompt, key), getattr(lesion, key)
-        if key == "specific_features":
-            if not set(wanted) <= set(has):
-                return False
-        elif wanted != has:
-            return False
-    return True
-
-
-def prompt_target(item: dict, category: str | None, prompt: LesionDescription) -> np.ndarray:
-    """The target of a prompt: the item's lesions of ``category`` (the category the prompt was
-    drawn from; None for none) and every other lesion the description fits."""
-    ids = [
-        i + 1
-        for i, (c, d) in enumerate(zip(item["categories"], item["descriptions"], strict=True))
-        if c == category or fits(d, prompt)
-    ]
-    return np.isin(item["instance_mask"], ids).astype(np.float32)
-
-
-def drop_attributes(
-    description: LesionDescription, rng: random.Random, rate: float
-) -> LesionDescription:
-    """The description with each attribute left out with probability ``rate`` (location with
-    ``rate / 3``); at least one attribute is kept."""
-    if rate <= 0:
-        return description
-    keys = description.specified_keys()
-    kept = [k for k in keys if rng.random() >= (rate / 3 if k == "location" else rate)]
-    return description.only(*(kept or [rng.choice(keys)])) if keys else description
-
-
-def choose_prompt(item: dict, rng: random.Random, negative_prob: float, pool: dict, dropout=0.0):
-    """(category, description, target mask) for the prompted loss: a lesion's description
-    and the lesions it describes; sometimes an absent category's description (whose target
-    is empty unless its description fits a lesion present)."""
-    present = set(item["categories"]) | set(item.get("compatible", ()))
-    absent = [c for c in pool if c not in present]
-    if absent and (rng.random() < negative_prob or not item["descriptions"]):
-        category = rng.choice(absent)
-        description = drop_attributes(rng.choice(pool[category]), rng, dropout)
-        return category, description, prompt_target(item, None, description)
-    j = rng.randrange(len(item["descriptions"]))
-    category = item["categories"][j]
-    description = drop_attributes(item["descriptions"][j], rng, dropout)
-    return category, description, prompt_target(item, category, description)
-
-
-def contrast_prompts(item: dict, primary: str, rng: random.Random, pool: dict, dropout=0.0):
-    """(descriptions, targets) for the categories in ``item`` other than ``primary`` (the
-    category already prompted) and one absent category."""
-    descriptions, targets, done = [], [], {primary}
-    for j, category in enumerate(item["categories"]):
-        if category in done:
-            continue
-        done.add(category)
-        description = drop_attributes(item["descriptions"][j], rng, dropout)
-        descriptions.append(description)
-        targets.append(prompt_target(item, category, description))
-    taken = set(item["categories"]) | set(item.get("compatible", ())) | done
-    absent = sorted(c for c in pool if c not in taken)
-    if absent:
-        description = drop_attributes(rng.choice(pool[rng.choice(absent)]), rng, dropout)
-        descriptions.append(description)
-        targets.append(prompt_target(item, None, description))
-    return descriptions, targets
 
 
 def compute_loss(
@@ -328,7 +241,7 @@ def compute_loss(
     total = total + prompted + branches
     parts["prompt"] = float(prompted.detach())
     if config.anatomy_weight > 0 and core.location_head is not None:
-        anatomy = _joint_anatomy_loss(core, out, batch, vocabulary, config, rng, device)
+        anatomy = joint_anatomy_loss(core, out, batch, vocabulary, config, rng, device)
         if anatomy is not None:
             total = total + config.anatomy_weight * anatomy * len(batch)
             parts["anatomy"] = float(anatomy.detach())
@@ -341,27 +254,6 @@ def compute_loss(
         parts["contrast"] = float(contrast.detach())
     parts["total"] = float(total.detach())
     return total / len(batch), parts
-
-
-def _joint_anatomy_loss(core, out, batch, vocabulary, config, rng, device):
-    """Organ loss of the location head on the shared image pass, for the items that carry
-    organ labels (asked only for their ``known_locations``); None when no item has any."""
-    losses = []
-    for b, item in enumerate(batch):
-        if "labels" not in item:
-            continue
-        names, targets = anatomy_targets(
-            item["labels"], rng, config.locations_per_item, config.absent_location_prob,
-            known=item.get("known_locations"),
-        )  # fmt: skip
-        if not names:
-            continue
-        coordinates = _coordinates(core, [item], config.coordinate_jitter_mm, rng).to(device)
-        features = core.location_feature_map(out["features"].f2[b : b + 1], coordinates)
-        size = tuple(item["image"].shape[1:])
-        logits = _organ_logits(core, vocabulary, names, features, size)
-        losses.append(organ_loss(logits, torch.from_numpy(targets).to(device)))
-    return torch.stack(losses).mean() if losses else None
 
 
 def _contrast_loss(
@@ -386,216 +278,7 @@ def _contrast_loss(
 # --------------------------------------------------------------------------- anatomy task
 
 
-def anatomy_targets(
-    labels: np.ndarray,
-    rng: random.Random,
-    count: int,
-    absent_prob: float,
-    masks: dict | None = None,
-    known=None,
-) -> tuple[list[str], np.ndarray]:
-    """Locations to ask for in one window and their organ masks: mostly organs in view,
-    sometimes one that is not (its answer is empty). ``masks`` memoises organ masks;
-    ``known`` limits the question to the locations whose labels are complete."""
-    from malenia.synth.anatomy import LOCATION_LABEL, organ_mask
-
-    present_ids = set(np.unique(labels).tolist())
-    askable = [n for n in LOCATION_LABEL if known is None or n in known]
-    present = sorted(name for name in askable if LOCATION_LABEL[name] in present_ids)
-    absent = sorted(name for name in askable if name not in present)
-    if not askable:
-        return [], np.zeros((0, *labels.shape), np.float32)
-    chosen = rng.sample(present, min(count, len(present)))
-    if absent and (rng.random() < absent_prob or not chosen):
-        chosen.append(rng.choice(absent))
-    masks = {} if masks is None else masks
-    for name in chosen:
-        if name not in masks:
-            masks[name] = organ_mask(labels, name)
-    return chosen, np.stack([masks[name] for name in chosen]).astype(np.float32)
-
-
-def _coordinates(
-    model: MaleniaNet, batch: list[dict], jitter_mm=(0.0, 0.0), rng: random.Random | None = None
-) -> torch.Tensor:
-    """Plane coordinates of each window from its body-frame origin (phantom centre = 0),
-    each shifted by up to ``jitter_mm`` (y, x)."""
-    from malenia.model.network import plane_coordinates
-
-    spacing, shape = model.config.spacing_mm, model.config.patch_size
-    rng = rng or random.Random(0)
-    coordinates = []
-    for item in batch:
-        z, y, x = item["origin_mm"]
-        shift = [rng.uniform(-j, j) for j in jitter_mm]
-        origin = (z, y + shift[0], x + shift[1])
-        coordinates.append(plane_coordinates(origin, spacing, shape))
-    return torch.stack(coordinates)
-
-
-def _organ_logits(model: MaleniaNet, vocabulary, names: list[str], location_features, size):
-    """[len(names), *size] organ logits of several location phrases on one window's
-    location features [1, C, ...]."""
-    embeddings = torch.stack([vocabulary.table.value_embedding("location", n) for n in names])
-    return model.location_logits(
-        embeddings.to(location_features.device),
-        location_features.expand(len(names), -1, -1, -1, -1),
-        size,
-    )
-
-
-def compute_anatomy_loss(
-    model: MaleniaNet,
-    batch: list[dict],
-    vocabulary: Vocabulary,
-    config: TrainConfig,
-    step: int,
-    device,
-) -> tuple[torch.Tensor, dict]:
-    """Location head on frozen image features: each location phrase -> its organ's mask."""
-    rng = random.Random(config.seed * 7919 + step)
-    # The encoder is frozen: a kept window's F2 (and its organ masks) are computed once and
-    # stored in the item the dataset keeps.
-    for item in batch:
-        if "_f2" not in item:
-            with torch.no_grad():
-                image = torch.from_numpy(item["image"][None]).to(device)
-                item["_f2"] = model.encode_image(image).f2[0]
-            item["_masks"] = {}
-    f2 = torch.stack([item["_f2"] for item in batch])
-    coordinates = _coordinates(model, batch, config.coordinate_jitter_mm, rng)
-    location_features = model.location_feature_map(f2, coordinates)
-    size = tuple(batch[0]["image"].shape[1:])
-    losses = []
-    for b, item in enumerate(batch):
-        names, targets = anatomy_targets(
-            item["labels"], rng, config.locations_per_item, config.absent_location_prob,
-            item["_masks"],
-        )  # fmt: skip
-        logits = _organ_logits(model, vocabulary, names, location_features[b : b + 1], size)
-        losses.append(organ_loss(logits, torch.from_numpy(targets).to(device)))
-    loss = torch.stack(losses).mean()
-    value = float(loss.detach())
-    return loss, {"total": value, "mask": 0.0, "objectness": 0.0, "align": 0.0, "prompt": value}
-
-
-@torch.no_grad()
-def validate_anatomy(
-    model: MaleniaNet, config: TrainConfig, vocabulary: Vocabulary, device
-) -> float:
-    """Mean organ Dice of the location head over every organ in view of fixed held-out windows."""
-    from malenia.synth.dataset import AnatomyDataset
-
-    dataset = AnatomyDataset(
-        _categories(config), config.seed + 999_983, model.config.patch_size, model.config.spacing_mm
-    )
-    rng = random.Random(0)
-    scores = []
-    for index in range(config.val_samples):
-        item = dataset[index]
-        names, targets = anatomy_targets(item["labels"], rng, 99, 0.0)
-        image = torch.from_numpy(item["image"][None]).to(device)
-        location_features = model.location_feature_map(
-            model.encode_image(image).f2, _coordinates(model, [item])
-        )
-        logits = _organ_logits(model, vocabulary, names, location_features, tuple(image.shape[2:]))
-        for pred, target in zip((logits > 0).cpu().numpy(), targets > 0, strict=True):
-            scores.append(2 * (pred & target).sum() / max(pred.sum() + target.sum(), 1))
-    return float(np.mean(scores))
-
-
 # --------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(
-    out: Path,
-    model: MaleniaNet,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    config: TrainConfig,
-    history: dict,
-) -> None:
-    card = model_card(model, config, step, history)
-    save_weights(model, out / "last.safetensors", card)
-    tensors, scalars = (
-        {},
-        {"step": step, "param_groups": optimizer.state_dict()["param_groups"], "state": {}},
-    )
-    for index, state in optimizer.state_dict()["state"].items():
-        scalars["state"][str(index)] = {}
-        for name, value in state.items():
-            if torch.is_tensor(value) and value.dim() > 0:
-                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
-            else:
-                scalars["state"][str(index)][name] = float(value)
-    save_file(tensors, str(out / "optimizer.safetensors"))
-    (out / "optimizer.json").write_text(json.dumps(scalars), encoding="utf-8")
-
-
-def load_checkpoint(out: Path, model: MaleniaNet, optimizer: torch.optim.Optimizer, device) -> int:
-    loaded, _ = load_weights(out / "last.safetensors", device)
-    model.load_state_dict(loaded.state_dict())
-    scalars = json.loads((out / "optimizer.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(out / "optimizer.safetensors"))
-    state = {}
-    for index, values in scalars["state"].items():
-        entry = {name: torch.tensor(value) for name, value in values.items()}
-        for key, tensor in tensors.items():
-            param, name = key.split(".", 1)
-            if param == index:
-                entry[name] = tensor.to(device)
-        state[int(index)] = entry
-    optimizer.load_state_dict({"state": state, "param_groups": scalars["param_groups"]})
-    return int(scalars["step"])
-
-
-def model_card(model: MaleniaNet, config: TrainConfig, step: int, history: dict) -> dict:
-    from malenia.text import TEXT_ENCODER_NAME, load_embedding_table
-
-    return {
-        "name": f"malenia-{model.config.name}",
-        "parameters": count_parameters(model),
-        "spacing_mm": list(model.config.spacing_mm),
-        "patch_size": list(model.config.patch_size),
-        "hu_window": list(HU_WINDOW),
-        "text_encoder": TEXT_ENCODER_NAME,
-        "embedding_table_sha256": load_embedding_table().sha256,
-        "training": {
-            "task": config.task,
-            "data": config.data
-            if config.task == "lesions"
-            else {
-                "type": "synthetic anatomy",
-                "windows": config.anatomy_windows,
-                "targets": "organ masks of every canonical location (no lesion labels)",
-                "lesions": "training-category lesions, some moved into other organs in view",
-                "coordinate_jitter_mm": list(config.coordinate_jitter_mm),
-            },
-            "categories": list(_categories(config)),
-            "steps": step,
-            "batch_size": config.batch_size,
-            "lr": config.lr,
-            "seed": config.seed,
-            "last_losses": history.get("last", {}),
-            "validation_dice": history.get("val", {}),
-            "initialised_from": _init_summary(config.init_from),
-        },
-    }
-
-
-def _init_summary(path: str | None) -> dict | None:
-    """Which weights a run started from (name, sha256, their own steps), for the card."""
-    if not path:
-        return None
-    from malenia.weights import read_card
-
-    card = read_card(Path(path))
-    return {
-        "file": Path(path).name,
-        "sha256": card.get("sha256"),
-        "steps": card.get("training", {}).get("steps"),
-        "initialised_from": card.get("training", {}).get("initialised_from"),
-    }
 
 
 @torch.no_grad()
@@ -705,12 +388,12 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
     vocabulary = Vocabulary(torch_device)
     from malenia.synth.dataset import lesion_pool
 
-    prompt_pool = {c: [r.description for r in lesion_pool(c)] for c in _categories(config)}
+    prompt_pool = {c: [r.description for r in lesion_pool(c)] for c in config.category_names()}
     if anatomy:
         from malenia.synth.dataset import AnatomyDataset
 
         dataset = AnatomyDataset(
-            _categories(config), config.seed, model_config.patch_size, model_config.spacing_mm
+            config.category_names(), config.seed, model_config.patch_size, model_config.spacing_mm
         )
     else:
         dataset = make_dataset(config, model_config)
