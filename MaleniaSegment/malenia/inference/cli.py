@@ -116,6 +116,7 @@ def register(subparsers) -> None:
     info = subparsers.add_parser("info", help="weights, model summary and device")
     info.add_argument("--weights", type=Path)
     info.add_argument("--device", default="auto")
+    info.add_argument("--organ-features", choices=ORGAN_FEATURES, help=ORGAN_FEATURES_HELP)
     info.add_argument("--json", action="store_true", help="print the whole model card as JSON")
     info.set_defaults(handler=_info)
 
@@ -326,6 +327,7 @@ def model_summary(engine) -> list[str]:
         f"device:  {engine.device_note}",
         f"default threshold: {engine.default_threshold}",
         f"anatomy grounding: {'on' if engine.anatomy_grounding else 'off (no location head)'}",
+        f"organ maps: {engine.organ_source}",
     ]
     for key in ("spacing_mm", "patch_size"):
         value = card.get(key) or (card.get("config") or {}).get(key)
@@ -348,7 +350,7 @@ def _info(args: argparse.Namespace) -> int:
 
     from malenia.inference import Engine, default_weights_path
 
-    engine = Engine.load(args.weights, args.device)
+    engine = Engine.load(args.weights, args.device, args.organ_features)
     if args.json:
         print(json.dumps(engine.card, indent=1, ensure_ascii=False))
         return 0
