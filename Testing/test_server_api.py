@@ -422,6 +422,7 @@ def test_a_query_without_threshold_gets_the_models_calibrated_default(server):
     default = info["default_threshold"]
     assert 0.0 < default < 1.0
     assert info["anatomy_grounding"] is True  # the bundled weights have a location head
+    assert info["organ_maps"] == "location head"  # the astra extra is opt-in
     volume_id = client.encode(phantom(1), np.diag([2.0, 2.0, 2.0, 1.0]))
     from malenia.attributes import get_preset
 

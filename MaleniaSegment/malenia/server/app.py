@@ -183,6 +183,7 @@ def create_app(
             "model_card": backend.card,
             "default_threshold": backend.default_threshold,
             "anatomy_grounding": backend.anatomy_grounding,
+            "organ_maps": backend.organ_source,
             "device": backend.device_note,
             "max_upload_bytes": max_upload_bytes,
             "vocabulary": choices,

@@ -26,8 +26,10 @@ class EngineBackend:
         engine.cache_size = 0  # the store is the cache (see module docstring)
 
     @classmethod
-    def load(cls, weights: str | Path | None, device: str) -> EngineBackend:
-        return cls(Engine.load(weights, device))
+    def load(
+        cls, weights: str | Path | None, device: str, organ_features: str | None = None
+    ) -> EngineBackend:
+        return cls(Engine.load(weights, device, organ_features))
 
     @property
     def model_id(self) -> str:
@@ -44,6 +46,10 @@ class EngineBackend:
     @property
     def anatomy_grounding(self) -> bool:
         return self.engine.anatomy_grounding
+
+    @property
+    def organ_source(self) -> str:
+        return self.engine.organ_source
 
     @property
     def device_note(self) -> str:

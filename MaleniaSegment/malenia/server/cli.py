@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from malenia.astra import ORGAN_FEATURES, ORGAN_FEATURES_HELP
 from malenia.errors import MaleniaError
 
 
@@ -59,6 +60,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--weights", type=Path, default=None, help="default: bundled weights")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--organ-features", choices=ORGAN_FEATURES, help=ORGAN_FEATURES_HELP)
     parser.add_argument("--max-upload-mb", type=float, default=2048)
     parser.add_argument(
         "--cache-mb", type=float, default=3072, help="memory budget of encoded volumes"
@@ -241,7 +243,7 @@ def _serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    backend = EngineBackend.load(args.weights, args.device)
+    backend = EngineBackend.load(args.weights, args.device, args.organ_features)
     token = secrets.token_urlsafe(32)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if ":" in args.host else args.host
