@@ -616,3 +616,29 @@ def test_lesion_task_trains_the_location_head_on_items_with_organ_labels():
              "categories": [], "reports": []}  # fmt: skip
     loss, parts = compute_loss(model, [empty], vocab, TrainConfig(), 0, pool, "cpu")
     assert np.isfinite(parts["prompt"])
+
+
+def test_every_shipped_training_config_loads_and_builds_its_model():
+    """configs/*.json are what the docs tell people to run: each is a valid TrainConfig whose
+    model builds, whose data type exists and whose mixture names only known kinds."""
+    from pathlib import Path
+
+    from malenia.data.real_mix import RealMixDataset
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+    assert len(configs) >= 10
+    for path in configs:
+        config = TrainConfig.load(path)
+        model_config = (
+            MaleniaConfig.from_dict(config.model)
+            if isinstance(config.model, dict)
+            else getattr(MaleniaConfig, config.model)()
+        )
+        assert count_parameters(MaleniaNet(model_config)) > 1e6, path.name
+        assert config.data.get("type", "synthetic") in ("synthetic", "real_mix", "msd", "kits23")
+        if config.data["type"] == "real_mix":
+            kinds = set(RealMixDataset.KINDS)
+            assert set(config.data["mix"]) <= kinds, (path.name, set(config.data["mix"]) - kinds)
+        assert config.category_names(), path.name
+    with pytest.raises(ValueError, match="unknown kinds \\['phantoms'\\]"):
+        RealMixDataset(("liver cancer",), mix={"phantoms": 1.0})  # a typo is not a mixture

@@ -91,6 +91,8 @@ def _window(array: np.ndarray, start, size, mode="edge") -> np.ndarray:
 class RealMixDataset:
     """Item i is deterministic given (seed, i); the real scans are loaded once, lazily."""
 
+    KINDS = ("phantom", "real_synthetic", "real_lesion", "lidc", "real_negative", "soft_tissue")
+
     def __init__(self, categories, seed: int = 0, shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
                  mix: dict | None = None, max_lesions: int = 2, distractor_prob: float = 0.5) -> None:  # fmt: skip
         from malenia.synth import SyntheticLesionDataset
@@ -98,6 +100,11 @@ class RealMixDataset:
         self.categories = tuple(categories)
         self.seed, self.shape, self.spacing = seed, tuple(shape), tuple(spacing)
         mix = dict(mix or DEFAULT_MIX)
+        unknown = set(mix) - set(self.KINDS)
+        if unknown:
+            raise ValueError(
+                f"unknown kinds {sorted(unknown)} in data.mix: use {', '.join(self.KINDS)}"
+            )
         self.kinds = sorted(mix)
         weights = np.array([mix[k] for k in self.kinds], float)
         self.weights = weights / weights.sum()
