@@ -40,6 +40,7 @@ from malenia.data.real_ct import (
     lung_lobe_labels,
     require_real_ct_root,
 )
+from malenia.evaluation.metrics import dice
 from malenia.preprocessing import canonical_orientation, to_model_grid
 from malenia.synth.anatomy import LABELS
 from malenia.weights import sha256_of
@@ -132,11 +133,6 @@ def train(x: torch.Tensor, y: torch.Tensor, known: torch.Tensor) -> dict[str, to
             "w2": net[2].weight.detach(), "b2": net[2].bias.detach()}  # fmt: skip
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return round(float(2 * (a & b).sum() / total), 4) if total else 1.0
-
-
 def validate(mapper: OrganMapper, root: Path) -> list[dict]:
     """Organ Dice on validation scans (never trained on) at the engine's 2 mm grid."""
     results = []
@@ -147,7 +143,9 @@ def validate(mapper: OrganMapper, root: Path) -> list[dict]:
     pred = (
         np.maximum(maps.probability("right liver lobe"), maps.probability("left liver lobe")) > 0.5
     )
-    results.append({"case": "RadCTTACEomics_1720", "organ": "liver", "dice": dice(pred, liver)})
+    results.append(
+        {"case": "RadCTTACEomics_1720", "organ": "liver", "dice": round(dice(pred, liver), 4)}
+    )
     lung2_path = root / "pyradiomics_lung" / "lung2_image.nrrd"
     lung2 = canonical_orientation(sitk.ReadImage(str(lung2_path), sitk.sitkFloat32))
     grid = to_model_grid_image(lung2)
@@ -155,7 +153,9 @@ def validate(mapper: OrganMapper, root: Path) -> list[dict]:
     lungs = lung_lobe_labels(hu, MODEL_SPACING, tuple(reversed(grid.GetOrigin()))) > 0
     maps = mapper.maps(lung2, grid)
     pred = np.maximum.reduce([maps.probability(lobe) for lobe in LUNG_LOBES]) > 0.5
-    results.append({"case": "lung2", "organ": "lungs (from HU)", "dice": dice(pred, lungs)})
+    results.append(
+        {"case": "lung2", "organ": "lungs (from HU)", "dice": round(dice(pred, lungs), 4)}
+    )
     for row in results:
         print(f"validation: {row['organ']} on {row['case']}: Dice {row['dice']}", flush=True)
     return results
