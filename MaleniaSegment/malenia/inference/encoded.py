@@ -224,9 +224,12 @@ class EncodedVolume:
     def _location_map(self, location: str) -> np.ndarray:
         mapper = self.engine.organ_mapper
         if mapper is not None and not self.zoomed and location in mapper.locations:
-            if self._organ_maps is None:  # one encoder pass per volume, for every location
-                self._organ_maps = mapper.maps(self.volume.to_sitk(), self.model_reference)
-            return self._organ_maps.probability(location)
+            if self._organ_maps is None:  # one encoder pass, over the encoded box only
+                box = _sub_grid(self.model_reference, self.region)  # body, or body and ROI
+                self._organ_maps = mapper.maps(self.volume.to_sitk(), box)
+            probability = np.zeros(self.shape, np.float32)
+            probability[self.region] = self._organ_maps.probability(location)
+            return probability
         model, table = self.engine.model, self.engine.table
         embedding = table.value_embedding("location", location)[None].to(self.engine.device)
         vectors = model.location_vectors(embedding).cpu()
