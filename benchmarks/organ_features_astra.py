@@ -51,6 +51,7 @@ from malenia.astra.encoder import (
     installed_shards,
     load_encoder,
 )
+from malenia.astra.organ_maps import encoder_tensor
 from scipy import ndimage
 from torch import nn
 
@@ -169,14 +170,6 @@ def resample(img: sitk.Image, ref: sitk.Image, linear: bool, default: float) -> 
     return sitk.Resample(img, ref, sitk.Transform(), interp, default, sitk.sitkFloat32)
 
 
-def network_input(hu_zyx: np.ndarray) -> torch.Tensor:
-    """LPS [z, y, x] HU -> [1, 3, Z, X, Y] in RAS order (x and y flipped), window -> 0..1."""
-    lo, hi = HU_WINDOW
-    ras = np.ascontiguousarray(hu_zyx[:, ::-1, ::-1].transpose(0, 2, 1))
-    t = torch.from_numpy(((np.clip(ras, lo, hi) - lo) / (hi - lo)).astype(np.float32))
-    return t[None, None].expand(1, 3, *t.shape).contiguous()
-
-
 def hu_features(hu_zyx: np.ndarray) -> np.ndarray:
     """[7, z, y, x]: HU and the local mean and sd at HU_SIGMAS_MM (window-clipped, /1000)."""
     h = np.clip(hu_zyx, *HU_WINDOW).astype(np.float32) / 1000.0
@@ -226,7 +219,7 @@ class Case:
                 float(v) for v in blob["stats"].tolist()
             )
             return
-        x = network_input(self.hu)
+        x = encoder_tensor(self.hu)
         with torch.inference_mode(), PeakRSS() as mem:
             t0 = time.perf_counter()
             l2, l3 = model.forward_to_layer3(x)

@@ -61,7 +61,7 @@ def encoder_grid(reference: sitk.Image) -> sitk.Image:
 
 
 def encoder_input(ct: sitk.Image, grid: sitk.Image) -> torch.Tensor:
-    """[1, 3, Z, X, Y]: the CT on ``grid`` (LPS [z, y, x]) in RAS order, window -> 0..1."""
+    """[1, 3, Z, X, Y]: the CT resampled onto ``grid`` (``encoder_tensor``)."""
     hu = sitk.GetArrayFromImage(
         sitk.Resample(
             sitk.Cast(ct, sitk.sitkFloat32),
@@ -72,7 +72,12 @@ def encoder_input(ct: sitk.Image, grid: sitk.Image) -> torch.Tensor:
             sitk.sitkFloat32,
         )  # fmt: skip
     )
-    ras = np.ascontiguousarray(hu[:, ::-1, ::-1].transpose(0, 2, 1))
+    return encoder_tensor(hu)
+
+
+def encoder_tensor(hu_zyx: np.ndarray) -> torch.Tensor:
+    """LPS [z, y, x] HU -> [1, 3, Z, X, Y] in RAS order (x and y flipped), window -> 0..1."""
+    ras = np.ascontiguousarray(hu_zyx[:, ::-1, ::-1].transpose(0, 2, 1))
     lo, hi = HU_WINDOW
     scaled = torch.from_numpy(((np.clip(ras, lo, hi) - lo) / (hi - lo)).astype(np.float32))
     return scaled[None, None].expand(1, 3, *scaled.shape).contiguous()
@@ -126,18 +131,11 @@ class EncoderFeatures:
         of the flipped x axis is input voxel nx - 1 - 4 (Xf - 1 - j)."""
         zf, xf, yf = self.size
         nx, ny, _ = self.grid.GetSize()
-        corner = (nx - 1 - FEATURE_STEP[1] * (xf - 1), ny - 1 - FEATURE_STEP[2] * (yf - 1), 0)
+        step_z, step_x, step_y = FEATURE_STEP
+        corner = (nx - 1 - step_x * (xf - 1), ny - 1 - step_y * (yf - 1), 0)
         image = sitk.Image([xf, yf, zf], sitk.sitkFloat32)
-        image.SetSpacing(
-            [
-                s * f
-                for s, f in zip(
-                    NET_SPACING_XYZ,
-                    (FEATURE_STEP[1], FEATURE_STEP[2], FEATURE_STEP[0]),
-                    strict=True,
-                )
-            ]
-        )
+        sx, sy, sz = NET_SPACING_XYZ
+        image.SetSpacing((sx * step_x, sy * step_y, sz * step_z))
         image.SetOrigin(
             self.grid.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
         )
