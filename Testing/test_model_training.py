@@ -635,8 +635,10 @@ def test_every_shipped_training_config_loads_and_builds_its_model():
             else getattr(MaleniaConfig, config.model)()
         )
         assert count_parameters(MaleniaNet(model_config)) > 1e6, path.name
-        assert config.data.get("type", "synthetic") in ("synthetic", "real_mix", "msd", "kits23")
-        if config.data["type"] == "real_mix":
+        types = ("synthetic", "real_anatomy") if config.task == "anatomy" else (
+            "synthetic", "real_mix", "msd", "kits23")  # fmt: skip
+        assert config.data.get("type", "synthetic") in types, path.name
+        if config.data.get("type") == "real_mix":
             kinds = set(RealMixDataset.KINDS)
             assert set(config.data["mix"]) <= kinds, (path.name, set(config.data["mix"]) - kinds)
         assert config.category_names(), path.name

@@ -148,6 +148,28 @@ def make_dataset(config: TrainConfig, model_config: MaleniaConfig, seed_offset: 
     raise ValueError(f"unknown data type {kind!r} (synthetic | real_mix | msd | kits23)")
 
 
+def make_anatomy_dataset(config: TrainConfig, model_config: MaleniaConfig):
+    """The location head's windows: phantoms (data.type "synthetic", the default) or the real
+    training scans' organs mixed with phantoms ("real_anatomy")."""
+    kind = config.data.get("type", "synthetic")
+    if kind == "synthetic":
+        from malenia.synth.dataset import AnatomyDataset
+
+        return AnatomyDataset(
+            config.category_names(), config.seed, model_config.patch_size, model_config.spacing_mm,
+            config.anatomy_windows,
+        )  # fmt: skip
+    if kind == "real_anatomy":
+        from malenia.data.real_anatomy import RealAnatomyDataset
+
+        return RealAnatomyDataset(
+            config.category_names(), config.seed, model_config.patch_size, model_config.spacing_mm,
+            phantom_share=config.data.get("phantom_share", 0.3),
+            organ_share=config.data.get("organ_share", 0.7),
+        )  # fmt: skip
+    raise ValueError(f"unknown data type {kind!r} for the anatomy task (synthetic | real_anatomy)")
+
+
 class Batches:
     """Deterministic stream: item j of step s on rank r is dataset[(s * world + r) * B + j]."""
 
@@ -390,11 +412,7 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
 
     prompt_pool = {c: [r.description for r in lesion_pool(c)] for c in config.category_names()}
     if anatomy:
-        from malenia.synth.dataset import AnatomyDataset
-
-        dataset = AnatomyDataset(
-            config.category_names(), config.seed, model_config.patch_size, model_config.spacing_mm
-        )
+        dataset = make_anatomy_dataset(config, model_config)
     else:
         dataset = make_dataset(config, model_config)
     batches = Batches(dataset, config.batch_size, rank, world, config.num_workers)

@@ -77,7 +77,7 @@ def augment_hu(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _window(array: np.ndarray, start, size, mode="edge") -> np.ndarray:
+def crop_window(array: np.ndarray, start, size, mode="edge") -> np.ndarray:
     """``array[start:start+size]`` with edge padding where the box leaves the array."""
     inside = tuple(
         slice(max(s, 0), min(s + p, n)) for s, p, n in zip(start, size, array.shape, strict=True)
@@ -86,6 +86,15 @@ def _window(array: np.ndarray, start, size, mode="edge") -> np.ndarray:
         (max(-s, 0), max(s + p - n, 0)) for s, p, n in zip(start, size, array.shape, strict=True)
     ]
     return np.pad(array[inside], pad, mode=mode)
+
+
+def random_voxel(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random voxel index (z, y, x) of ``mask``, on every second voxel (cheap on a whole
+    scan); the centre of the array when the mask is empty."""
+    points = np.argwhere(mask[::2, ::2, ::2]) * 2
+    if not len(points):
+        return np.array(mask.shape) // 2
+    return points[int(rng.integers(len(points)))]
 
 
 class RealMixDataset:
@@ -173,20 +182,20 @@ class RealMixDataset:
                     LesionRecord(category, description, record.report, record.size_mm,
                                  contrast=contrast)
                 )  # fmt: skip
-                centre = self._voxel_in(scan.labels == LOCATION_LABEL[location], rng)
+                centre = random_voxel(scan.labels == LOCATION_LABEL[location], rng)
             else:
                 kind = "real_negative"
         if kind == "real_lesion" and scan.descriptions:
             lesion = int(rng.integers(len(scan.descriptions))) + 1
-            centre = self._voxel_in(scan.instances == lesion, rng)
+            centre = random_voxel(scan.instances == lesion, rng)
         elif kind != "real_synthetic":
-            centre = self._voxel_in(scan.hu > -500, rng)
+            centre = random_voxel(scan.hu > -500, rng)
         jitter = rng.integers(-20, 21, size=3)
         start = [int(c + j - p // 2) for c, j, p in zip(centre, jitter, self.shape, strict=True)]
         start = [int(np.clip(s, 0, max(n - p, 0))) for s, p, n in zip(start, self.shape, scan.hu.shape, strict=True)]  # fmt: skip
-        hu = _window(scan.hu, start, self.shape)
-        labels = _window(scan.labels, start, self.shape, mode="constant")
-        real = _window(scan.instances, start, self.shape, mode="constant")
+        hu = crop_window(scan.hu, start, self.shape)
+        labels = crop_window(scan.labels, start, self.shape, mode="constant")
+        real = crop_window(scan.instances, start, self.shape, mode="constant")
         hu, instances, rendered = render_lesions(hu, labels, records, rng, self.spacing)
         descriptions = [r.description for r in rendered]
         categories = [r.category for r in rendered]
@@ -221,11 +230,11 @@ class RealMixDataset:
         # Render in a box 1.5 windows wide around a muscle voxel, then cut the window around
         # the mass (the renderer places it anywhere in its host).
         big = tuple(int(p * 1.5) for p in self.shape)
-        centre = self._voxel_in(scan.muscle, rng)
+        centre = random_voxel(scan.muscle, rng)
         start = [int(np.clip(c - p // 2, 0, max(n - p, 0))) for c, p, n in zip(centre, big, scan.hu.shape, strict=True)]  # fmt: skip
-        hu = _window(scan.hu, start, big)
-        organs = _window(scan.labels, start, big, mode="constant")
-        muscle = _window(scan.muscle, start, big, mode="constant")
+        hu = crop_window(scan.hu, start, big)
+        organs = crop_window(scan.labels, start, big, mode="constant")
+        muscle = crop_window(scan.muscle, start, big, mode="constant")
         # Soft tissue and fat around the muscle are free space; bone and organs are not.
         tissue = np.where(organs > 0, LABELS["aorta"], 0).astype(np.uint8)
         tissue[(organs == 0) & (hu > -300) & (hu < 250)] = LABELS["body"]
@@ -253,13 +262,6 @@ class RealMixDataset:
             "origin_mm": scan.position_of(start),
             "known_locations": scan.known_locations,
         }
-
-    @staticmethod
-    def _voxel_in(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        points = np.argwhere(mask[::2, ::2, ::2]) * 2
-        if not len(points):
-            return np.array(mask.shape) // 2
-        return points[int(rng.integers(len(points)))]
 
     # ------------------------------------------------------------------ LIDC
     def _lidc_item(self, rng: np.random.Generator) -> dict:
@@ -304,4 +306,4 @@ def zoom_crop(hu: np.ndarray, mask: np.ndarray, spacing_zyx, model_spacing, shap
     start = [
         -((p - n) // 2) if n < p else (n - p) // 2 for n, p in zip(hu_z.shape, shape, strict=True)
     ]
-    return _window(hu_z, start, shape), _window(mask_z, start, shape) > 0.5
+    return crop_window(hu_z, start, shape), crop_window(mask_z, start, shape) > 0.5

@@ -122,10 +122,15 @@ def compute_anatomy_loss(
     for b, item in enumerate(batch):
         names, targets = anatomy_targets(
             item["labels"], rng, config.locations_per_item, config.absent_location_prob,
-            item["_masks"],
+            item["_masks"], known=item.get("known_locations"),
         )  # fmt: skip
+        if not names:
+            continue
         logits = _organ_logits(model, vocabulary, names, location_features[b : b + 1], size)
         losses.append(organ_loss(logits, torch.from_numpy(targets).to(device)))
+    if not losses:  # no window of this batch labels any askable organ
+        zero = sum(p.sum() for p in model.location_head.parameters()) * 0.0
+        return zero, {"total": 0.0, "mask": 0.0, "objectness": 0.0, "align": 0.0, "prompt": 0.0}
     loss = torch.stack(losses).mean()
     value = float(loss.detach())
     return loss, {"total": value, "mask": 0.0, "objectness": 0.0, "align": 0.0, "prompt": value}

@@ -76,9 +76,11 @@ def model_card(model: MaleniaNet, config: TrainConfig, step: int, history: dict)
             "data": config.data
             if config.task == "lesions"
             else {
-                "type": "synthetic anatomy",
+                **config.data,
+                "type": f"{config.data.get('type', 'synthetic')} anatomy",
                 "windows": config.anatomy_windows,
-                "targets": "organ masks of every canonical location (no lesion labels)",
+                "targets": "organ masks of the locations each scan labels completely "
+                "(no lesion labels)",
                 "lesions": "training-category lesions, some moved into other organs in view",
                 "coordinate_jitter_mm": list(config.coordinate_jitter_mm),
             },
