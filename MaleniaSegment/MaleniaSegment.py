@@ -60,6 +60,7 @@ ATTRIBUTE_PARAMETERS = {
     "specific_features": "specificFeatures",
 }
 DEVICE_CHOICES = ["auto", "gpu", "cpu"]
+ORGAN_MAP_CHOICES = ["model", "astra"]  # MaleniaSegmentLib.engine_process.ORGAN_MAPS
 
 
 class MaleniaSegment(ScriptedLoadableModule):
@@ -245,6 +246,7 @@ class MaleniaSegmentParameterNode:
     freeText: str = ""
     threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5  # the slider's range
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
+    organMaps: Annotated[str, Choice(ORGAN_MAP_CHOICES)] = "model"
     outputSegmentation: vtkMRMLSegmentationNode
 
 
@@ -457,7 +459,13 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         try:
             self.controller.start(
-                p.inputVolume, query, p.outputSegmentation, p.roi, p.threshold, p.device
+                p.inputVolume,
+                query,
+                p.outputSegmentation,
+                p.roi,
+                p.threshold,
+                p.device,
+                p.organMaps,
             )
         except Exception as error:
             self.ui.statusLabel.text = str(error)

