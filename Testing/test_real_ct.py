@@ -87,6 +87,8 @@ def test_real_anatomy_windows_ask_only_labelled_organs_and_teach_the_location_he
         names, _ = anatomy_targets(item["labels"], random.Random(0), 9, 1.0, known=scan.known_locations)  # fmt: skip
         assert names and set(names) <= set(scan.known_locations)
     assert len(centred) >= 5  # many organs, not just the large ones in view
+    kept = RealAnatomyDataset(SEEN_CATEGORIES, seed=4, phantom_share=0.0, scans=[scan], distinct=3)
+    assert len(kept) == 3 and kept[4] is kept[1]  # made once, then cycled (features cached)
     with pytest.raises(ValueError, match="shares"):
         RealAnatomyDataset(SEEN_CATEGORIES, phantom_share=1.5, scans=[scan])
 

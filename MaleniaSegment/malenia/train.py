@@ -165,7 +165,7 @@ def make_anatomy_dataset(config: TrainConfig, model_config: MaleniaConfig):
         return RealAnatomyDataset(
             config.category_names(), config.seed, model_config.patch_size, model_config.spacing_mm,
             phantom_share=config.data.get("phantom_share", 0.3),
-            organ_share=config.data.get("organ_share", 0.7),
+            organ_share=config.data.get("organ_share", 0.7), distinct=config.anatomy_windows,
         )  # fmt: skip
     raise ValueError(f"unknown data type {kind!r} for the anatomy task (synthetic | real_anatomy)")
 

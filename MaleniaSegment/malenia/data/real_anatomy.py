@@ -14,6 +14,8 @@ TotalSegmentator example CT.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from malenia.data.real_ct import HCC_TRAIN, RealScan, load_hcc, load_totalseg_example
@@ -43,6 +45,7 @@ class RealAnatomyDataset:
         phantom_share: float = 0.3,
         organ_share: float = 0.7,
         scans: list[RealScan] | None = None,
+        distinct: int | None = None,
     ) -> None:
         from malenia.synth.dataset import AnatomyDataset
 
@@ -52,9 +55,13 @@ class RealAnatomyDataset:
         self.phantom_share, self.organ_share = phantom_share, organ_share
         self.phantoms = AnatomyDataset(tuple(categories), seed, self.shape, self.spacing)
         self._scans = scans
+        # ``distinct`` windows, made once and kept: the encoder is frozen, so the anatomy
+        # task computes each kept window's features once (``compute_anatomy_loss``) and the
+        # head then trains for many cheap steps.
+        self.distinct, self._kept = distinct, {}
 
     def __len__(self) -> int:
-        return 10**9
+        return self.distinct or 10**9
 
     @property
     def scans(self) -> list[RealScan]:
@@ -63,21 +70,37 @@ class RealAnatomyDataset:
             self._scans.append(load_totalseg_example(self.spacing))
         return self._scans
 
+    @cached_property
+    def organs(self) -> list[tuple[str, list[RealScan]]]:
+        """Every organ some scan labels completely (enough of it to centre on), with those
+        scans: a window is centred on an organ drawn from this list, so each organ comes as
+        often as the next whichever scans label it."""
+        holders: dict[str, list[RealScan]] = {}
+        for scan in self.scans:
+            for name in scan.known_locations:
+                if np.count_nonzero(scan.labels == LOCATION_LABEL[name]) >= MIN_ORGAN_VOXELS:
+                    holders.setdefault(name, []).append(scan)
+        return sorted(holders.items(), key=lambda pair: pair[0])
+
     def __getitem__(self, index: int) -> dict:
+        if self.distinct is None:
+            return self._make(index)
+        index %= self.distinct
+        if index not in self._kept:
+            self._kept[index] = self._make(index)
+        return self._kept[index]
+
+    def _make(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, index, 31])
         if rng.random() < self.phantom_share:
             return {**self.phantoms[index], "known_locations": tuple(LOCATION_LABEL)}
-        scan = self.scans[int(rng.integers(len(self.scans)))]
-        present = [
-            name
-            for name in scan.known_locations
-            if np.count_nonzero(scan.labels == LOCATION_LABEL[name]) >= MIN_ORGAN_VOXELS
-        ]
-        if present and rng.random() < self.organ_share:
-            organ = present[int(rng.integers(len(present)))]
+        if self.organs and rng.random() < self.organ_share:
+            organ, holders = self.organs[int(rng.integers(len(self.organs)))]
+            scan = holders[int(rng.integers(len(holders)))]
             centre = random_voxel(scan.labels == LOCATION_LABEL[organ], rng)
             centre = centre + rng.integers(-CENTRE_JITTER, CENTRE_JITTER + 1, size=3)
         else:
+            scan = self.scans[int(rng.integers(len(self.scans)))]
             centre = random_voxel(scan.hu > -500, rng)
         start = [
             int(np.clip(c - p // 2, 0, max(n - p, 0)))

@@ -106,14 +106,14 @@ def compute_anatomy_loss(
 ) -> tuple[torch.Tensor, dict]:
     """Location head on frozen image features: each location phrase -> its organ's mask."""
     rng = random.Random(config.seed * 7919 + step)
-    # The encoder is frozen: a kept window's F2 (and its organ masks) are computed once and
-    # stored in the item the dataset keeps.
+    # The encoder is frozen: a kept window's F2 is computed once and stored in the item the
+    # dataset keeps (its organ masks are not: a comparison is cheap, hundreds of kept
+    # windows' masks are gigabytes).
     for item in batch:
         if "_f2" not in item:
             with torch.no_grad():
                 image = torch.from_numpy(item["image"][None]).to(device)
                 item["_f2"] = model.encode_image(image).f2[0]
-            item["_masks"] = {}
     f2 = torch.stack([item["_f2"] for item in batch])
     coordinates = _coordinates(model, batch, config.coordinate_jitter_mm, rng)
     location_features = model.location_feature_map(f2, coordinates)
@@ -122,7 +122,7 @@ def compute_anatomy_loss(
     for b, item in enumerate(batch):
         names, targets = anatomy_targets(
             item["labels"], rng, config.locations_per_item, config.absent_location_prob,
-            item["_masks"], known=item.get("known_locations"),
+            known=item.get("known_locations"),
         )  # fmt: skip
         if not names:
             continue
