@@ -106,18 +106,19 @@ def compute_anatomy_loss(
 ) -> tuple[torch.Tensor, dict]:
     """Location head on frozen image features: each location phrase -> its organ's mask."""
     rng = random.Random(config.seed * 7919 + step)
-    # The encoder is frozen: a kept window's F2 is computed once and stored in the item the
-    # dataset keeps (its organ masks are not: a comparison is cheap, hundreds of kept
-    # windows' masks are gigabytes).
+    # The encoder is frozen: a kept window's F2 is computed once and stored (float16) in the
+    # item the dataset keeps, in place of its image; its organ masks are not kept (a
+    # comparison is cheap, hundreds of kept windows' masks are gigabytes).
     for item in batch:
         if "_f2" not in item:
             with torch.no_grad():
                 image = torch.from_numpy(item["image"][None]).to(device)
-                item["_f2"] = model.encode_image(image).f2[0]
-    f2 = torch.stack([item["_f2"] for item in batch])
+                item["_f2"] = model.encode_image(image).f2[0].half()
+            item["_size"] = tuple(item.pop("image").shape[1:])
+    f2 = torch.stack([item["_f2"] for item in batch]).float()
     coordinates = _coordinates(model, batch, config.coordinate_jitter_mm, rng)
     location_features = model.location_feature_map(f2, coordinates)
-    size = tuple(batch[0]["image"].shape[1:])
+    size = batch[0]["_size"]
     losses = []
     for b, item in enumerate(batch):
         names, targets = anatomy_targets(
