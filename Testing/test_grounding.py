@@ -7,6 +7,7 @@ import numpy as np
 from malenia.inference.grounding import (
     ORGAN_MARGIN_MM,
     PLAUSIBLE_REGION_ML,
+    SINGLE_PIECE_LOCATIONS,
     LesionComponents,
     grounded_probability,
     location_region,
@@ -23,6 +24,20 @@ def test_region_fills_a_lesion_inside_the_organ_and_grows_by_the_margin():
     reach = int(ORGAN_MARGIN_MM / 2.0)
     assert region[20, 20, 30 + reach - 1] and not region[20, 20, 30 + reach + 1]
     assert not location_region(np.zeros_like(location), (2.0, 2.0, 2.0)).any()
+
+
+def test_a_solid_organ_keeps_its_largest_piece_and_a_colon_all_of_them():
+    """A kidney map with a stray piece elsewhere (look-alike tissue on real CT): the
+    kidney's region is the large piece only; a colon's pieces are all colon."""
+    location = np.zeros((40, 40, 60), np.float32)
+    location[10:30, 10:30, 5:20] = 0.9  # the organ
+    location[15:20, 15:20, 40:45] = 0.8  # a stray piece 2 cm away
+    kidney = location_region(location, (2.0, 2.0, 2.0), single_piece=True)
+    assert kidney[20, 20, 10] and not kidney[17, 17, 42]
+    colon = location_region(location, (2.0, 2.0, 2.0))
+    assert colon[20, 20, 10] and colon[17, 17, 42]
+    assert "left kidney" in SINGLE_PIECE_LOCATIONS and "spleen" in SINGLE_PIECE_LOCATIONS
+    assert "sigmoid colon" not in SINGLE_PIECE_LOCATIONS and "rectum" not in SINGLE_PIECE_LOCATIONS
 
 
 def test_grounded_answer_adds_lesions_in_the_region_and_nothing_outside():

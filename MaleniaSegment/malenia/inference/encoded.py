@@ -181,7 +181,7 @@ class EncodedVolume:
     def location_region(self, location: str) -> np.ndarray:
         """[model grid] where answers naming ``location`` are grounded (kept: editing the
         other attributes of a description keeps its location)."""
-        from malenia.inference.grounding import location_region
+        from malenia.inference.grounding import SINGLE_PIECE_LOCATIONS, location_region
 
         parts = sub_locations(location)
         if len(parts) > 1:  # an organ-level location: the union of its parts' regions
@@ -192,7 +192,11 @@ class EncodedVolume:
         location = parts[0]
         return self._cached(
             "region " + location,
-            lambda: location_region(self.location_probability(location), self.spacing_mm),
+            lambda: location_region(
+                self.location_probability(location),
+                self.spacing_mm,
+                single_piece=location in SINGLE_PIECE_LOCATIONS,
+            ),
         )
 
     def _cached(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:

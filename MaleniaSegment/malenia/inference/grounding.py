@@ -104,13 +104,28 @@ class LesionComponents:
         return [int(i) for i in np.flatnonzero((inside > 0) & (share >= WHOLE_LESION_SHARE))]
 
 
-def location_region(location_probability: np.ndarray, spacing_mm) -> np.ndarray:
-    """Where the named organ is, holes filled (a large lesion inside an organ is not organ
-    tissue to the location head) and grown by ``ORGAN_MARGIN_MM``. Worked out inside the
-    organ's bounding box only, so a query on a whole-body CT stays cheap."""
+# Locations whose organ is one connected piece: their region keeps only the largest piece
+# of the organ map (as organ segmenters post-process). On real CT the location head also
+# fires on look-alike tissue elsewhere (on the TotalSegmentator example its left kidney map
+# was 28 pieces, 212 ml for a 137 ml kidney; the largest piece alone doubled the organ
+# Dice). Colon and rectum are left whole: a tube crossing the scan is often seen in pieces.
+SINGLE_PIECE_LOCATIONS = frozenset(PLAUSIBLE_REGION_ML) - {
+    "ascending colon", "transverse colon", "descending colon", "sigmoid colon", "rectum",
+}  # fmt: skip
+
+
+def location_region(
+    location_probability: np.ndarray, spacing_mm, single_piece: bool = False
+) -> np.ndarray:
+    """Where the named organ is (only its largest piece when ``single_piece``), holes
+    filled (a large lesion inside an organ is not organ tissue to the location head) and
+    grown by ``ORGAN_MARGIN_MM``. Worked out inside the organ's bounding box only, so a
+    query on a whole-body CT stays cheap."""
     from malenia.inference.postprocess import foreground_box
 
     organ = location_probability > LOCATION_THRESHOLD
+    if single_piece:
+        organ = _largest_piece(organ)
     region = np.zeros(organ.shape, bool)
     radius = [max(1, int(round(ORGAN_MARGIN_MM / s))) for s in spacing_mm]
     box = foreground_box(organ, max(radius))
@@ -122,6 +137,23 @@ def location_region(location_probability: np.ndarray, spacing_mm) -> np.ndarray:
     filled = ndimage.binary_fill_holes(organ[box])
     region[box] = ndimage.binary_dilation(filled, structure=ball)
     return region
+
+
+def _largest_piece(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component (26-connected) of ``mask``, labelled inside its
+    bounding box only."""
+    from malenia.inference.postprocess import foreground_box
+
+    box = foreground_box(mask, 0)
+    if box is None:
+        return mask
+    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return mask
+    largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    kept = np.zeros_like(mask)
+    kept[box] = labels == largest
+    return kept
 
 
 def grounded_probability(
