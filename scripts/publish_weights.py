@@ -96,7 +96,7 @@ def main() -> None:
             )  # fmt: skip
             if key in calibration
         } | {"calibrated_with": "malenia calibrate"}
-    if training.get("data", {}).get("type") == "real_mix":
+    if str(training.get("data", {}).get("type", "")).startswith("real"):  # real_mix, real_anatomy
         from malenia.data.real_ct import REAL_TRAINING_DATA
 
         training["real_data"] = REAL_TRAINING_DATA
