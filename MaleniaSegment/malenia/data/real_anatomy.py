@@ -18,10 +18,11 @@ from functools import cached_property
 
 import numpy as np
 
-from malenia.data.real_ct import HCC_TRAIN, RealScan, load_hcc, load_totalseg_example
+from malenia.data.real_ct import RealScan, load_training_scans
 from malenia.data.real_mix import augment_hu, crop_window, random_voxel
 from malenia.preprocessing import normalize_ct
 from malenia.synth.anatomy import LOCATION_LABEL
+from malenia.synth.dataset import AnatomyDataset, KeptItems
 
 # Voxels of an organ needed for a window to be centred on it (2 mm grid: 0.4 ml).
 MIN_ORGAN_VOXELS = 50
@@ -29,7 +30,7 @@ MIN_ORGAN_VOXELS = 50
 CENTRE_JITTER = 12
 
 
-class RealAnatomyDataset:
+class RealAnatomyDataset(KeptItems):
     """Item i is deterministic given (seed, i); the scans are loaded once, lazily.
 
     ``phantom_share`` of the items are the phantom anatomy windows (``AnatomyDataset``);
@@ -47,27 +48,18 @@ class RealAnatomyDataset:
         scans: list[RealScan] | None = None,
         distinct: int | None = None,
     ) -> None:
-        from malenia.synth.dataset import AnatomyDataset
-
         if not 0.0 <= phantom_share <= 1.0 or not 0.0 <= organ_share <= 1.0:
             raise ValueError("phantom_share and organ_share are shares: use values in [0, 1]")
         self.seed, self.shape, self.spacing = seed, tuple(shape), tuple(spacing)
         self.phantom_share, self.organ_share = phantom_share, organ_share
         self.phantoms = AnatomyDataset(tuple(categories), seed, self.shape, self.spacing)
         self._scans = scans
-        # ``distinct`` windows, made once and kept: the encoder is frozen, so the anatomy
-        # task computes each kept window's features once (``compute_anatomy_loss``) and the
-        # head then trains for many cheap steps.
-        self.distinct, self._kept = distinct, {}
-
-    def __len__(self) -> int:
-        return self.distinct or 10**9
+        super().__init__(distinct)
 
     @property
     def scans(self) -> list[RealScan]:
         if self._scans is None:
-            self._scans = [load_hcc(c, self.spacing) for c in HCC_TRAIN]
-            self._scans.append(load_totalseg_example(self.spacing))
+            self._scans = load_training_scans(self.spacing)
         return self._scans
 
     @cached_property
@@ -81,14 +73,6 @@ class RealAnatomyDataset:
                 if np.count_nonzero(scan.labels == LOCATION_LABEL[name]) >= MIN_ORGAN_VOXELS:
                     holders.setdefault(name, []).append(scan)
         return sorted(holders.items(), key=lambda pair: pair[0])
-
-    def __getitem__(self, index: int) -> dict:
-        if self.distinct is None:
-            return self._make(index)
-        index %= self.distinct
-        if index not in self._kept:
-            self._kept[index] = self._make(index)
-        return self._kept[index]
 
     def _make(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, index, 31])

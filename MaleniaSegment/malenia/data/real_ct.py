@@ -225,6 +225,13 @@ def load_totalseg_example(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None)
     )  # fmt: skip
 
 
+def load_training_scans(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -> list[RealScan]:
+    """The whole real scans training may read: the HCC training cases and the
+    TotalSegmentator example (never HCC_VALIDATION)."""
+    scans = [load_hcc(case, spacing_zyx, root) for case in HCC_TRAIN]
+    return [*scans, load_totalseg_example(spacing_zyx, root)]
+
+
 # --------------------------------------------------------------------------- LIDC
 
 

@@ -17,12 +17,10 @@ import numpy as np
 from scipy import ndimage
 
 from malenia.data.real_ct import (
-    HCC_TRAIN,
     LUNG_LOBES,
     RealScan,
-    load_hcc,
     load_lidc,
-    load_totalseg_example,
+    load_training_scans,
     nodule_description,
 )
 from malenia.preprocessing import normalize_ct, roi_spacing_mm
@@ -129,8 +127,7 @@ class RealMixDataset:
     @property
     def scans(self) -> list[RealScan]:
         if self._scans is None:
-            self._scans = [load_hcc(c, self.spacing) for c in HCC_TRAIN]
-            self._scans.append(load_totalseg_example(self.spacing))
+            self._scans = load_training_scans(self.spacing)
         return self._scans
 
     @cached_property

@@ -131,7 +131,31 @@ class SyntheticLesionDataset:
         }
 
 
-class AnatomyDataset:
+class KeptItems:
+    """Item i is ``_make(i)``; with ``distinct`` set, only that many items are made, once,
+    and then cycled: the location head trained on them is small, and the anatomy task keeps
+    each kept window's frozen features (``training.anatomy``), while a window costs about a
+    second to make."""
+
+    def __init__(self, distinct: int | None = None) -> None:
+        self.distinct, self._kept = distinct, {}
+
+    def __len__(self) -> int:
+        return self.distinct or 10**9
+
+    def __getitem__(self, index: int) -> dict:
+        if self.distinct is None:
+            return self._make(index)
+        index %= self.distinct
+        if index not in self._kept:
+            self._kept[index] = self._make(index)
+        return self._kept[index]
+
+    def _make(self, index: int) -> dict:
+        raise NotImplementedError
+
+
+class AnatomyDataset(KeptItems):
     """Windows for the location head: image + organ label map, no lesion labels used.
 
     Half the items are training-category samples (windows around their lesions, which the
@@ -150,22 +174,9 @@ class AnatomyDataset:
         spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
         distinct: int | None = None,
     ) -> None:
+        super().__init__(distinct)
         self.categories, self.seed = tuple(categories), seed
         self.shape, self.spacing = shape, spacing
-        # ``distinct`` windows, generated once and kept: the head trained on them is small
-        # and the frozen encoder sees them afresh, while a phantom costs about a second.
-        self.distinct, self._kept = distinct, {}
-
-    def __len__(self) -> int:
-        return self.distinct or 10**9
-
-    def __getitem__(self, index: int) -> dict:
-        if self.distinct is None:
-            return self._make(index)
-        index %= self.distinct
-        if index not in self._kept:
-            self._kept[index] = self._make(index)
-        return self._kept[index]
 
     def _make(self, index: int) -> dict:
         if index % 2 == 0:

@@ -24,10 +24,7 @@ def joint_anatomy_loss(core, out, batch, vocabulary, config, rng, device):
     for b, item in enumerate(batch):
         if "labels" not in item:
             continue
-        names, targets = anatomy_targets(
-            item["labels"], rng, config.locations_per_item, config.absent_location_prob,
-            known=item.get("known_locations"),
-        )  # fmt: skip
+        names, targets = _asked(item, config, rng)
         if not names:
             continue
         coordinates = _coordinates(core, [item], config.coordinate_jitter_mm, rng).to(device)
@@ -36,6 +33,15 @@ def joint_anatomy_loss(core, out, batch, vocabulary, config, rng, device):
         logits = _organ_logits(core, vocabulary, names, features, size)
         losses.append(organ_loss(logits, torch.from_numpy(targets).to(device)))
     return torch.stack(losses).mean() if losses else None
+
+
+def _asked(item: dict, config: TrainConfig, rng: random.Random) -> tuple[list[str], np.ndarray]:
+    """The locations asked of one window (only those its scan labels completely) and their
+    organ masks, as the training config says."""
+    return anatomy_targets(
+        item["labels"], rng, config.locations_per_item, config.absent_location_prob,
+        known=item.get("known_locations"),
+    )  # fmt: skip
 
 
 def anatomy_targets(
@@ -121,10 +127,7 @@ def compute_anatomy_loss(
     size = batch[0]["_size"]
     losses = []
     for b, item in enumerate(batch):
-        names, targets = anatomy_targets(
-            item["labels"], rng, config.locations_per_item, config.absent_location_prob,
-            known=item.get("known_locations"),
-        )  # fmt: skip
+        names, targets = _asked(item, config, rng)
         if not names:
             continue
         logits = _organ_logits(model, vocabulary, names, location_features[b : b + 1], size)
