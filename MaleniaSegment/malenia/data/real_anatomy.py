@@ -2,8 +2,8 @@
 training (``task: "anatomy"``, ``data.type: "real_anatomy"``).
 
 The joint real mixture trains the location head only on the windows that happen to come by,
-most of them phantoms, with the organ in view by chance: on the TotalSegmentator example it
-still maps a kidney of 140 ml as about 1000 ml in scattered pieces. Here every window is
+most of them phantoms, with the organ in view by chance: on the TotalSegmentator example its
+137 ml left kidney came out as scattered pieces whose grounding region was about 1000 ml. Here every window is
 centred on an organ the scan labels completely (each organ as often as the next, so a kidney
 is seen as often as the liver) or on any body voxel, with the real-mix intensity
 augmentation; a share of phantom windows keeps the head right on the synthetic benchmark.

@@ -106,9 +106,9 @@ class LesionComponents:
 
 # Locations whose organ is one connected piece: their region keeps only the largest piece
 # of the organ map (as organ segmenters post-process). On real CT the location head also
-# fires on look-alike tissue elsewhere (on the TotalSegmentator example its left kidney map
-# was 28 pieces, 212 ml for a 137 ml kidney; the largest piece alone doubled the organ
-# Dice). Colon and rectum are left whole: a tube crossing the scan is often seen in pieces.
+# fires on look-alike tissue elsewhere (on the TotalSegmentator example, the head trained on
+# real organs maps the 137 ml left kidney as 351 ml in 70 pieces, organ Dice 0.51; its largest
+# piece alone has 0.78). Colon and rectum keep every piece: a tube is often seen in pieces.
 SINGLE_PIECE_LOCATIONS = frozenset(PLAUSIBLE_REGION_ML) - {
     "ascending colon", "transverse colon", "descending colon", "sigmoid colon", "rectum",
 }  # fmt: skip
