@@ -10,8 +10,9 @@ from __future__ import annotations
 import shutil
 import sys
 
+from malenia.astra import ORGAN_FEATURES as ORGAN_MAPS  # UI choice -> `--organ-features`
+
 DEVICES = {"auto": "auto", "gpu": "cuda", "cpu": "cpu"}  # UI choice -> `malenia serve --device`
-ORGAN_MAPS = ("model", "astra")  # UI choice -> `malenia serve --organ-features`
 
 
 def engine_python() -> str:
