@@ -590,6 +590,32 @@ def test_anatomy_task_trains_the_location_head_only(tmp_path):
     assert resumed["step"] == 4
 
 
+def test_frozen_prefixes_keep_the_encoder_and_location_head_as_they_started(tmp_path):
+    """``frozen``: the named parameters stay bit-identical while the lesion decoder trains,
+    so a location head fitted on the frozen features stays valid; a typo is refused."""
+    from malenia.weights import load_weights
+
+    with_head = small_config(location_head=True).to_dict()
+    first = _config(tmp_path / "start", 1)
+    first.model = with_head
+    train(first)
+    start, _ = load_weights(tmp_path / "start" / "last.safetensors")
+    frozen = ("enc0.", "enc1.", "enc2.", "enc3.", "up2.", "location_")
+    config = _config(tmp_path / "decoder", 2, frozen=frozen, lr=1e-2)
+    config.model = with_head
+    config.init_from = str(tmp_path / "start" / "last.safetensors")
+    model = train(config)["model"]
+    after, before = model.state_dict(), start.state_dict()
+    for key in before:
+        if key.startswith(frozen):
+            assert torch.equal(after[key], before[key]), key
+    assert not torch.equal(after["up0.conv_block.conv1.conv.weight"],
+                           before["up0.conv_block.conv1.conv.weight"])  # fmt: skip
+    config.out, config.frozen = str(tmp_path / "typo"), ("encoder.",)
+    with pytest.raises(ValueError, match="match no parameter"):
+        train(config)
+
+
 def test_lesion_task_trains_the_location_head_on_items_with_organ_labels():
     """anatomy_weight > 0: items carrying organ labels also teach the location head, asked
     only for their known locations; a lesion-free item is always given a negative prompt."""

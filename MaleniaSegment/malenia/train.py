@@ -77,6 +77,10 @@ class TrainConfig:
     # patient lies left-right is fixed by the gantry, front-back is not (table height varies
     # by 15 cm between scanners): a large y shift teaches the head not to use y at all.
     coordinate_jitter_mm: tuple[float, float] = (0.0, 0.0)
+    # Parameter-name prefixes that stay as ``init_from`` left them (task "lesions"). Freezing
+    # the encoder through ``up2`` keeps the decoder map F2 fixed, so a location head trained
+    # on those features stays valid while the lesion decoder learns on.
+    frozen: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -341,6 +345,19 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def freeze_parameters(model: torch.nn.Module, prefixes) -> None:
+    """Stop training every parameter whose name starts with one of ``prefixes``; a prefix
+    that names nothing is a typo in the config, said before any step runs."""
+    prefixes = tuple(prefixes)
+    names = [name for name, _ in model.named_parameters()]
+    unused = [p for p in prefixes if not any(name.startswith(p) for name in names)]
+    if unused:
+        raise ValueError(f"frozen prefixes {unused} match no parameter of this model")
+    for name, parameter in model.named_parameters():
+        if name.startswith(prefixes):
+            parameter.requires_grad_(False)
+
+
 def _setup_distributed(device_request: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -375,6 +392,8 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
         model.location_centre.copy_(table.mean(0))
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name.startswith(("location_head.", "location_features.")))
+    elif config.frozen:
+        freeze_parameters(model, config.frozen)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,
