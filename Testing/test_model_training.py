@@ -616,6 +616,44 @@ def test_frozen_prefixes_keep_the_encoder_and_location_head_as_they_started(tmp_
         train(config)
 
 
+def test_a_location_head_moves_only_to_a_model_with_the_same_encoder(tmp_path):
+    """scripts/copy_location_head.py: the head of a model with the same F2 layers is copied
+    over (the lesion decoder kept); a model whose encoder moved is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from malenia.weights import load_weights, save_weights
+
+    torch.manual_seed(0)
+    head_model = MaleniaNet(small_config(location_head=True))
+    save_weights(head_model, tmp_path / "head.safetensors")
+    lesion_model = MaleniaNet(small_config(location_head=True))
+    lesion_state = lesion_model.state_dict()
+    for key, value in head_model.state_dict().items():  # same encoder, other decoder and head
+        if key.startswith(("enc", "soft_tissue.", "up2.")):
+            lesion_state[key].copy_(value)
+    lesion_model.load_state_dict(lesion_state)
+    save_weights(lesion_model, tmp_path / "lesion.safetensors")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "copy_location_head.py"
+    run = [sys.executable, str(script), str(tmp_path / "lesion.safetensors"),
+           "--head", str(tmp_path / "head.safetensors")]  # fmt: skip
+    subprocess.run([*run, "--out", str(tmp_path / "merged.safetensors")], check=True)
+    merged, card = load_weights(tmp_path / "merged.safetensors")
+    for key, value in merged.state_dict().items():
+        donor = head_model if key.startswith("location_") else lesion_model
+        assert torch.equal(value, donor.state_dict()[key]), key
+    assert card["location_head_from"]["weights"] == "head.safetensors"
+
+    with torch.no_grad():
+        lesion_model.enc1.conv1.conv.weight.add_(0.01)
+    save_weights(lesion_model, tmp_path / "lesion.safetensors")
+    refused = subprocess.run([*run, "--out", str(tmp_path / "bad.safetensors")],
+                             capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode != 0 and "different F2" in refused.stderr
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
 def test_lesion_task_trains_the_location_head_on_items_with_organ_labels():
     """anatomy_weight > 0: items carrying organ labels also teach the location head, asked
     only for their known locations; a lesion-free item is always given a negative prompt."""
