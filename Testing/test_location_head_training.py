@@ -174,6 +174,10 @@ def test_a_location_head_moves_only_to_a_model_with_the_same_encoder(tmp_path):
                              capture_output=True, text=True)  # fmt: skip
     assert refused.returncode != 0 and "different F2" in refused.stderr
     assert not (tmp_path / "bad.safetensors").exists()
+    subprocess.run([*run, "--out", str(tmp_path / "start.safetensors"), "--as-start"], check=True)
+    start, card = load_weights(tmp_path / "start.safetensors")
+    assert "fitted_on_other_features" in card["location_head_from"]
+    assert torch.equal(start.location_head[0].weight, head_model.location_head[0].weight)
 
 
 def test_lesion_task_trains_the_location_head_on_items_with_organ_labels():

@@ -7,7 +7,9 @@ The location head reads the decoder map F2 (encoder through ``up2``). A lesion m
 with those layers frozen (config ``frozen``) computes the same F2 as the checkpoint the head
 was fitted on, so the head can be moved over unchanged. Refused unless every tensor of the
 encoder through ``up2`` is identical in both files: otherwise the head would read features
-it never saw and the organ maps would be wrong without any error.
+it never saw and the organ maps would be wrong without any error. ``--as-start`` copies it
+anyway, as the starting point of a head fine-tune on the new features (``"task": "anatomy"``
+with ``init_from`` the output); such a file is marked so and is not for publishing as is.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ FEATURE_PREFIXES = ("enc0.", "enc1.", "enc2.", "enc3.", "soft_tissue.", "up2.")
 HEAD_PREFIXES = ("location_head.", "location_features.", "location_centre")
 
 
-def copy_location_head(lesion_weights: Path, head_weights: Path, out: Path) -> Path:
+def copy_location_head(
+    lesion_weights: Path, head_weights: Path, out: Path, as_start: bool = False
+) -> Path:
     from malenia.weights import load_weights, save_weights, sha256_of
 
     model, card = load_weights(lesion_weights)
@@ -37,10 +41,10 @@ def copy_location_head(lesion_weights: Path, head_weights: Path, out: Path) -> P
         for k in target
         if k.startswith(FEATURE_PREFIXES) and not torch.equal(target[k], source[k])
     ]
-    if changed:
+    if changed and not as_start:
         raise SystemExit(
             f"{lesion_weights} and {head_weights} compute different F2 features ({changed[:3]} "
-            "differ): train the head on this model instead (task 'anatomy')."
+            "differ): fine-tune the head on this model instead (--as-start, then task 'anatomy')."
         )
     if donor.location_head is None or model.location_head is None:
         raise SystemExit("both checkpoints need a location head (model config location_head)")
@@ -54,6 +58,10 @@ def copy_location_head(lesion_weights: Path, head_weights: Path, out: Path) -> P
         "sha256": sha256_of(head_weights),
         "training": donor_card.get("training"),
     }
+    if changed:
+        card["location_head_from"]["fitted_on_other_features"] = (
+            "a starting point for task 'anatomy' on these features, not a finished head"
+        )
     return save_weights(model, out, card)
 
 
@@ -62,8 +70,11 @@ def main() -> None:
     parser.add_argument("lesion_weights", type=Path, help="checkpoint whose lesion model is kept")
     parser.add_argument("--head", type=Path, required=True, help="checkpoint giving the head")
     parser.add_argument("--out", type=Path, required=True, help="new .safetensors (+ card)")
+    parser.add_argument(
+        "--as-start", action="store_true", help="copy even when F2 differs, to fine-tune from"
+    )
     args = parser.parse_args()
-    print(copy_location_head(args.lesion_weights, args.head, args.out))
+    print(copy_location_head(args.lesion_weights, args.head, args.out, args.as_start))
 
 
 if __name__ == "__main__":
