@@ -21,9 +21,9 @@ LOCATIONS = ("right liver lobe", "left liver lobe", "spleen", "left kidney", "ri
 
 
 def reference_region(organ: np.ndarray, radius) -> np.ndarray:
-    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
-    ellipsoid = sum((g / r) ** 2 for g, r in zip(grid, radius, strict=True)) <= 1.0
-    return ndimage.binary_dilation(ndimage.binary_fill_holes(organ), structure=ellipsoid)
+    from malenia.inference.grounding import ellipsoid
+
+    return ndimage.binary_dilation(ndimage.binary_fill_holes(organ), structure=ellipsoid(radius))
 
 
 def best_of(function, repeats: int = 3) -> tuple[float, np.ndarray]:
@@ -39,10 +39,10 @@ def main() -> None:
     from malenia.inference.engine import Engine
     from malenia.inference.grounding import (
         LOCATION_THRESHOLD,
-        ORGAN_MARGIN_MM,
         _largest_piece,
         fill_holes,
         grow_by_ellipsoid,
+        margin_voxels,
     )
     from malenia.inference.postprocess import foreground_box
     from malenia.io import read_volume
@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     engine = Engine.load(args.weights, device="cpu")
     encoded = engine.encode(read_volume(resource("SampleData", "sample_ct.nii.gz")))
-    radius = [max(1, int(round(ORGAN_MARGIN_MM / s))) for s in encoded.spacing_mm]
+    radius = margin_voxels(encoded.spacing_mm)
     print(f"{engine.model_id}; model grid {encoded.shape}; margin {radius} voxels")
     total_fast = total_reference = 0.0
     for location in LOCATIONS:

@@ -127,12 +127,23 @@ def location_region(
     if single_piece:
         organ = _largest_piece(organ)
     region = np.zeros(organ.shape, bool)
-    radius = [max(1, int(round(ORGAN_MARGIN_MM / s))) for s in spacing_mm]
+    radius = margin_voxels(spacing_mm)
     box = foreground_box(organ, max(radius))
     if box is None:
         return region
     region[box] = grow_by_ellipsoid(fill_holes(organ[box]), radius)
     return region
+
+
+def margin_voxels(spacing_mm) -> tuple[int, ...]:
+    """``ORGAN_MARGIN_MM`` in voxels along each axis (at least one)."""
+    return tuple(max(1, int(round(ORGAN_MARGIN_MM / s))) for s in spacing_mm)
+
+
+def ellipsoid(radius) -> np.ndarray:
+    """Boolean structuring element: the ellipsoid of semi-axes ``radius`` (voxels)."""
+    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
+    return sum((g / r) ** 2 for g, r in zip(grid, radius, strict=True)) <= 1.0
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -153,13 +164,11 @@ def grow_by_ellipsoid(mask: np.ndarray, radius) -> np.ndarray:
     ``ndimage.binary_dilation`` with that structure, about 7x faster: only surface voxels
     can reach outside, so the ellipsoid's offsets are added to their flat indices alone."""
     radius = tuple(int(r) for r in radius)
-    grid = np.ogrid[tuple(slice(-r, r + 1) for r in radius)]
-    ellipsoid = sum((g / r) ** 2 for g, r in zip(grid, radius, strict=True)) <= 1.0
     padded = np.pad(mask, [(r, r) for r in radius])  # offsets never wrap around an edge
     surface = np.flatnonzero(padded & ~ndimage.binary_erosion(padded))
     strides = np.array([padded.shape[1] * padded.shape[2], padded.shape[2], 1])
     grown = padded.ravel().copy()
-    for offset in (np.argwhere(ellipsoid) - radius) @ strides:
+    for offset in (np.argwhere(ellipsoid(radius)) - radius) @ strides:
         grown[surface + offset] = True
     inner = tuple(slice(r, r + n) for r, n in zip(radius, mask.shape, strict=True))
     return grown.reshape(padded.shape)[inner]
