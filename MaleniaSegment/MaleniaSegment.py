@@ -623,12 +623,12 @@ class MaleniaSegmentTest(ScriptedLoadableModuleTest):
             for segment_id in run.segment_ids:
                 segment = segmentation.GetSegment(segment_id)
                 self.assertNotEqual(segment.GetName(), "Renal cyst 1")
-                self.assertEqual(segments._tag(segment, "Malenia.Threshold"), "0.500")
+                self.assertEqual(segments.tag(segment, "Malenia.Threshold"), "0.500")
             recut = logic.core.recut(run, 0.7)
             self.assertEqual(segmentation.GetSegment("mine").GetName(), "Renal cyst 1")
             for segment_id in recut.segment_ids:
                 segment = segmentation.GetSegment(segment_id)
-                self.assertEqual(segments._tag(segment, "Malenia.Threshold"), "0.700")
+                self.assertEqual(segments.tag(segment, "Malenia.Threshold"), "0.700")
             found = logic.core.find_lesions(volume, threshold=0.5)
             self.assertIsNot(found.output_node, user)
             self.delayDisplay(

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from malenia.baselines import threshold_baseline
 from malenia.evaluation import (
     Detection,
     dice,
@@ -16,6 +15,7 @@ from malenia.evaluation import (
     lesion_detection,
     nsd,
 )
+from malenia.evaluation.baselines import threshold_baseline
 
 
 def sphere(shape, centre, radius):

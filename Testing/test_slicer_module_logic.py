@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("slicer", reason="slicer-core wheel not installed")
 
 import torch  # noqa: E402
+from malenia.cancel import CancelToken  # noqa: E402
 from malenia.errors import (  # noqa: E402
     CancelledError,  # noqa: E402
     MaleniaError,
@@ -21,7 +22,7 @@ from malenia.model import MaleniaNet  # noqa: E402
 from malenia.weights import save_weights  # noqa: E402
 from MaleniaSegmentLib import segments, volumes  # noqa: E402
 from MaleniaSegmentLib.engine_client import EngineResult, InProcessEngineClient  # noqa: E402
-from MaleniaSegmentLib.logic import CancelFlag, MaleniaSegmentLogic, build_query  # noqa: E402
+from MaleniaSegmentLib.logic import MaleniaSegmentLogic, build_query  # noqa: E402
 
 SPACING, ORIGIN = (0.9, 0.8, 2.5), (-60.0, 40.0, -20.0)
 
@@ -156,7 +157,7 @@ def test_user_segments_are_never_touched_and_names_stay_unique(slicer_scene, ct_
         output.GetSegmentation().GetSegment(s).GetName() for s in volumes.segment_ids(output)
     }
     assert remaining == {"Renal cyst 1", "Renal cyst 2"}
-    tag = segments._tag(
+    tag = segments.tag(
         output.GetSegmentation().GetSegment(recut.segment_ids[0]), "Malenia.Threshold"
     )
     assert tag == "0.700"
@@ -171,22 +172,22 @@ def test_tags_and_terminology_read_back(slicer_scene, ct_node):
         ct_node, "pancreatic cancer", threshold=0.4
     )
     segment = run.output_node.GetSegmentation().GetSegment(run.segment_ids[0])
-    entry = segments._tag(segment, segment.GetTerminologyEntryTagName())
+    entry = segments.tag(segment, segment.GetTerminologyEntryTagName())
     assert "68453008" in entry and "64163001" in entry  # carcinoma, head of pancreas
-    assert segments._tag(segment, "Malenia.Category") == "pancreatic cancer"
-    assert segments._tag(segment, "Malenia.Threshold") == "0.400"
-    assert segments._tag(segment, "Malenia.GroundedIn") == ""  # the prompt answered alone
-    assert segments._tag(segment, "Malenia.ModelId") == "malenia-test@0"
+    assert segments.tag(segment, "Malenia.Category") == "pancreatic cancer"
+    assert segments.tag(segment, "Malenia.Threshold") == "0.400"
+    assert segments.tag(segment, "Malenia.GroundedIn") == ""  # the prompt answered alone
+    assert segments.tag(segment, "Malenia.ModelId") == "malenia-test@0"
     client.grounded_in = "pancreatic head"
     grounded = MaleniaSegmentLogic(slicer_scene, client).segment(ct_node, "pancreatic cancer")
     segment = grounded.output_node.GetSegmentation().GetSegment(grounded.segment_ids[0])
-    assert segments._tag(segment, "Malenia.GroundedIn") == "pancreatic head"
-    assert segments._tag(segment, "Malenia.GroundingWarning") == ""
+    assert segments.tag(segment, "Malenia.GroundedIn") == "pancreatic head"
+    assert segments.tag(segment, "Malenia.GroundingWarning") == ""
     assert grounded.status().endswith("Searched the pancreatic head for any lesion too.")
     client.grounding_warning = 'The organ map for "pancreatic head" covers 900 ml ...'
     doubtful = MaleniaSegmentLogic(slicer_scene, client).segment(ct_node, "pancreatic cancer")
     segment = doubtful.output_node.GetSegmentation().GetSegment(doubtful.segment_ids[0])
-    assert segments._tag(segment, "Malenia.GroundingWarning") == client.grounding_warning
+    assert segments.tag(segment, "Malenia.GroundingWarning") == client.grounding_warning
     assert doubtful.status().endswith(client.grounding_warning)  # the user is told
     assert run.status().startswith(f"{len(run.segment_ids)} new segment(s) for: pancreatic")
     rows = MaleniaSegmentLogic.results_table(run)
@@ -215,7 +216,7 @@ def test_engine_failure_and_cancel_leave_the_scene_unchanged(slicer_scene, ct_no
             ct_node, "renal cyst"
         )
     assert _scene_snapshot(slicer_scene.scene) == before
-    token = CancelFlag()
+    token = CancelToken()
     token.cancel()
     with pytest.raises(CancelledError):
         MaleniaSegmentLogic(slicer_scene, InProcessEngineClient(engine)).segment(
@@ -363,7 +364,7 @@ def test_without_a_threshold_the_models_calibrated_one_is_used_and_tagged(
     assert run.segment_ids  # an untrained model finds plenty at 0.35
     segmentation = run.output_node.GetSegmentation()
     for segment_id in run.segment_ids:
-        assert segments._tag(segmentation.GetSegment(segment_id), "Malenia.Threshold") == "0.350"
+        assert segments.tag(segmentation.GetSegment(segment_id), "Malenia.Threshold") == "0.350"
 
 
 def test_the_bundled_engine_says_where_it_grounded_the_answer(slicer_scene, ct_node):
@@ -485,7 +486,7 @@ def test_cleanup_stops_both_timers_cancels_the_run_and_closes_the_engine(slicer_
     folder = controller.client.process.folder
     controller.shutdown()  # the widget's cleanup()
     assert not controller.poll_timer.isActive() and not controller.recut_timer.isActive()
-    assert controller.job.cancel_flag.cancelled and controller.job.wait(10)
+    assert controller.job.cancel_token.cancelled and controller.job.wait(10)
     assert not folder.exists()  # the engine's private folder is gone: client closed
     late = controller.tick()  # a timeout already queued when cleanup ran: harmless
     assert late.finished and late.run is None and "Cancelled" in late.message

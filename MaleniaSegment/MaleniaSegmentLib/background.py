@@ -20,7 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from MaleniaSegmentLib.logic import CancelFlag, Run
+from malenia.cancel import CancelToken
+
+from MaleniaSegmentLib.logic import Run
 
 
 class Timer(Protocol):
@@ -36,8 +38,8 @@ class Timer(Protocol):
 class BackgroundRun:
     """One call of ``work(progress, cancel)`` on a worker thread; the main thread polls it."""
 
-    def __init__(self, work: Callable[[Callable, CancelFlag], Any], name: str = "malenia-job"):
-        self.cancel_flag = CancelFlag()
+    def __init__(self, work: Callable[[Callable, CancelToken], Any], name: str = "malenia-job"):
+        self.cancel_token = CancelToken()
         self._progress: tuple[str, int, int] = ("starting", 0, 1)
         self._result: Any = None
         self._error: BaseException | None = None
@@ -48,7 +50,7 @@ class BackgroundRun:
 
     def _run(self, work) -> None:
         try:
-            self._result = work(self._report, self.cancel_flag)
+            self._result = work(self._report, self.cancel_token)
         except Exception as error:  # handed to the main thread by outcome()
             self._error = error
 
@@ -56,7 +58,7 @@ class BackgroundRun:
         self._thread.start()
 
     def cancel(self) -> None:
-        self.cancel_flag.cancel()
+        self.cancel_token.cancel()
 
     @property
     def progress(self) -> tuple[str, int, int]:
@@ -174,7 +176,7 @@ class RunController:
         note = self.client.take_note()
         try:
             volume_id, result = job.outcome()
-            run = self.session.apply(prepared, volume_id, result, job.cancel_flag)
+            run = self.session.apply(prepared, volume_id, result, job.cancel_token)
         except Exception as error:  # the scene is as it was
             return Update(job.progress, True, None, f"Nothing changed: {error} {note}".strip())
         self.run = run

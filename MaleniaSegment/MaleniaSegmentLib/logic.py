@@ -14,44 +14,14 @@ back on failure). ``segment`` / ``find_lesions`` chain the three for scripts and
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from malenia.attributes.schema import ATTRIBUTE_KEYS
 from malenia.errors import CancelledError, InvalidVolumeError, MaleniaError
 
 from MaleniaSegmentLib import segments, volumes
 from MaleniaSegmentLib.engine_client import EngineClient, EngineResult
-
-ATTRIBUTE_KEYS = (
-    "location",
-    "shape",
-    "density",
-    "density_variation",
-    "surface",
-    "enhancement",
-    "relation",
-    "specific_features",
-)
-
-
-class CancelFlag:
-    """Set from the UI thread, read by the engine client and the engine (stdlib only, so the
-    Slicer process never imports torch): ``cancelled`` for polling, ``check()`` to raise."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def check(self) -> None:
-        if self._event.is_set():
-            raise CancelledError("Cancelled by the user; nothing was changed.")
 
 
 @dataclass
@@ -366,7 +336,7 @@ class MaleniaSegmentLogic:
             segment = segmentation.GetSegment(segment_id)
             if segment is None:  # deleted by the user since
                 continue
-            tag = lambda name, s=segment: segments._tag(s, name) or ""  # noqa: E731
+            tag = lambda name, s=segment: segments.tag(s, name) or ""  # noqa: E731
             rows.append({
                 "segment_id": segment_id,
                 "lesion": segment.GetName(),

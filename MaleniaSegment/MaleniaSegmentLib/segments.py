@@ -18,7 +18,8 @@ CREATED_BY_TAG = "Malenia.CreatedBy"
 RUN_TAG = "Malenia.RunId"
 
 
-def _tag(segment, name: str) -> str | None:
+def tag(segment, name: str) -> str | None:
+    """The value of the segment's tag ``name`` (None when the segment has no such tag)."""
     import vtk
 
     value = vtk.reference("")
@@ -57,7 +58,7 @@ def run_segment_ids(segmentation_node, run_id: str) -> list[str]:
     return [
         sid
         for sid in volumes.segment_ids(segmentation_node)
-        if _tag(segmentation_node.GetSegmentation().GetSegment(sid), RUN_TAG) == run_id
+        if tag(segmentation_node.GetSegmentation().GetSegment(sid), RUN_TAG) == run_id
     ]
 
 

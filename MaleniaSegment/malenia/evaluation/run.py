@@ -7,7 +7,7 @@ the cached encoding answers several prompts:
 - ``control_B``: another category's description (must fail if the model reads prompts);
 - ``control_C``: the target's location alone;
 
-plus baseline A (``malenia.baselines``, no model, given the organ labels) and, for each
+plus baseline A (``malenia.evaluation.baselines``, no model, given the organ labels) and, for each
 ``--ablation-weights NAME=PATH``, the true prompt through that model's engine.
 """
 
@@ -141,7 +141,7 @@ def evaluate_case(
     case: HeldOutCase, engine, ablations: dict, threshold: float | None
 ) -> tuple[dict, dict]:
     """Metrics of one case; also the masks (for overlays)."""
-    from malenia.baselines import threshold_baseline
+    from malenia.evaluation.baselines import threshold_baseline
 
     truth = case.truth
     volume = _volume(case)

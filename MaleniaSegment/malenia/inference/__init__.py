@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "CancelToken": "malenia.inference.engine",
+    "CancelToken": "malenia.cancel",
     "EncodedVolume": "malenia.inference.encoded",
     "Engine": "malenia.inference.engine",
     "SegmentationResult": "malenia.inference.encoded",

@@ -11,7 +11,6 @@ then answer many cheap queries (a preset, attributes or free text; a new thresho
 from __future__ import annotations
 
 import itertools
-import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,7 +23,8 @@ import torch
 
 from malenia.astra import ORGAN_FEATURES, ORGAN_FEATURES_ENV
 from malenia.attributes import KnowledgeTable
-from malenia.errors import CancelledError, MaleniaError, UnknownAttributeValueError, WeightsError
+from malenia.cancel import CancelToken
+from malenia.errors import MaleniaError, UnknownAttributeValueError, WeightsError
 from malenia.inference.device import is_out_of_memory, log, pick_device
 from malenia.inference.encoded import EncodedVolume
 from malenia.io import CTVolume, validate_ct
@@ -36,24 +36,6 @@ from malenia.preprocessing import (
 )
 
 Progress = Callable[[str, int, int], None]
-
-
-class CancelToken:
-    """Set from any thread; the engine checks it between windows."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def check(self) -> None:
-        if self._event.is_set():
-            raise CancelledError("Cancelled by the user; nothing was changed.")
 
 
 def default_weights_path() -> Path:
