@@ -388,9 +388,13 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for tag in self._parameterNodeGuiTags:
                 self._parameterNode.disconnectGui(tag)
             self._parameterNodeGuiTags = []
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply
+            )
         self._parameterNode = inputParameterNode
         self.controller.parameter_node = inputParameterNode
         if self._parameterNode:
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._parameterNodeGuiTags = [
                 self._parameterNode.connectGui(self.ui),  # SlicerParameterName widgets
                 self._parameterNode.connectParametersToGui({
@@ -398,6 +402,17 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     for parameter, (widget, connector) in CUSTOM_BINDINGS.items()
                 }),
             ]  # fmt: skip
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        """Enable Segment / Find all only when they can run, with a tooltip saying why not."""
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        state = self.controller.buttons(volume)
+        self.ui.segmentButton.text = state.segment_text
+        self.ui.segmentButton.enabled = state.segment_enabled
+        self.ui.segmentButton.toolTip = state.segment_tooltip
+        self.ui.findAllButton.enabled = state.find_all_enabled
+        self.ui.findAllButton.toolTip = state.find_all_tooltip
 
     # ------------------------------------------------------------------ description
     def _attributes(self) -> dict:
@@ -470,8 +485,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as error:
             self.ui.statusLabel.text = str(error)
             return
-        self.ui.segmentButton.text = "Cancel"
-        self.ui.findAllButton.enabled = False
+        self._checkCanApply()
         self.ui.statusLabel.text = "Running (the first run on a volume encodes it) ..."
 
     def _poll(self) -> None:
@@ -482,8 +496,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.format = f"{stage}: %p%"
         if not update.finished:
             return
-        self.ui.segmentButton.text = "Segment"
-        self.ui.findAllButton.enabled = True
+        self._checkCanApply()
         self.ui.progressBar.format = "idle"
         self.ui.progressBar.value = 0
         if update.run is not None:

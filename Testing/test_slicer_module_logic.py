@@ -545,3 +545,27 @@ def test_cancel_and_scene_close_end_a_run_with_the_scene_unchanged(slicer_scene,
         assert _scene_snapshot(slicer_scene.scene) == before
     finally:
         controller.shutdown()
+
+
+def test_segment_and_find_all_are_enabled_only_when_they_can_run(slicer_scene, ct_node):
+    """The template's _checkCanApply: no input or a labelmap disables both buttons with a
+    tooltip that says what to select; while a run goes, Segment reads Cancel and stays
+    clickable, Find all waits."""
+    controller = controller_for(slicer_scene, WaitingClient(None, []))
+    try:
+        for volume in (None, slicer_scene.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")):
+            state = controller.buttons(volume)
+            assert not state.segment_enabled and not state.find_all_enabled
+            assert "select" in state.segment_tooltip.lower()
+        ready = controller.buttons(ct_node)
+        assert ready.segment_enabled and ready.find_all_enabled and ready.segment_text == "Segment"
+        controller.start(ct_node, "renal cyst", device="cpu")
+        running = controller.buttons(ct_node)
+        assert running.segment_text == "Cancel" and running.segment_enabled
+        assert not running.find_all_enabled and "in progress" in running.find_all_tooltip
+        controller.cancel()
+        assert controller.job.wait(10)
+        assert controller.tick().finished
+        assert controller.buttons(ct_node) == ready
+    finally:
+        controller.shutdown()

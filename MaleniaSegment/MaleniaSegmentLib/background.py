@@ -91,6 +91,22 @@ class Update:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class Buttons:
+    """What the Segment (Cancel while running) and Find-all buttons show: the extension
+    template's ``_checkCanApply``, so a user learns what is missing before clicking."""
+
+    segment_text: str
+    segment_enabled: bool
+    segment_tooltip: str
+    find_all_enabled: bool
+    find_all_tooltip: str
+
+
+SEGMENT_TIP = "Segment the lesion the preset, the rows or the text describe (Ctrl+Enter)."
+FIND_ALL_TIP = "Find every lesion the model sees in the volume, without a description."
+
+
 # Slicer's PythonQt keeps the GIL on the main thread while the Qt loop idles, so the worker
 # thread runs only while main-thread Python runs. Each poll tick of a running job therefore
 # sleeps this long, releasing the GIL: benchmarks/gil_starved_worker.py measured an engine
@@ -128,6 +144,20 @@ class RunController:
     @property
     def busy(self) -> bool:
         return self.job is not None
+
+    def buttons(self, volume) -> Buttons:
+        """The buttons' state for the selected input ``volume`` (a volume node or None)."""
+        if self.job is not None:
+            busy = "A run is in progress; cancel it first."
+            return Buttons("Cancel", True, "Stop this run; nothing is changed.", False, busy)
+        missing = None
+        if volume is None:
+            missing = "Select a CT volume as input."
+        elif volume.IsA("vtkMRMLLabelMapVolumeNode"):
+            missing = f"'{volume.GetName()}' is a labelmap, not a CT: select the CT volume."
+        if missing:
+            return Buttons("Segment", False, missing, False, missing)
+        return Buttons("Segment", True, SEGMENT_TIP, True, FIND_ALL_TIP)
 
     def start(
         self,
