@@ -1,6 +1,6 @@
 """MaleniaSegment: zero-shot CT lesion segmentation from a description of the lesion.
 
-The widget only wires the UI to MaleniaSegmentLib (logic.MaleniaSegmentLogic does the work,
+The widget only wires the UI to MaleniaSegmentLib (logic.SegmentationSession does the work,
 background.RunController drives a run from the widget's timers), which runs headless and is
 tested without Qt. The model runs in a separate engine process, so this (Slicer's) process
 never imports torch.
@@ -286,7 +286,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = MaleniaSegmentLogic()
         self.controller = RunController(
-            self.logic.core, self.logic.client, self._pollTimer, self._recutTimer
+            self.logic.session, self.logic.client, self._pollTimer, self._recutTimer
         )
         self._gpuProbe = GpuProbe()
         self._fillVocabulary()
@@ -515,7 +515,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _fillTable(self) -> None:
         run = self.controller.run
-        rows = self.logic.core.results_table(run) if run else []
+        rows = self.logic.results_table(run) if run else []
         table = self.ui.resultsTable
         table.setRowCount(len(rows))
         for r, row in enumerate(rows):
@@ -535,7 +535,7 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onResultClicked(self, row: int, column: int) -> None:
         segment_id = self.ui.resultsTable.item(row, 0).data(qt.Qt.UserRole)
         try:
-            x, y, z = self.logic.core.lesion_centre_ras(self.controller.run, segment_id)
+            x, y, z = self.logic.lesion_centre_ras(self.controller.run, segment_id)
         except Exception as error:
             self.ui.statusLabel.text = str(error)
             return
@@ -567,22 +567,41 @@ class MaleniaSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 # ---------------------------------------------------------------------------- logic
 class MaleniaSegmentLogic(ScriptedLoadableModuleLogic):
-    """Slicer-side glue: Slicer's module logics + the engine process for the headless core."""
+    """Slicer-side glue: Slicer's module logics + the engine process for the headless
+    ``SegmentationSession``, which does the work (each method below hands over to it)."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         from MaleniaSegmentLib.engine_process import EngineProcessClient
-        from MaleniaSegmentLib.logic import MaleniaSegmentLogic as Core
+        from MaleniaSegmentLib.logic import SegmentationSession
 
         class _Logics:
             segmentations_logic = slicer.modules.segmentations.logic()
             terminologies_logic = slicer.modules.terminologies.logic()
 
         self.client = EngineProcessClient()
-        self.core = Core(_Logics(), self.client)
+        self.session = SegmentationSession(_Logics(), self.client)
 
     def getParameterNode(self):
         return MaleniaSegmentParameterNode(super().getParameterNode())
+
+    def segment(self, volume, query, **options):
+        """New segments for ``query`` (preset name, free text or attribute dict)."""
+        return self.session.segment(volume, query, **options)
+
+    def find_lesions(self, volume, **options):
+        """New segments for every lesion the model sees, without a description."""
+        return self.session.find_lesions(volume, **options)
+
+    def recut(self, run, threshold: float):
+        """The run's segments again at ``threshold``, from the engine's cached maps."""
+        return self.session.recut(run, threshold)
+
+    def results_table(self, run) -> list:
+        return self.session.results_table(run)
+
+    def lesion_centre_ras(self, run, segment_id: str):
+        return self.session.lesion_centre_ras(run, segment_id)
 
     def shutdown(self) -> None:
         self.client.close()
@@ -629,7 +648,7 @@ class MaleniaSegmentTest(ScriptedLoadableModuleTest):
             user = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user")
             user.GetSegmentation().AddEmptySegment("mine", "Renal cyst 1")
             nodes_before = slicer.mrmlScene.GetNumberOfNodes()
-            run = logic.core.segment(volume, "renal cyst", threshold=0.5, output_node=user)
+            run = logic.segment(volume, "renal cyst", threshold=0.5, output_node=user)
             self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes_before)
             segmentation = user.GetSegmentation()
             self.assertEqual(segmentation.GetSegment("mine").GetName(), "Renal cyst 1")
@@ -637,12 +656,12 @@ class MaleniaSegmentTest(ScriptedLoadableModuleTest):
                 segment = segmentation.GetSegment(segment_id)
                 self.assertNotEqual(segment.GetName(), "Renal cyst 1")
                 self.assertEqual(segments.tag(segment, "Malenia.Threshold"), "0.500")
-            recut = logic.core.recut(run, 0.7)
+            recut = logic.recut(run, 0.7)
             self.assertEqual(segmentation.GetSegment("mine").GetName(), "Renal cyst 1")
             for segment_id in recut.segment_ids:
                 segment = segmentation.GetSegment(segment_id)
                 self.assertEqual(segments.tag(segment, "Malenia.Threshold"), "0.700")
-            found = logic.core.find_lesions(volume, threshold=0.5)
+            found = logic.find_lesions(volume, threshold=0.5)
             self.assertIsNot(found.output_node, user)
             self.delayDisplay(
                 f"{len(run.segment_ids)} renal cyst segment(s); "

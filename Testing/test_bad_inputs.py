@@ -576,10 +576,10 @@ class _NoEngine:
 def test_slicer_logic_refuses_before_copying_and_keeps_user_segments(slicer_scene):
     import vtk
     from malenia.errors import MaleniaError
-    from MaleniaSegmentLib.logic import MaleniaSegmentLogic
+    from MaleniaSegmentLib.logic import SegmentationSession
 
     scene = slicer_scene.scene
-    logic = MaleniaSegmentLogic(slicer_scene, _NoEngine())
+    logic = SegmentationSession(slicer_scene, _NoEngine())
     huge = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "huge")
     image = vtk.vtkImageData()
     image.SetDimensions(2000, 2000, 2000)  # declared, never allocated

@@ -1,5 +1,5 @@
 """The module's path to the engine: a real `malenia serve` child process on loopback, driven by
-MaleniaSegmentLogic on real MRML; a killed engine is reported and restarted on the next run."""
+SegmentationSession on real MRML; a killed engine is reported and restarted on the next run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytest.importorskip("slicer", reason="slicer-core wheel not installed")
 from malenia.errors import MaleniaError  # noqa: E402
 from MaleniaSegmentLib import volumes  # noqa: E402
 from MaleniaSegmentLib.engine_process import EngineProcessClient  # noqa: E402
-from MaleniaSegmentLib.logic import MaleniaSegmentLogic  # noqa: E402
+from MaleniaSegmentLib.logic import SegmentationSession  # noqa: E402
 
 
 @pytest.mark.slow  # two engine start-ups (torch import + weights): ~50 s on 2 busy cores
@@ -27,7 +27,7 @@ def test_real_engine_process_segments_survives_a_crash_and_restarts(slicer_scene
     ct = volumes.add_volume_node(slicer_scene.scene, array, ijk_to_ras, "CT")
     client = EngineProcessClient(device="cpu")
     try:
-        logic = MaleniaSegmentLogic(slicer_scene, client)
+        logic = SegmentationSession(slicer_scene, client)
         run = logic.segment(ct, "renal cyst", threshold=0.5)
         assert client.take_note() == ""  # first start is no news
         labelmap = run.result.labelmap

@@ -1,4 +1,4 @@
-"""MaleniaSegmentLogic on real MRML nodes (slicer-core), with real engine results."""
+"""SegmentationSession on real MRML nodes (slicer-core), with real engine results."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from malenia.model import MaleniaNet  # noqa: E402
 from malenia.weights import save_weights  # noqa: E402
 from MaleniaSegmentLib import segments, volumes  # noqa: E402
 from MaleniaSegmentLib.engine_client import EngineResult, InProcessEngineClient  # noqa: E402
-from MaleniaSegmentLib.logic import MaleniaSegmentLogic, build_query  # noqa: E402
+from MaleniaSegmentLib.logic import SegmentationSession, build_query  # noqa: E402
 
 SPACING, ORIGIN = (0.9, 0.8, 2.5), (-60.0, 40.0, -20.0)
 
@@ -122,7 +122,7 @@ def test_segments_sit_on_the_engine_mask_in_ras(slicer_scene, ct_node):
             lesion(2, "Renal cyst 2", "renal cyst", "left kidney"),
         ],
     )
-    run = MaleniaSegmentLogic(slicer_scene, client).segment(ct_node, "renal cyst")
+    run = SegmentationSession(slicer_scene, client).segment(ct_node, "renal cyst")
     assert len(run.segment_ids) == 2
     for label, segment_id in enumerate(run.segment_ids, start=1):
         exported = volumes.export_segment_to_array(
@@ -143,7 +143,7 @@ def test_user_segments_are_never_touched_and_names_stay_unique(slicer_scene, ct_
             lesion(2, "Renal cyst 2", "renal cyst", "left kidney"),
         ],
     )
-    logic = MaleniaSegmentLogic(slicer_scene, client)
+    logic = SegmentationSession(slicer_scene, client)
     run = logic.segment(ct_node, "renal cyst", output_node=output)
     names = {output.GetSegmentation().GetSegment(s).GetName() for s in run.segment_ids}
     assert names == {"Renal cyst 2", "Renal cyst 3"}
@@ -168,7 +168,7 @@ def test_tags_and_terminology_read_back(slicer_scene, ct_node):
         known_labelmap((16, 48, 48)),
         [lesion(1, "Pancreatic cancer 1", "pancreatic cancer", "pancreatic head")],
     )
-    run = MaleniaSegmentLogic(slicer_scene, client).segment(
+    run = SegmentationSession(slicer_scene, client).segment(
         ct_node, "pancreatic cancer", threshold=0.4
     )
     segment = run.output_node.GetSegmentation().GetSegment(run.segment_ids[0])
@@ -179,18 +179,18 @@ def test_tags_and_terminology_read_back(slicer_scene, ct_node):
     assert segments.tag(segment, "Malenia.GroundedIn") == ""  # the prompt answered alone
     assert segments.tag(segment, "Malenia.ModelId") == "malenia-test@0"
     client.grounded_in = "pancreatic head"
-    grounded = MaleniaSegmentLogic(slicer_scene, client).segment(ct_node, "pancreatic cancer")
+    grounded = SegmentationSession(slicer_scene, client).segment(ct_node, "pancreatic cancer")
     segment = grounded.output_node.GetSegmentation().GetSegment(grounded.segment_ids[0])
     assert segments.tag(segment, "Malenia.GroundedIn") == "pancreatic head"
     assert segments.tag(segment, "Malenia.GroundingWarning") == ""
     assert grounded.status().endswith("Searched the pancreatic head for any lesion too.")
     client.grounding_warning = 'The organ map for "pancreatic head" covers 900 ml ...'
-    doubtful = MaleniaSegmentLogic(slicer_scene, client).segment(ct_node, "pancreatic cancer")
+    doubtful = SegmentationSession(slicer_scene, client).segment(ct_node, "pancreatic cancer")
     segment = doubtful.output_node.GetSegmentation().GetSegment(doubtful.segment_ids[0])
     assert segments.tag(segment, "Malenia.GroundingWarning") == client.grounding_warning
     assert doubtful.status().endswith(client.grounding_warning)  # the user is told
     assert run.status().startswith(f"{len(run.segment_ids)} new segment(s) for: pancreatic")
-    rows = MaleniaSegmentLogic.results_table(run)
+    rows = SegmentationSession.results_table(run)
     assert rows[0]["lesion"] == "Pancreatic cancer 1" and rows[0]["volume_ml"] == 1.0
 
 
@@ -212,14 +212,14 @@ def test_engine_failure_and_cancel_leave_the_scene_unchanged(slicer_scene, ct_no
     output.GetSegmentation().AddEmptySegment("mine", "Tumour (manual)")
     before = _scene_snapshot(slicer_scene.scene)
     with pytest.raises(RuntimeError, match="died"):
-        MaleniaSegmentLogic(slicer_scene, KnownClient(None, [], fail=True)).segment(
+        SegmentationSession(slicer_scene, KnownClient(None, [], fail=True)).segment(
             ct_node, "renal cyst"
         )
     assert _scene_snapshot(slicer_scene.scene) == before
     token = CancelToken()
     token.cancel()
     with pytest.raises(CancelledError):
-        MaleniaSegmentLogic(slicer_scene, InProcessEngineClient(engine)).segment(
+        SegmentationSession(slicer_scene, InProcessEngineClient(engine)).segment(
             ct_node, "renal cyst", output_node=output, cancel=token
         )
     assert _scene_snapshot(slicer_scene.scene) == before
@@ -228,7 +228,7 @@ def test_engine_failure_and_cancel_leave_the_scene_unchanged(slicer_scene, ct_no
 def test_end_to_end_with_the_real_engine_and_saved_file(slicer_scene, ct_node, engine, tmp_path):
     import slicer
 
-    logic = MaleniaSegmentLogic(slicer_scene, InProcessEngineClient(engine))
+    logic = SegmentationSession(slicer_scene, InProcessEngineClient(engine))
     run = logic.segment(ct_node, "renal cyst", threshold=0.5)
     labelmap = run.result.labelmap
     for segment_id, lesion_info in zip(
@@ -272,7 +272,7 @@ def test_failure_while_adding_segments_rolls_back_everything(slicer_scene, ct_no
         known_labelmap((16, 48, 48)),
         [lesion(1, "Renal cyst 1", "renal cyst", "left kidney"), broken],
     )
-    logic = MaleniaSegmentLogic(slicer_scene, client)
+    logic = SegmentationSession(slicer_scene, client)
     for output_node in (output, None):
         with pytest.raises((ValueError, TypeError)):
             logic.segment(ct_node, "renal cyst", output_node=output_node)
@@ -292,9 +292,9 @@ def test_results_go_under_the_volume_study_and_centre_on_the_lesion(slicer_scene
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(ct_node)) == study
     labelmap = known_labelmap((16, 48, 48))
     client = KnownClient(labelmap, [lesion(1, "Renal cyst 1", "renal cyst", "left kidney")])
-    run = MaleniaSegmentLogic(slicer_scene, client).segment(ct_node, "renal cyst")
+    run = SegmentationSession(slicer_scene, client).segment(ct_node, "renal cyst")
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(run.output_node)) == study
-    centre = MaleniaSegmentLogic.lesion_centre_ras(run, run.segment_ids[0])
+    centre = SegmentationSession.lesion_centre_ras(run, run.segment_ids[0])
     k, j, i = np.argwhere(labelmap == 1).mean(axis=0)
     expected = (volumes.ijk_to_ras_matrix(ct_node) @ [i, j, k, 1.0])[:3]
     assert np.allclose(centre, expected, atol=0.6)  # within a voxel (0.8-2.5 mm spacing)
@@ -304,7 +304,7 @@ def test_volume_is_encoded_once_and_uploaded_again_when_the_engine_forgot_it(sli
     client = KnownClient(
         known_labelmap((16, 48, 48)), [lesion(1, "Renal cyst 1", "renal cyst", "left kidney")]
     )
-    logic = MaleniaSegmentLogic(slicer_scene, client)
+    logic = SegmentationSession(slicer_scene, client)
     logic.segment(ct_node, "renal cyst")
     logic.segment(ct_node, {"location": "left kidney"})
     assert client.encodes == 1  # a new description re-uses the encoded volume
@@ -317,7 +317,7 @@ def test_recut_of_a_removed_output_says_what_to_do(slicer_scene, ct_node):
     client = KnownClient(
         known_labelmap((16, 48, 48)), [lesion(1, "Renal cyst 1", "renal cyst", "left kidney")]
     )
-    logic = MaleniaSegmentLogic(slicer_scene, client)
+    logic = SegmentationSession(slicer_scene, client)
     run = logic.segment(ct_node, "renal cyst")
     slicer_scene.scene.RemoveNode(run.output_node)
     with pytest.raises(MaleniaError, match="Segment to run again"):
@@ -356,7 +356,7 @@ def test_without_a_threshold_the_models_calibrated_one_is_used_and_tagged(
     card = json.loads(card_path(path).read_text(encoding="utf-8"))
     card["postprocess"] = {"threshold": 0.35}
     card_path(path).write_text(json.dumps(card))
-    logic = MaleniaSegmentLogic(slicer_scene, InProcessEngineClient(Engine.load(path, "cpu")))
+    logic = SegmentationSession(slicer_scene, InProcessEngineClient(Engine.load(path, "cpu")))
     job = logic.prepare(ct_node, "renal cyst")
     assert job.threshold is None
     run = logic.segment(ct_node, "renal cyst")
@@ -373,7 +373,7 @@ def test_the_bundled_engine_says_where_it_grounded_the_answer(slicer_scene, ct_n
     from malenia.attributes import get_preset
 
     client = InProcessEngineClient(Engine.load(device="cpu"))
-    logic = MaleniaSegmentLogic(slicer_scene, client)
+    logic = SegmentationSession(slicer_scene, client)
     run = logic.segment(ct_node, "renal cyst")
     assert run.result.extra["grounded_in"] == get_preset("renal cyst").query_description.location
     unlocated = logic.segment(ct_node, {"density": "hypodense", "shape": "round"})
@@ -431,7 +431,7 @@ def controller_for(slicer_scene, engine_client):
     from MaleniaSegmentLib.engine_process import EngineProcessClient
 
     process_client = EngineProcessClient(device="cpu")  # real; never started by these tests
-    session = MaleniaSegmentLogic(slicer_scene, engine_client)
+    session = SegmentationSession(slicer_scene, engine_client)
     return RunController(session, process_client, RecordingTimer(), RecordingTimer())
 
 

@@ -126,7 +126,7 @@ class RunController:
         recut_timer: Timer,
         worker_yield_s: float = WORKER_YIELD_S,
     ) -> None:
-        """``session``: MaleniaSegmentLib.logic.MaleniaSegmentLogic; ``client``: the engine
+        """``session``: MaleniaSegmentLib.logic.SegmentationSession; ``client``: the engine
         process client (set_device, set_organ_maps, take_note, close); ``worker_yield_s``: how long each poll
         tick of a running job releases the GIL for the worker (see WORKER_YIELD_S)."""
         self.session, self.client = session, client

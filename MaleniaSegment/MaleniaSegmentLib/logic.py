@@ -1,9 +1,9 @@
-"""MaleniaSegmentLogic: everything the module does, without Qt, testable headless.
+"""SegmentationSession: everything the module does, without Qt, testable headless.
 
-    logic = MaleniaSegmentLogic(logics, client)
-    run = logic.segment(volume_node, "renal cyst")   # new segments (model's default threshold)
-    logic.recut(run, 0.7)                                           # only this run's segments
-    run = logic.find_lesions(volume_node)
+    session = SegmentationSession(logics, client)
+    run = session.segment(volume_node, "renal cyst")   # new segments (model's default threshold)
+    session.recut(run, 0.7)                                         # only this run's segments
+    run = session.find_lesions(volume_node)
 
 The widget splits a run in three so that Slicer stays responsive and MRML is only touched
 on the main thread: ``prepare`` (main thread: read the scene), ``run_engine`` (worker thread:
@@ -135,7 +135,7 @@ def _engine_forgot(error: Exception) -> bool:
     return isinstance(error, KeyError) or getattr(error, "status", None) in (404, 409)
 
 
-class MaleniaSegmentLogic:
+class SegmentationSession:
     def __init__(self, logics, client: EngineClient) -> None:
         """``logics``: any object with segmentations_logic and terminologies_logic
         (Slicer's module logics in the app, the test harness headless)."""
