@@ -10,6 +10,7 @@ import SimpleITK as sitk
 import torch
 from malenia.errors import (
     CancelledError,
+    InvalidRequestError,
     InvalidVolumeError,
     MaleniaError,
     UnknownAttributeValueError,
@@ -238,7 +239,7 @@ def test_unknown_attribute_and_text_are_refused(engine):
         encoded.segment({"density": "sparkly"})
     with pytest.raises(UnknownAttributeValueError, match="neither a preset"):
         encoded.segment("purple elephant")
-    with pytest.raises(UnknownAttributeValueError, match="threshold"):
+    with pytest.raises(InvalidRequestError, match="threshold"):
         encoded.segment("renal cyst", threshold=1.5)
 
 
@@ -587,5 +588,5 @@ def test_roi_queries_keep_the_input_grid_and_refuse_a_box_off_the_volume(engine)
     for encoded in (large, soft, small):
         result = encoded.segment({"density": "hypodense"})
         assert result.labelmap.shape == volume.array.shape
-    with pytest.raises(UnknownAttributeValueError, match="outside the volume"):
+    with pytest.raises(InvalidRequestError, match="outside the volume"):
         engine.encode(volume, roi=((5000.0, 0.0, 0.0), (20.0, 20.0, 20.0)))

@@ -15,6 +15,10 @@ class UnknownAttributeValueError(MaleniaError, ValueError):
     """An attribute key or value is not in the vocabulary; the message lists allowed ones."""
 
 
+class InvalidRequestError(MaleniaError, ValueError):
+    """A query option is out of range: a threshold outside (0, 1), an ROI off the volume."""
+
+
 class WeightsError(MaleniaError):
     """Weights are missing, corrupt, or do not match their model card."""
 

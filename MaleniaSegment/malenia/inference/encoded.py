@@ -19,7 +19,7 @@ import torch
 from malenia.attributes import KnowledgeTable, LesionDescription, resolve_query
 from malenia.attributes.locations import sub_locations
 from malenia.attributes.schema import ATTRIBUTE_KEYS
-from malenia.errors import UnknownAttributeValueError
+from malenia.errors import InvalidRequestError
 from malenia.inference.postprocess import (
     LesionInfo,
     components,
@@ -482,7 +482,7 @@ class EncodedVolume:
 
 def _check_threshold(threshold: float) -> None:
     if not 0.0 < float(threshold) < 1.0:
-        raise UnknownAttributeValueError(
+        raise InvalidRequestError(
             f"The threshold must lie strictly between 0 and 1, not {threshold}."
         )
 

@@ -24,7 +24,7 @@ import torch
 from malenia.astra import ORGAN_FEATURES, ORGAN_FEATURES_ENV
 from malenia.attributes import KnowledgeTable
 from malenia.cancel import CancelToken
-from malenia.errors import MaleniaError, UnknownAttributeValueError, WeightsError
+from malenia.errors import InvalidRequestError, MaleniaError, WeightsError
 from malenia.inference.device import is_out_of_memory, log, pick_device
 from malenia.inference.encoded import EncodedVolume
 from malenia.io import CTVolume, validate_ct
@@ -404,8 +404,8 @@ def _roi_corner_indices(roi, image: sitk.Image) -> np.ndarray:
     )
 
 
-def _roi_outside() -> UnknownAttributeValueError:
-    return UnknownAttributeValueError(
+def _roi_outside() -> InvalidRequestError:
+    return InvalidRequestError(
         "The region of interest lies outside the volume; move it over the anatomy."
     )
 
