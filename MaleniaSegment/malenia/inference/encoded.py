@@ -30,7 +30,8 @@ from malenia.io import CTVolume
 from malenia.preprocessing import to_input_grid
 
 if TYPE_CHECKING:
-    from malenia.inference.engine import Engine, Window
+    from malenia.inference.engine import Engine
+    from malenia.inference.windows import Window
 
 
 @dataclass

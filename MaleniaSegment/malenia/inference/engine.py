@@ -14,7 +14,6 @@ import itertools
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,16 @@ from malenia.cancel import CancelToken
 from malenia.errors import InvalidRequestError, MaleniaError, WeightsError
 from malenia.inference.device import is_out_of_memory, log, pick_device
 from malenia.inference.encoded import EncodedVolume
+from malenia.inference.windows import (
+    EMPTY_WINDOW_HU,
+    Window,
+    WindowEncoder,
+    crop_box,
+    extract,
+    overlap,
+    window_cores,
+    window_positions,
+)
 from malenia.io import CTVolume, validate_ct
 from malenia.preprocessing import (
     body_bounding_box,
@@ -42,46 +51,6 @@ def default_weights_path() -> Path:
     from malenia.paths import resource
 
     return resource("Weights", "malenia-tiny.safetensors")
-
-
-@dataclass
-class Window:
-    """What a query needs of one sliding window: its final mask tokens and the mask
-    features F4 of its core, the voxels nearer to its centre than to any other window's.
-    Cores tile the encoded box, so a query computes every voxel once, with no blending."""
-
-    slices: tuple[slice, slice, slice]  # the core, on the model grid
-    tokens: torch.Tensor  # [N, E] final mask tokens
-    objectness: torch.Tensor  # [N]
-    f4: torch.Tensor  # [C, d, h, w] float32 mask features of the core
-    # Location features of the whole window at 1/4 resolution (None without a location
-    # head) and where the core lies inside the window.
-    location: torch.Tensor | None = None
-    local: tuple[slice, slice, slice] | None = None
-
-
-def _cores(starts: list[int], patch: int, length: int) -> dict[int, slice]:
-    """Per window start on one axis: the part of the axis nearest to that window's centre
-    (boundaries half-way between neighbouring centres), clipped to the grid."""
-    ordered = sorted(set(starts))
-    bounds = [max(ordered[0], 0)]
-    bounds += [(a + b + patch) // 2 for a, b in itertools.pairwise(ordered)]
-    bounds.append(min(ordered[-1] + patch, length))
-    return {s: slice(bounds[i], bounds[i + 1]) for i, s in enumerate(ordered)}
-
-
-EMPTY_WINDOW_HU = -500.0  # a window with nothing denser than this is air: skip the network
-
-
-def _crop_box(region, patch) -> tuple[list[int], list[int]]:
-    """Start and size of the box MONAI slides over: the region, grown to at least one
-    patch per axis (centred; may reach outside the grid, where `_extract` repeats the edge)."""
-    starts, sizes = [], []
-    for r, p in zip(region, patch, strict=True):
-        length = r.stop - r.start
-        starts.append(r.start - max(0, p - length) // 2)
-        sizes.append(max(length, p))
-    return starts, sizes
 
 
 # A small ROI is zoomed only when it is mostly lung (its median below this): the model learnt
@@ -235,56 +204,25 @@ class Engine:
         prompt-free "any lesion" map that ``find_lesions`` reads. All-air windows skip the
         network. Progress and cancel are handled between batches of windows; after a GPU
         out-of-memory the run resumes with smaller batches, finished windows are kept."""
-        from monai.data.utils import dense_patch_slices
         from monai.inferers import sliding_window_inference
-        from monai.inferers.utils import _get_scan_interval
 
         patch = tuple(self.config.patch_size)
-        crop_start, crop_size = _crop_box(region, patch)
-        crop = _extract(hu, crop_start, crop_size)
-        image = torch.from_numpy(normalize_ct(crop))[None, None]
-        del crop
-        positions = [
-            tuple(c.start + s for c, s in zip(window, crop_start, strict=True))
-            for window in dense_patch_slices(
-                crop_size, patch, _get_scan_interval(crop_size, patch, 3, (self.overlap,) * 3)
-            )
-        ]
-        total = len(positions)
-        axis_cores = [_cores([p[a] for p in positions], patch[a], hu.shape[a]) for a in range(3)]
-        cores = {p: tuple(axis_cores[a][p[a]] for a in range(3)) for p in positions}
-        empty_level = float(normalize_ct(np.float32(EMPTY_WINDOW_HU)))
-        done: dict[tuple[int, ...], Window | None] = {}
-        any_lesion_of: dict[tuple[int, ...], torch.Tensor] = {}  # full window, until blended
-
-        def predictor(batch: torch.Tensor, coords) -> torch.Tensor:
-            out = torch.zeros((len(coords), 1, *patch))
-            todo = []
-            for b, coord in enumerate(coords):
-                key = tuple(c.start + s for c, s in zip(coord[2:], crop_start, strict=True))
-                if key in done:
-                    if key in any_lesion_of:
-                        out[b, 0] = any_lesion_of[key]
-                elif float(batch[b].max()) < empty_level:
-                    done[key] = None
-                else:
-                    todo.append((b, key))
-            if todo:
-                if cancel:
-                    cancel.check()
-                windows, maps = self._run_batch(
-                    batch[[b for b, _ in todo]], [(k, cores[k]) for _, k in todo], origin_zyx,
-                    spacing,
-                )  # fmt: skip
-                for (b, key), window, window_map in zip(todo, windows, maps, strict=True):
-                    done[key] = window
-                    any_lesion_of[key] = out[b, 0] = window_map
-            if progress:
-                progress("encoding", len(done), total)
-            return out
-
+        box_start, box_size = crop_box(region, patch)
+        box = extract(hu, box_start, box_size)
+        image = torch.from_numpy(normalize_ct(box))[None, None]
+        del box
+        positions = window_positions(box_start, box_size, patch, self.overlap)
+        predictor = WindowEncoder(
+            lambda images, placed: self._run_batch(images, placed, origin_zyx, spacing),
+            box_start,
+            window_cores(positions, patch, hu.shape),
+            patch,
+            float(normalize_ct(np.float32(EMPTY_WINDOW_HU))),
+            progress,
+            cancel,
+        )
         if progress:
-            progress("encoding", 0, total)
+            progress("encoding", 0, len(predictor.cores))
         if cancel:
             cancel.check()
         while True:
@@ -302,9 +240,9 @@ class Engine:
                     raise
                 self._handle_oom()
         any_lesion = np.zeros(hu.shape, np.float32)
-        inside, in_crop = _overlap(crop_start, crop_size, hu.shape)
-        any_lesion[inside] = blended[0, 0].numpy()[in_crop]
-        return [w for w in done.values() if w is not None], any_lesion
+        inside, in_box = overlap(box_start, box_size, hu.shape)
+        any_lesion[inside] = blended[0, 0].numpy()[in_box]
+        return predictor.windows, any_lesion
 
     def _handle_oom(self) -> None:
         if self.device.type == "cuda":
@@ -371,25 +309,6 @@ class Engine:
                 )  # fmt: skip
             )
         return windows, list(any_lesion)
-
-
-def _overlap(start, size, shape) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """(part of the grid, same part inside a box at ``start``) where the box meets the grid."""
-    grid, box = [], []
-    for s, p, n in zip(start, size, shape, strict=True):
-        low, high = max(s, 0), min(s + p, n)
-        grid.append(slice(low, high))
-        box.append(slice(low - s, high - s))
-    return tuple(grid), tuple(box)
-
-
-def _extract(hu: np.ndarray, start, size) -> np.ndarray:
-    """A box at ``start``; where it reaches outside the grid (a volume smaller than one
-    window), the edge voxels are repeated: the model was trained on windows full of body, and
-    a wall of air cutting through the abdomen makes it see nothing."""
-    inside, in_box = _overlap(start, size, hu.shape)
-    pad = [(b.start, n - b.stop) for b, n in zip(in_box, size, strict=True)]
-    return np.pad(hu[inside].astype(np.float32, copy=False), pad, mode="edge")
 
 
 def _roi_corner_indices(roi, image: sitk.Image) -> np.ndarray:
