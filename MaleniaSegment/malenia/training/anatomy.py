@@ -11,9 +11,10 @@ import torch
 
 from malenia.losses import organ_loss
 from malenia.model import MaleniaNet
+from malenia.training.task import Task
 
 if TYPE_CHECKING:
-    from malenia.train import TrainConfig
+    from malenia.training.config import TrainConfig
     from malenia.training.prompts import Vocabulary
 
 
@@ -134,10 +135,10 @@ def compute_anatomy_loss(
         losses.append(organ_loss(logits, torch.from_numpy(targets).to(device)))
     if not losses:  # no window of this batch labels any askable organ
         zero = sum(p.sum() for p in model.location_head.parameters()) * 0.0
-        return zero, {"total": 0.0, "mask": 0.0, "objectness": 0.0, "align": 0.0, "prompt": 0.0}
+        return zero, {"total": 0.0, "organ": 0.0}
     loss = torch.stack(losses).mean()
     value = float(loss.detach())
-    return loss, {"total": value, "mask": 0.0, "objectness": 0.0, "align": 0.0, "prompt": value}
+    return loss, {"total": value, "organ": value}
 
 
 @torch.no_grad()
@@ -166,3 +167,40 @@ def validate_anatomy(
         for pred, target in zip((logits > 0).cpu().numpy(), targets > 0, strict=True):
             scores.append(2 * (pred & target).sum() / max(pred.sum() + target.sum(), 1))
     return float(np.mean(scores))
+
+
+LOCATION_PARAMETERS = ("location_head.", "location_features.", "location_centre")
+
+
+class AnatomyTask(Task):
+    """Task "anatomy": only the location head learns, on organ masks; everything else stays
+    as ``init_from`` left it (the lesion behaviour is bit-identical)."""
+
+    name = "anatomy"
+    log_columns = ("total", "organ")
+    headline = "organ"
+
+    def configure(self, model_config) -> None:
+        model_config.location_head = True
+
+    def prepare_model(self, model: MaleniaNet) -> None:
+        from malenia.attributes.schema import ATTRIBUTE_KEYS
+
+        table = self.vocabulary.matrices[ATTRIBUTE_KEYS.index("location")]
+        model.location_centre.copy_(table.mean(0))
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith(LOCATION_PARAMETERS[:2]))
+
+    def may_start_fresh(self, key: str) -> bool:
+        return key.startswith((*MaleniaNet.NEUTRAL_MODULES, *LOCATION_PARAMETERS))
+
+    def dataset(self, model_config):
+        from malenia.training.data import make_anatomy_dataset
+
+        return make_anatomy_dataset(self.config, model_config)
+
+    def loss(self, model, trained, batch, step):
+        return compute_anatomy_loss(model, batch, self.vocabulary, self.config, step, self.device)
+
+    def validate(self, model: MaleniaNet) -> float:
+        return validate_anatomy(model, self.config, self.vocabulary, self.device)

@@ -15,7 +15,7 @@ from malenia.preprocessing import HU_WINDOW
 from malenia.weights import load_weights, save_weights
 
 if TYPE_CHECKING:
-    from malenia.train import TrainConfig
+    from malenia.training.config import TrainConfig
 
 
 def save_checkpoint(
