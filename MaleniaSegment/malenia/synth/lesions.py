@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from malenia.attributes.schema import LesionDescription
 from malenia.synth.anatomy import LABELS, LOCATION_LABEL
@@ -258,7 +258,7 @@ def _opacity(d, distance, rng, radius_mm, spacing) -> np.ndarray:
     width = edge_mm / radius_mm
     if ill:
         distance = distance + min(0.25, 4.0 / radius_mm) * _smooth_field(rng, distance.shape, 1.5)
-    alpha = 1.0 / (1.0 + np.exp(-(1.0 - distance) / max(width, 1e-3) * 1.7))
+    alpha = special.expit((1.0 - distance) / max(width, 1e-3) * 1.7)  # no overflow far out
     return alpha.astype(np.float32)
 
 
