@@ -32,7 +32,7 @@ from malenia.inference.windows import (
     WindowEncoder,
     crop_box,
     extract,
-    overlap,
+    grid_overlap,
     window_cores,
     window_positions,
 )
@@ -240,7 +240,7 @@ class Engine:
                     raise
                 self._handle_oom()
         any_lesion = np.zeros(hu.shape, np.float32)
-        inside, in_box = overlap(box_start, box_size, hu.shape)
+        inside, in_box = grid_overlap(box_start, box_size, hu.shape)
         any_lesion[inside] = blended[0, 0].numpy()[in_box]
         return predictor.windows, any_lesion
 

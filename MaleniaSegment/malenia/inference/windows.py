@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from malenia.cancel import CancelToken
+
 # A window with nothing denser than this is air: the network is not run on it.
 EMPTY_WINDOW_HU = -500.0
 
@@ -77,7 +79,7 @@ def window_cores(positions: list[Position], patch, shape) -> dict[Position, Slic
     return {p: tuple(per_axis[a][p[a]] for a in range(3)) for p in positions}
 
 
-def overlap(start, size, shape) -> tuple[Slices, Slices]:
+def grid_overlap(start, size, shape) -> tuple[Slices, Slices]:
     """(part of the grid, same part inside a box at ``start``) where the box meets the grid."""
     grid, box = [], []
     for s, p, n in zip(start, size, shape, strict=True):
@@ -91,7 +93,7 @@ def extract(hu: np.ndarray, start, size) -> np.ndarray:
     """A box at ``start``; where it reaches outside the grid (a volume smaller than one
     window), the edge voxels are repeated: the model was trained on windows full of body, and
     a wall of air cutting through the abdomen makes it see nothing."""
-    inside, in_box = overlap(start, size, hu.shape)
+    inside, in_box = grid_overlap(start, size, hu.shape)
     pad = [(b.start, n - b.stop) for b, n in zip(in_box, size, strict=True)]
     return np.pad(hu[inside].astype(np.float32, copy=False), pad, mode="edge")
 
@@ -113,7 +115,7 @@ class WindowEncoder:
     patch: tuple[int, int, int]
     empty_level: float  # EMPTY_WINDOW_HU, normalised as the network's input
     progress: Callable[[str, int, int], None] | None = None
-    cancel: object | None = None  # a CancelToken, checked before each network batch
+    cancel: CancelToken | None = None  # checked before each network batch
     done: dict[Position, Window | None] = field(default_factory=dict)  # None: air, skipped
     any_lesion_of: dict[Position, torch.Tensor] = field(default_factory=dict)
 

@@ -169,7 +169,9 @@ def validate_anatomy(
     return float(np.mean(scores))
 
 
-LOCATION_PARAMETERS = ("location_head.", "location_features.", "location_centre")
+# What the anatomy task trains, and the buffer it sets (the location phrases' mean embedding).
+LOCATION_HEAD_PARAMETERS = ("location_head.", "location_features.")
+LOCATION_CENTRE = "location_centre"
 
 
 class AnatomyTask(Task):
@@ -189,10 +191,12 @@ class AnatomyTask(Task):
         table = self.vocabulary.matrices[ATTRIBUTE_KEYS.index("location")]
         model.location_centre.copy_(table.mean(0))
         for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name.startswith(LOCATION_PARAMETERS[:2]))
+            parameter.requires_grad_(name.startswith(LOCATION_HEAD_PARAMETERS))
 
     def may_start_fresh(self, key: str) -> bool:
-        return key.startswith((*MaleniaNet.NEUTRAL_MODULES, *LOCATION_PARAMETERS))
+        return key.startswith(
+            (*MaleniaNet.NEUTRAL_MODULES, *LOCATION_HEAD_PARAMETERS, LOCATION_CENTRE)
+        )
 
     def dataset(self, model_config):
         from malenia.training.data import make_anatomy_dataset
