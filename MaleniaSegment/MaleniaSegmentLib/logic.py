@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from malenia.attributes.schema import ATTRIBUTE_KEYS
-from malenia.errors import CancelledError, InvalidVolumeError, MaleniaError
+from malenia.cancel import CancelToken
+from malenia.errors import InvalidVolumeError, MaleniaError
 
 from MaleniaSegmentLib import segments, volumes
 from MaleniaSegmentLib.engine_client import EngineClient, EngineResult
@@ -209,7 +210,7 @@ class SegmentationSession:
 
     # ------------------------------------------------------------------ worker thread
     def run_engine(
-        self, job: Job, progress: Callable | None = None, cancel=None
+        self, job: Job, progress: Callable | None = None, cancel: CancelToken | None = None
     ) -> tuple[str, EngineResult]:
         """Encode (once per volume content) and query. Touches no MRML node: safe off the
         main thread. A volume id the engine forgot (restart, eviction) is re-uploaded."""
@@ -224,8 +225,8 @@ class SegmentationSession:
             job.array, job.ijk_to_ras, roi=job.roi, progress=progress, cancel=cancel
         )
         self._volume_ids[job.volume_key] = volume_id
-        if cancel is not None and getattr(cancel, "cancelled", False):
-            raise CancelledError("Cancelled by the user; nothing was changed.")
+        if cancel is not None:
+            cancel.check()
         return volume_id, self._query(volume_id, job)
 
     def _query(self, volume_id: str, job: Job) -> EngineResult:
@@ -234,10 +235,12 @@ class SegmentationSession:
         return self.client.segment(volume_id, job.query, job.threshold)
 
     # ------------------------------------------------------------------ main thread: write
-    def apply(self, job: Job, volume_id: str, result: EngineResult, cancel=None) -> Run:
+    def apply(
+        self, job: Job, volume_id: str, result: EngineResult, cancel: CancelToken | None = None
+    ) -> Run:
         """New segments from an engine result; on any failure the scene is as before."""
-        if cancel is not None and getattr(cancel, "cancelled", False):
-            raise CancelledError("Cancelled by the user; nothing was changed.")
+        if cancel is not None:
+            cancel.check()
         scene = job.volume_node.GetScene()
         if scene is None or not scene.IsNodePresent(job.volume_node):
             raise MaleniaError("The input volume was removed while the engine ran; nothing added.")
@@ -261,7 +264,7 @@ class SegmentationSession:
         output_node=None,
         roi_node=None,
         progress=None,
-        cancel=None,
+        cancel: CancelToken | None = None,
     ) -> Run:
         """Segment lesions matching ``query`` (preset name, free text or attribute dict) into
         new segments. On any error (engine, cancel, bad input) the scene is left as it was."""
@@ -278,7 +281,7 @@ class SegmentationSession:
         output_node=None,
         roi_node=None,
         progress=None,
-        cancel=None,
+        cancel: CancelToken | None = None,
     ) -> Run:
         """Every lesion the model sees, with predicted attributes and likely category."""
         job = self.prepare(volume_node, None, threshold, output_node, roi_node)
