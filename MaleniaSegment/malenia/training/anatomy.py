@@ -11,6 +11,7 @@ import torch
 
 from malenia.losses import organ_loss
 from malenia.model import MaleniaNet
+from malenia.training.config import step_rng
 from malenia.training.task import Task
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def compute_anatomy_loss(
     device,
 ) -> tuple[torch.Tensor, dict]:
     """Location head on frozen image features: each location phrase -> its organ's mask."""
-    rng = random.Random(config.seed * 7919 + step)
+    rng = step_rng(config, step)
     # The encoder is frozen: a kept window's F2 is computed once and stored (float16) in the
     # item the dataset keeps, in place of its image; its organ masks are not kept (a
     # comparison is cheap, hundreds of kept windows' masks are gigabytes).

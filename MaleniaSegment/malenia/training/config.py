@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,3 +83,9 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
     floor = config.min_lr_ratio
     return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def step_rng(config: TrainConfig, step: int) -> random.Random:
+    """The random choices (prompts, locations) of one step: seeded by run and step alone, so a
+    resumed run repeats them exactly."""
+    return random.Random(config.seed * 7919 + step)

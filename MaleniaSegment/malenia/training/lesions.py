@@ -5,8 +5,6 @@ location head alongside."""
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -15,7 +13,7 @@ from malenia.attributes.schema import ATTRIBUTE_KEYS
 from malenia.losses import alignment_loss, hungarian_match, mask_loss
 from malenia.model import MaleniaNet
 from malenia.training.anatomy import joint_anatomy_loss
-from malenia.training.config import TrainConfig
+from malenia.training.config import TrainConfig, step_rng
 from malenia.training.data import make_dataset
 from malenia.training.prompts import Vocabulary, choose_prompt, contrast_prompts
 from malenia.training.task import Task
@@ -74,7 +72,7 @@ def compute_loss(
     prompt_pool: dict,
     device,
 ) -> tuple[torch.Tensor, dict]:
-    rng = random.Random(config.seed * 7919 + step)
+    rng = step_rng(config, step)
     images = torch.from_numpy(np.stack([item["image"] for item in batch])).to(device)
     prompts, prompt_targets, primaries = [], [], []
     for item in batch:
