@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -212,3 +213,68 @@ def test_soft_tissue_masses_grow_in_muscle_and_fat_never_in_bone():
         assert (item["image"][0][core] > bone_level).mean() < 0.02  # not in bone
         assert core.any()
     assert 5 < np.median(volumes) < 400, volumes  # ml: masses of 2.5-9 cm
+
+
+def test_lungs_from_hu_leave_bowel_gas_out_and_keep_their_vessels():
+    """Colon gas is air inside the body too: labelled lung, it taught the model that
+    'lung cancer' lives in bowel gas. Lung tissue is -700 to -900 HU, gas about -1000."""
+    from malenia.data.real_ct import lung_lobe_labels
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:60, :100, :120]
+    hu = np.full(z.shape, -1000.0, np.float32)  # air outside the patient
+    hu[((y - 50) / 45) ** 2 + ((x - 60) / 55) ** 2 < 1] = 40.0  # body
+    right = ((z - 45) / 14) ** 2 + ((y - 45) / 25) ** 2 + ((x - 35) / 18) ** 2 < 1
+    left = ((z - 45) / 14) ** 2 + ((y - 45) / 25) ** 2 + ((x - 85) / 18) ** 2 < 1
+    gas = ((z - 12) / 8) ** 2 + ((y - 60) / 14) ** 2 + ((x - 60) / 20) ** 2 < 1  # colon
+    hu[right | left] = -850.0 + rng.normal(0, 40, (right | left).sum())
+    hu[gas] = -1000.0 + rng.normal(0, 15, gas.sum())
+    vessel = right & ((y - 45) ** 2 + (x - 35) ** 2 < 3)  # a vessel along z in the right lung
+    hu[vessel] = 40.0
+    labels = lung_lobe_labels(hu, (2.0, 2.0, 2.0), (0.0, -100.0, -120.0))
+    assert gas.sum() * 8 / 1000 > 50  # ml: large enough to pass for a lung by size alone
+    assert not labels[gas].any()
+    assert (labels[right | left] > 0).mean() > 0.9
+    assert (labels[vessel] > 0).mean() > 0.9  # vessels are lung tissue to an organ mask
+
+
+@needs_data
+def test_lung_cancers_in_real_lungs_reach_chest_ct_size_under_the_pleura():
+    """The real-lung renders: the masses of a chest CT (up to 7 cm), in lung (never in bowel
+    gas), and, asked to, centred under the pleura, mediastinum or diaphragm."""
+    from malenia.data.real_mix import PLEURAL_DEPTH_MM, RealMixDataset, subpleural
+    from malenia.synth.lesions import LUNG_LABELS, LesionRecord, render_lesions
+    from malenia.synth.split import SEEN_CATEGORIES
+
+    dataset = RealMixDataset(SEEN_CATEGORIES, seed=7, mix={"real_synthetic": 1.0})
+    volumes = []
+    for index in range(120):
+        item = dataset[index]
+        mask = item["instance_mask"] == 1
+        if item["categories"][:1] != ["lung cancer"] or not mask.any():
+            continue
+        volumes.append(mask.sum() * 8 / 1000)
+        assert np.isin(item["labels"][mask], list(LUNG_LABELS)).mean() > 0.8
+        if len(volumes) == 24:
+            break
+    assert len(volumes) == 24 and max(volumes) > 40, volumes  # ml: a 4-5 cm mass at least once
+
+    scan = next(s for s in dataset.scans if s.name == "RadCTTACEomics_2022")
+    labels = scan.labels[60:124, 40:136, 40:152]
+    hu = scan.hu[60:124, 40:136, 40:152]
+    near = subpleural(labels, (2.0, 2.0, 2.0))
+    depth = ndimage.distance_transform_edt(np.isin(labels, list(LUNG_LABELS)), sampling=2.0)
+    description = next(r.description for r in _lung_cancer_pool() if r.description.relation)
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        record = LesionRecord("lung cancer", replace(description, location="left lower lobe"),
+                              size_mm=(30, 40))  # fmt: skip
+        _, mask, done = render_lesions(hu, labels, [record], rng, (2.0, 2.0, 2.0), placement=near)
+        centre = tuple(done[0].rendered["centre_voxel"])
+        assert near[centre] and depth[centre] <= PLEURAL_DEPTH_MM
+
+
+def _lung_cancer_pool():
+    from malenia.synth.dataset import lesion_pool
+
+    return lesion_pool("lung cancer")

@@ -119,12 +119,20 @@ def _labels_on(label: sitk.Image, grid: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(resampled)
 
 
+# Bowel gas is pure air (about -1000 HU); aerated lung holds tissue and blood (-700 to -900
+# HU). On the training scans 44-57 % of each gas pocket over 50 ml lies below -950 HU and 0 %
+# of each lung (RadCTTACEomics_0697's 600 ml of colon gas was labelled lung before this):
+# a part with more than GAS_SHARE below GAS_HU is gas. Severe emphysema reaches 30 %.
+GAS_HU, GAS_SHARE = -950.0, 0.35
+
+
 def lung_lobe_labels(hu: np.ndarray, spacing_zyx, origin_zyx) -> np.ndarray:
-    """Approximate lung lobes from HU: the two largest air-filled parts inside the body
-    (< -400 HU, enclosed by the body in the axial plane), split left/right by LPS x, and each lung
-    into lobes by an oblique plane (upper lobes anterior-superior, lower lobes
-    posterior-inferior; the right middle lobe the anterior-inferior part). Fissures are not
-    found: this is a coarse label for grounding and rendering, recorded as such."""
+    """Approximate lung lobes from HU: the air-filled parts inside the body (< -400 HU,
+    enclosed by the body in the axial plane, at least 50 ml, not bowel gas), their vessels
+    included, split left/right by LPS x, and each lung into lobes by an oblique plane (upper
+    lobes anterior-superior, lower lobes posterior-inferior; the right middle lobe the
+    anterior-inferior part). Fissures are not found: this is a coarse label for grounding and
+    rendering, recorded as such."""
     labels = np.zeros(hu.shape, np.uint8)
     body, count = ndimage.label(hu > -500)
     if count == 0:
@@ -138,7 +146,10 @@ def lung_lobe_labels(hu: np.ndarray, spacing_zyx, origin_zyx) -> np.ndarray:
         return labels
     sizes = ndimage.sum(inner, parts, range(1, count + 1))
     voxel_ml = float(np.prod(spacing_zyx)) / 1000
-    lungs = np.isin(parts, 1 + np.flatnonzero(sizes * voxel_ml >= 50))  # not bowel gas
+    gas = ndimage.mean(hu < GAS_HU, parts, range(1, count + 1)) > GAS_SHARE
+    lungs = np.isin(parts, 1 + np.flatnonzero((sizes * voxel_ml >= 50) & ~gas))
+    # Vessels and airway walls are lung too (as in any lung mask): fill each axial section.
+    lungs = np.stack([ndimage.binary_fill_holes(plane) for plane in lungs]) & filled
     # The lungs meet at the trachea: split them at the body's midline, not by component.
     x = origin_zyx[2] + np.arange(hu.shape[2]) * spacing_zyx[2]
     midline = float(np.median(x[np.argwhere(body[::4, ::4, ::4])[:, 2] * 4]))

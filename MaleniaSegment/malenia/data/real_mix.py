@@ -43,6 +43,11 @@ SOFT_TISSUE_SIZE_MM = (25.0, 90.0)
 # Share of lesions rendered into real organs with a reduced HU offset from their host, and
 # the range of that scale (1 = the renderer's full offset, e.g. 40-75 HU for hypodense).
 SUBTLE_SHARE, SUBTLE_CONTRAST = 0.5, (0.2, 0.8)
+# Lung cancers in real lungs: many abut the pleura, mediastinum or diaphragm (a share of the
+# renders is centred within PLEURAL_DEPTH_MM of non-lung tissue), and the masses found on a
+# chest CT reach well past the phantom pool's 50 mm.
+PLEURAL_SHARE, PLEURAL_DEPTH_MM = 0.5, 12.0
+REAL_LUNG_CANCER_MM = (10.0, 70.0)
 
 
 def soft_tissue_description(rng: np.random.Generator):
@@ -73,6 +78,30 @@ def augment_hu(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.7:
         out = out + rng.normal(0, rng.uniform(2, 18), out.shape).astype(np.float32)
     return out.astype(np.float32)
+
+
+def in_real_lung(records, labels, spacing, rng):
+    """(records to render, placement) for lung lesions in a real lung. 'Closely related to
+    surrounding organs' is drawn as touching the pleura, mediastinum or diaphragm: in a real
+    scan the renderer's reading of it (free to grow into the neighbour, as in the phantoms)
+    put half of a basal mass inside the liver, a liver lesion labelled lung cancer. Related
+    masses, and ``PLEURAL_SHARE`` of the others, are centred under the pleura and kept in
+    the lung; the prompt still says what the description says."""
+    related = records[0].description.relation == "closely related to surrounding organs"
+    placement = subpleural(labels, spacing) if related or rng.random() < PLEURAL_SHARE else None
+    kept = "not closely related to surrounding organs"
+    return [
+        replace(r, description=replace(r.description, relation=kept)) for r in records
+    ], placement
+
+
+def subpleural(labels: np.ndarray, spacing) -> np.ndarray:
+    """Lung voxels within ``PLEURAL_DEPTH_MM`` of anything that is not lung (chest wall,
+    mediastinum, diaphragm): where a juxtapleural mass is centred."""
+    from malenia.synth.lesions import LUNG_LABELS
+
+    lung = np.isin(labels, list(LUNG_LABELS))
+    return lung & (ndimage.distance_transform_edt(lung, sampling=spacing) <= PLEURAL_DEPTH_MM)
 
 
 def crop_window(array: np.ndarray, start, size, mode="edge") -> np.ndarray:
@@ -175,10 +204,10 @@ class RealMixDataset:
                 contrast = (
                     float(rng.uniform(*SUBTLE_CONTRAST)) if rng.random() < SUBTLE_SHARE else 1.0
                 )
+                size_mm = REAL_LUNG_CANCER_MM if location in LUNG_LOBES else record.size_mm
                 records.append(
-                    LesionRecord(category, description, record.report, record.size_mm,
-                                 contrast=contrast)
-                )  # fmt: skip
+                    LesionRecord(category, description, record.report, size_mm, contrast=contrast)
+                )
                 centre = random_voxel(scan.labels == LOCATION_LABEL[location], rng)
             else:
                 kind = "real_negative"
@@ -193,8 +222,14 @@ class RealMixDataset:
         hu = crop_window(scan.hu, start, self.shape)
         labels = crop_window(scan.labels, start, self.shape, mode="constant")
         real = crop_window(scan.instances, start, self.shape, mode="constant")
-        hu, instances, rendered = render_lesions(hu, labels, records, rng, self.spacing)
-        descriptions = [r.description for r in rendered]
+        prompts = [r.description for r in records]  # what each lesion is asked for by
+        placement = None
+        if records and records[0].description.location in LUNG_LOBES:
+            records, placement = in_real_lung(records, labels, self.spacing, rng)
+        hu, instances, rendered = render_lesions(
+            hu, labels, records, rng, self.spacing, placement=placement
+        )
+        descriptions = [prompts[records.index(r)] for r in rendered]
         categories = [r.category for r in rendered]
         for lesion in np.unique(real[real > 0]):
             if (real == lesion).sum() < 8:

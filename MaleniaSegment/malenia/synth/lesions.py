@@ -82,12 +82,16 @@ def _host_box(host: np.ndarray, margin: np.ndarray) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _pick_centre(host, labels, radius_vox, related: bool, rng, taken) -> np.ndarray:
+def _pick_centre(host, labels, radius_vox, related: bool, rng, taken, placement=None) -> np.ndarray:
     """A voxel inside the host: deep inside normally, at a border with another organ when
-    the lesion is 'closely related to surrounding organs'."""
+    the lesion is 'closely related to surrounding organs'; among ``placement``'s voxels
+    when it has free ones in the host."""
     box = _host_box(host, np.ceil(radius_vox) + 2)
     offset = np.array([s.start for s in box])
     free = host[box] & ~taken[box]
+    if placement is not None and (free & placement[box]).any():
+        candidates = np.argwhere(free & placement[box])
+        return offset + candidates[rng.integers(len(candidates))]
     if related:
         box_labels = labels[box]
         other_organ = ~np.isin(box_labels, list(NON_ORGAN)) & ~host[box]
@@ -111,12 +115,15 @@ def render_lesions(
     rng: np.random.Generator,
     spacing: tuple[float, float, float],
     location_labels: dict[str, int] | None = None,
+    placement: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[LesionRecord]]:
     """Insert one lesion per record. Returns (new ct, instance mask int16, rendered records).
 
     ``labels`` may be a phantom label map or a real CT's organ labels converted with
     ``synth.real_ct.labels_from_totalseg`` (or any map with ``location_labels``: canonical
-    location -> label id). Records whose organ is not in the volume are skipped; the returned
+    location -> label id). ``placement``: where in its host a lesion's centre may go (e.g.
+    under the pleura), anywhere in the host where it has no voxel there or is None. Records
+    whose organ is not in the volume are skipped; the returned
     list holds only lesions actually rendered, in the order of their instance ids. ``labels``
     is not modified (organ outlines near a lesion move by its mass effect in ``ct`` only).
     """
@@ -134,7 +141,8 @@ def render_lesions(
         if host.sum() < 20:
             continue
         try:
-            _render_one(ct, labels, instances, host, record, rng, spacing_arr, len(rendered) + 1)
+            _render_one(ct, labels, instances, host, record, rng, spacing_arr, len(rendered) + 1,
+                        placement)  # fmt: skip
         except RenderError:
             continue
         rendered.append(record)
@@ -164,7 +172,15 @@ def render_in_host(
 
 
 def _render_one(
-    ct, labels, instances, host, record: LesionRecord, rng, spacing, instance_id: int
+    ct,
+    labels,
+    instances,
+    host,
+    record: LesionRecord,
+    rng,
+    spacing,
+    instance_id: int,
+    placement: np.ndarray | None = None,
 ) -> None:
     d = record.description
     features = set(d.specific_features)
@@ -176,7 +192,7 @@ def _render_one(
     axes = radius_mm * rng.uniform(0.8, 1.15, size=3)
     radius_vox = axes / spacing
     related = d.relation == "closely related to surrounding organs"
-    centre = _pick_centre(host, labels, radius_vox, related, rng, instances > 0)
+    centre = _pick_centre(host, labels, radius_vox, related, rng, instances > 0, placement)
 
     margin = np.ceil(radius_vox * 2.0 + 4).astype(int)
     lo = np.maximum(centre - margin, 0)
