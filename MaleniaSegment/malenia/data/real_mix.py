@@ -222,7 +222,7 @@ class RealMixDataset:
         hu = crop_window(scan.hu, start, self.shape)
         labels = crop_window(scan.labels, start, self.shape, mode="constant")
         real = crop_window(scan.instances, start, self.shape, mode="constant")
-        prompts = [r.description for r in records]  # what each lesion is asked for by
+        prompts = [r.description for r in records]  # in_real_lung draws some differently
         placement = None
         if records and records[0].description.location in LUNG_LOBES:
             records, placement = in_real_lung(records, labels, self.spacing, rng)

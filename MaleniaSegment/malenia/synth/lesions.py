@@ -122,10 +122,10 @@ def render_lesions(
     ``labels`` may be a phantom label map or a real CT's organ labels converted with
     ``synth.real_ct.labels_from_totalseg`` (or any map with ``location_labels``: canonical
     location -> label id). ``placement``: where in its host a lesion's centre may go (e.g.
-    under the pleura), anywhere in the host where it has no voxel there or is None. Records
-    whose organ is not in the volume are skipped; the returned
-    list holds only lesions actually rendered, in the order of their instance ids. ``labels``
-    is not modified (organ outlines near a lesion move by its mass effect in ``ct`` only).
+    under the pleura); None, or no free voxel of it in the host, places it anywhere there.
+    Records whose organ is not in the volume are skipped; the returned list holds only
+    lesions actually rendered, in the order of their instance ids. ``labels`` is not
+    modified (organ outlines near a lesion move by its mass effect in ``ct`` only).
     """
     location_labels = location_labels or LOCATION_LABEL
     ct = ct.astype(np.float32, copy=True)
@@ -141,8 +141,8 @@ def render_lesions(
         if host.sum() < 20:
             continue
         try:
-            _render_one(ct, labels, instances, host, record, rng, spacing_arr, len(rendered) + 1,
-                        placement)  # fmt: skip
+            instance = len(rendered) + 1
+            _render_one(ct, labels, instances, host, record, rng, spacing_arr, instance, placement)
         except RenderError:
             continue
         rendered.append(record)
