@@ -9,6 +9,7 @@ the viewer in the default browser. Ctrl-C stops the server.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,9 @@ def _view(args: argparse.Namespace) -> int:
     from malenia.io import read_volume
 
     volume = read_volume(args.ct) if args.ct else None  # refuse a bad CT before starting
+    # "Ctrl-C stops the engine" holds even when this process inherited SIGINT ignored (a
+    # background job of a script): Python then leaves it ignored and Ctrl-C would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     process = EngineProcess(str(args.weights) if args.weights else None, args.device)
     print("starting the engine ...", file=sys.stderr, flush=True)
     with process:
