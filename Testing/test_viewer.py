@@ -315,7 +315,7 @@ def test_malenia_view_preloads_the_ct_and_prints_the_viewer_url(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
-        # Started as a script's background job is: SIGINT ignored, inherited. Ctrl-C must
+        # As a script's background job starts it: SIGINT ignored, inherited. Ctrl-C must
         # still stop it (Python alone would leave SIGINT ignored).
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
