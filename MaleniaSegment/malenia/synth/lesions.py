@@ -89,9 +89,10 @@ def _pick_centre(host, labels, radius_vox, related: bool, rng, taken, placement=
     box = _host_box(host, np.ceil(radius_vox) + 2)
     offset = np.array([s.start for s in box])
     free = host[box] & ~taken[box]
-    if placement is not None and (free & placement[box]).any():
+    if placement is not None:
         candidates = np.argwhere(free & placement[box])
-        return offset + candidates[rng.integers(len(candidates))]
+        if len(candidates):
+            return offset + candidates[rng.integers(len(candidates))]
     if related:
         box_labels = labels[box]
         other_organ = ~np.isin(box_labels, list(NON_ORGAN)) & ~host[box]
