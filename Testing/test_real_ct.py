@@ -278,3 +278,55 @@ def _lung_cancer_pool():
     from malenia.synth.dataset import lesion_pool
 
     return lesion_pool("lung cancer")
+
+
+@needs_data
+def test_pasted_lidc_nodules_are_real_masses_in_real_lungs_at_whole_scan_scale():
+    """The lidc_paste kind: a real training nodule enlarged to a chest-CT mass, in a real
+    lung of a training scan on the 2 mm grid, labelled only where it is in the lung, and
+    prompted with its readers' description plus the lobe it landed in."""
+    from malenia.data.real_ct import LUNG_LOBES, load_lidc
+    from malenia.data.real_mix import LIDC_CATEGORY, RealMixDataset
+    from malenia.synth.lesions import LUNG_LABELS
+    from malenia.synth.split import SEEN_CATEGORIES
+
+    dataset = RealMixDataset(SEEN_CATEGORIES, seed=5, mix={"lidc_paste": 1.0})
+    validation = {n.patient for n in load_lidc("validation")}
+    assert not {n.patient for n in dataset.nodules} & validation
+    volumes = []
+    for index in range(10):
+        item = dataset[index]
+        mask = item["instance_mask"] > 0
+        if not item["descriptions"]:
+            continue
+        assert item["categories"] == [LIDC_CATEGORY] and "lung cancer" in item["compatible"]
+        (description,) = item["descriptions"]
+        assert description.location in LUNG_LOBES
+        assert np.isin(item["labels"][mask], list(LUNG_LABELS)).all()
+        # Solid tissue where the label is: a nodule pasted in, not lung parenchyma.
+        lung_level = float(
+            np.median(item["image"][0][np.isin(item["labels"], list(LUNG_LABELS)) & ~mask])
+        )
+        assert np.median(item["image"][0][ndimage.binary_erosion(mask)]) > lung_level + 0.2
+        volumes.append(mask.sum() * 8 / 1000)
+    assert len(volumes) >= 8 and max(volumes) > 30 and min(volumes) < 30, volumes  # ml
+
+
+def test_paste_stops_at_the_chest_wall():
+    """A juxtapleural paste: the part of the nodule outside the lung is neither drawn nor
+    labelled (the chest wall's soft tissue hides it), the rest is the nodule's HU."""
+    from malenia.data.real_mix import paste
+
+    window = np.full((32, 32, 32), -850.0, np.float32)
+    lung = np.ones(window.shape, bool)
+    lung[:, :, 20:] = False  # chest wall from x = 20
+    window[~lung] = 40.0
+    z, y, x = np.mgrid[:15, :15, :15]
+    nodule = (z - 7) ** 2 + (y - 7) ** 2 + (x - 7) ** 2 <= 36
+    hu = np.where(nodule, 30.0, -850.0).astype(np.float32)
+    out, lesion = paste(window, lung, hu, nodule, (16, 16, 18))
+    assert lesion.any() and not lesion[:, :, 20:].any()
+    assert lesion.sum() < nodule.sum()  # cut at the wall
+    assert np.allclose(out[ndimage.binary_erosion(lesion, iterations=2)], 30.0, atol=1.0)
+    assert np.allclose(out[:, :, 21:], 40.0)  # the wall unchanged
+    assert np.allclose(out[:, :, :5], -850.0)  # lung far away unchanged

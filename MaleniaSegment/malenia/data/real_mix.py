@@ -48,6 +48,11 @@ SUBTLE_SHARE, SUBTLE_CONTRAST = 0.5, (0.2, 0.8)
 # chest CT reach well past the phantom pool's 50 mm.
 PLEURAL_SHARE, PLEURAL_DEPTH_MM = 0.5, 12.0
 REAL_LUNG_CANCER_MM = (10.0, 70.0)
+# Real LIDC nodules pasted into the real lungs of the training scans, on the model's 2 mm
+# grid: the crops alone teach nodules only as zoomed ROIs, never at whole-scan scale, and
+# none of them is a 4-7 cm mass. Diameters drawn from PASTE_DIAMETER_MM; a nodule is
+# enlarged at most PASTE_MAX_SCALE times (beyond that its texture is mostly interpolation).
+PASTE_DIAMETER_MM, PASTE_MAX_SCALE = (12.0, 70.0), 3.0
 
 
 def soft_tissue_description(rng: np.random.Generator):
@@ -127,7 +132,8 @@ def random_voxel(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class RealMixDataset:
     """Item i is deterministic given (seed, i); the real scans are loaded once, lazily."""
 
-    KINDS = ("phantom", "real_synthetic", "real_lesion", "lidc", "real_negative", "soft_tissue")
+    KINDS = ("phantom", "real_synthetic", "real_lesion", "lidc", "real_negative", "soft_tissue",
+             "lidc_paste")  # fmt: skip
 
     def __init__(self, categories, seed: int = 0, shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
                  mix: dict | None = None, max_lesions: int = 2, distractor_prob: float = 0.5) -> None:  # fmt: skip
@@ -179,6 +185,8 @@ class RealMixDataset:
             return self._lidc_item(rng)
         if kind == "soft_tissue":
             return self._soft_tissue_item(rng)
+        if kind == "lidc_paste":
+            return self._lidc_paste_item(rng)
         return self._scan_item(kind, rng)
 
     # ------------------------------------------------------------------ real scans
@@ -296,6 +304,68 @@ class RealMixDataset:
         }
 
     # ------------------------------------------------------------------ LIDC
+    @cached_property
+    def lung_scans(self) -> list[RealScan]:
+        """The training scans with enough real lung to host a pasted nodule."""
+        lobes = [LOCATION_LABEL[lobe] for lobe in LUNG_LOBES]
+        return [s for s in self.scans if np.isin(s.labels, lobes).sum() > 20_000]
+
+    @cached_property
+    def nodule_diameters_mm(self) -> np.ndarray:
+        """Equivalent-sphere diameter of each training nodule's mask."""
+        return np.array([equivalent_diameter_mm(n) for n in self.nodules])
+
+    def _lidc_paste_item(self, rng: np.random.Generator) -> dict:
+        """A real training nodule, enlarged to 12-70 mm and pasted into a real lung of a
+        training scan (half of them under the pleura), in a whole-scan window at 2 mm; its
+        prompt is the readers' description with the lobe it lands in."""
+        scans = self.lung_scans
+        if not scans:
+            return self._lidc_item(rng)
+        scan = scans[int(rng.integers(len(scans)))]
+        # The diameter first, then a nodule big enough to reach it: most LIDC nodules are
+        # 4-10 mm, and a random one would rarely make a mass.
+        diameter = float(rng.uniform(*PASTE_DIAMETER_MM))
+        big_enough = np.flatnonzero(self.nodule_diameters_mm * PASTE_MAX_SCALE >= diameter)
+        if not len(big_enough):
+            big_enough = [int(np.argmax(self.nodule_diameters_mm))]
+        nodule = self.nodules[int(big_enough[int(rng.integers(len(big_enough)))])]
+        hu, mask = enlarged_nodule(nodule, self.spacing, diameter, rng)
+        lobes = [LOCATION_LABEL[lobe] for lobe in LUNG_LOBES]
+        lung = np.isin(scan.labels, lobes)
+        host = lung
+        if rng.random() < PLEURAL_SHARE:
+            near = lung & (ndimage.distance_transform_edt(lung, sampling=scan.spacing_zyx)
+                           <= PLEURAL_DEPTH_MM)  # fmt: skip
+            host = near if near.any() else lung
+        centre = random_voxel(host, rng)
+        jitter = rng.integers(-12, 13, size=3)
+        start = [int(np.clip(c + j - p // 2, 0, max(n - p, 0)))
+                 for c, j, p, n in zip(centre, jitter, self.shape, scan.hu.shape, strict=True)]  # fmt: skip
+        window = crop_window(scan.hu, start, self.shape)
+        labels = crop_window(scan.labels, start, self.shape, mode="constant")
+        lung_window = np.isin(labels, lobes)
+        at = [int(c - s) for c, s in zip(centre, start, strict=True)]
+        window, lesion = paste(window, lung_window, hu, mask, at)
+        found = bool(lesion.sum() >= 8)
+        description = nodule_description(nodule)
+        if found:
+            values, counts = np.unique(labels[lesion], return_counts=True)
+            names = {LOCATION_LABEL[lobe]: lobe for lobe in LUNG_LOBES}
+            lobe = names.get(int(values[np.argmax(counts)]))
+            description = replace(description, location=lobe or "lung")
+        return {
+            "image": normalize_ct(augment_hu(window, rng))[None],
+            "instance_mask": lesion.astype(np.int16),
+            "descriptions": [description] if found else [],
+            "categories": [LIDC_CATEGORY] if found else [],
+            "reports": [""] if found else [],
+            "labels": labels,
+            "origin_mm": scan.position_of(start),
+            "known_locations": scan.known_locations,
+            "compatible": ("lung cancer",),
+        }
+
     def _lidc_item(self, rng: np.random.Generator) -> dict:
         """A nodule crop as the engine sees an ROI query of it: resampled so the ROI fills
         most of the window (``roi_spacing_mm``), centred, edge-padded."""
@@ -315,6 +385,50 @@ class RealMixDataset:
             # A lung-cancer prompt may well mean this nodule: never a negative for it.
             "compatible": ("lung cancer",),
         }
+
+
+def equivalent_diameter_mm(nodule) -> float:
+    volume_mm3 = float(nodule.mask.sum() * np.prod(nodule.spacing_zyx))
+    return float(np.cbrt(6.0 * volume_mm3 / np.pi))
+
+
+def enlarged_nodule(nodule, model_spacing, diameter_mm: float, rng: np.random.Generator):
+    """(HU, mask) of a LIDC crop on the model grid, scaled so the nodule's equivalent
+    diameter becomes ``diameter_mm`` (at most ``PASTE_MAX_SCALE`` times its own, never
+    smaller), randomly mirrored and turned in the axial plane."""
+    own = max(equivalent_diameter_mm(nodule), 1.0)
+    scale = float(np.clip(diameter_mm / own, 1.0, PASTE_MAX_SCALE))
+    factors = [s * scale / m for s, m in zip(nodule.spacing_zyx, model_spacing, strict=True)]
+    hu = ndimage.zoom(nodule.hu.astype(np.float32), factors, order=1, mode="nearest")
+    mask = ndimage.zoom(nodule.mask.astype(np.float32), factors, order=1) > 0.5
+    if rng.random() < 0.5:
+        hu, mask = hu[:, :, ::-1], mask[:, :, ::-1]
+    turns = int(rng.integers(4))
+    return np.rot90(hu, turns, (1, 2)).copy(), np.rot90(mask, turns, (1, 2)).copy()
+
+
+def paste(window: np.ndarray, lung: np.ndarray, hu: np.ndarray, mask: np.ndarray, at):
+    """``hu`` (its ``mask`` part and a feathered one-voxel rim) blended into ``window`` centred at
+    voxel ``at``, inside the lung only: a juxtapleural nodule stops at the chest wall, whose
+    soft tissue hides the rest. Returns (window, lesion mask)."""
+    window = window.copy()
+    lesion = np.zeros(window.shape, bool)
+    src, dst = [], []
+    for c, n, w in zip(at, mask.shape, window.shape, strict=True):
+        lo = c - n // 2
+        a, b = max(lo, 0), min(lo + n, w)
+        if b <= a:
+            return window, lesion
+        dst.append(slice(a, b))
+        src.append(slice(a - lo, b - lo))
+    src, dst = tuple(src), tuple(dst)
+    inside = ndimage.binary_dilation(lung, iterations=1)[dst]
+    # Feathered one voxel outside the mask: the nodule's own partial-volume rim comes along.
+    rim = ndimage.binary_dilation(mask, iterations=1).astype(np.float32)
+    alpha = ndimage.gaussian_filter(rim, 0.6)[src] * inside
+    window[dst] = window[dst] * (1.0 - alpha) + hu[src] * alpha
+    lesion[dst] = mask[src] & lung[dst]
+    return window, lesion
 
 
 def zoom_crop(hu: np.ndarray, mask: np.ndarray, spacing_zyx, model_spacing, shape):
