@@ -245,16 +245,7 @@ class RealMixDataset:
             instances[(real == lesion) & (instances == 0)] = len(descriptions) + 1
             descriptions.append(scan.descriptions[lesion - 1])
             categories.append(scan.categories[lesion - 1])
-        return {
-            "image": normalize_ct(augment_hu(hu, rng))[None],
-            "instance_mask": instances,
-            "descriptions": descriptions,
-            "categories": categories,
-            "reports": [""] * len(descriptions),
-            "labels": labels,
-            "origin_mm": scan.position_of(start),
-            "known_locations": scan.known_locations,
-        }
+        return training_item(hu, instances, descriptions, categories, rng, scan, labels, start)
 
     def _soft_tissue_item(self, rng: np.random.Generator) -> dict:
         """A mass rendered into the real skeletal muscle of a training scan (gluteal,
@@ -292,16 +283,8 @@ class RealMixDataset:
         hu, instances, organs = hu[cut], instances[cut], organs[cut]
         start = [s + i for s, i in zip(start, inner, strict=True)]
         found = bool(instances.any())
-        return {
-            "image": normalize_ct(augment_hu(hu, rng))[None],
-            "instance_mask": instances,
-            "descriptions": [description] if found else [],
-            "categories": [SOFT_TISSUE_CATEGORY] if found else [],
-            "reports": [""] if found else [],
-            "labels": organs,
-            "origin_mm": scan.position_of(start),
-            "known_locations": scan.known_locations,
-        }
+        return training_item(hu, instances, [description] if found else [],
+                             [SOFT_TISSUE_CATEGORY] if found else [], rng, scan, organs, start)  # fmt: skip
 
     # ------------------------------------------------------------------ LIDC
     @cached_property
@@ -354,17 +337,9 @@ class RealMixDataset:
             names = {LOCATION_LABEL[lobe]: lobe for lobe in LUNG_LOBES}
             lobe = names.get(int(values[np.argmax(counts)]))
             description = replace(description, location=lobe or "lung")
-        return {
-            "image": normalize_ct(augment_hu(window, rng))[None],
-            "instance_mask": lesion.astype(np.int16),
-            "descriptions": [description] if found else [],
-            "categories": [LIDC_CATEGORY] if found else [],
-            "reports": [""] if found else [],
-            "labels": labels,
-            "origin_mm": scan.position_of(start),
-            "known_locations": scan.known_locations,
-            "compatible": ("lung cancer",),
-        }
+        return training_item(window, lesion.astype(np.int16), [description] if found else [],
+                             [LIDC_CATEGORY] if found else [], rng, scan, labels, start,
+                             compatible=("lung cancer",))  # fmt: skip
 
     def _lidc_item(self, rng: np.random.Generator) -> dict:
         """A nodule crop as the engine sees an ROI query of it: resampled so the ROI fills
@@ -376,15 +351,29 @@ class RealMixDataset:
         if rng.random() < 0.5:  # no location in these prompts: mirroring is free
             hu, mask = hu[:, :, ::-1].copy(), mask[:, :, ::-1].copy()
         found = mask.any()
-        return {
-            "image": normalize_ct(augment_hu(hu, rng))[None],
-            "instance_mask": mask.astype(np.int16),
-            "descriptions": [nodule_description(nodule)] if found else [],
-            "categories": [LIDC_CATEGORY] if found else [],
-            "reports": [""] if found else [],
-            # A lung-cancer prompt may well mean this nodule: never a negative for it.
-            "compatible": ("lung cancer",),
-        }
+        # A lung-cancer prompt may well mean this nodule: never a negative for it.
+        return training_item(hu, mask.astype(np.int16),
+                             [nodule_description(nodule)] if found else [],
+                             [LIDC_CATEGORY] if found else [], rng, compatible=("lung cancer",))  # fmt: skip
+
+
+def training_item(hu, instances, descriptions, categories, rng, scan=None, labels=None,
+                  start=None, **extra) -> dict:  # fmt: skip
+    """What every kind returns: the window with scanner variation, normalised; one
+    description and category per instance (none: every prompt's answer is empty); and for a
+    window of a real scan, its organ labels and position for the location head."""
+    item = {
+        "image": normalize_ct(augment_hu(hu, rng))[None],
+        "instance_mask": instances,
+        "descriptions": descriptions,
+        "categories": categories,
+        "reports": [""] * len(descriptions),
+        **extra,
+    }
+    if scan is not None:
+        item.update(labels=labels, origin_mm=scan.position_of(start),
+                    known_locations=scan.known_locations)  # fmt: skip
+    return item
 
 
 def equivalent_diameter_mm(nodule) -> float:

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Score a training checkpoint the way a bundle is judged (docs/EVALUATION.md):
+#   bash scripts/evaluate_candidate.sh CHECKPOINT CONFIG OUTDIR "one-line description"
+# 1. calibrate its thresholds (synthetic validation volumes + 60 LIDC *training* nodules);
+# 2. publish it in fp16 with that calibration into OUTDIR/weights (the engine's format);
+# 3. the synthetic held-out benchmark (20 per category) and the real-CT benchmark;
+# 4. the location head's left/right kidney and spleen check on a phantom (as test_engine).
+# About 20 minutes on 2 CPU cores. Nothing here reads a validation case before step 3.
+set -euo pipefail
+checkpoint=$1 config=$2 out=$3 description=${4:-candidate}
+here=$(cd "$(dirname "$0")/.." && pwd)
+malenia="$here/.venv/bin/malenia"
+python="$here/.venv/bin/python"
+mkdir -p "$out/weights"
+"$malenia" calibrate --weights "$checkpoint" --out "$out/calibration.json" --roi 60
+"$python" "$here/scripts/publish_weights.py" "$checkpoint" --half --config "$config" \
+    --calibration "$out/calibration.json" --description "$description" \
+    --out "$out/weights/malenia-tiny.safetensors"
+weights="$out/weights/malenia-tiny.safetensors"
+"$malenia" eval --weights "$weights" --out "$out/synthetic" --n-per-category 20 --device cpu
+"$malenia" eval --real --weights "$weights" --out "$out/real" --device cpu
+"$python" - "$weights" > "$out/left_right.txt" <<'PY'
+import sys
+
+import numpy as np
+from malenia.inference import Engine
+from malenia.io import CTVolume
+from malenia.synth.anatomy import organ_mask
+from malenia.synth.phantom import make_phantom
+
+engine = Engine.load(sys.argv[1], device="cpu")
+phantom = make_phantom(2, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous",
+                       (20.0, 40.0, 0.0))
+oz, oy, ox = phantom.origin_mm
+volume = CTVolume(phantom.ct, (2.0, 2.0, 2.0), (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
+encoded = engine.encode(volume)
+left, right = (organ_mask(phantom.labels, f"{side} kidney") for side in ("left", "right"))
+for name, own, other in (("left kidney", left, right), ("right kidney", right, left)):
+    probability = encoded.location_probability(name)
+    print(f"{name} own {probability[own].mean():.3f} (>0.3) other {probability[other].mean():.3f} (<0.1)")
+spleen, liver = organ_mask(phantom.labels, "spleen"), organ_mask(phantom.labels, "right liver lobe")
+p = encoded.location_probability("spleen")
+print(f"spleen ratio {p[spleen].mean() / max(p[liver].mean(), 1e-9):.2f} (>5)")
+PY
+cat "$out/left_right.txt"
