@@ -180,6 +180,40 @@ def test_a_location_head_moves_only_to_a_model_with_the_same_encoder(tmp_path):
     assert torch.equal(start.location_head[0].weight, head_model.location_head[0].weight)
 
 
+def test_weight_average_interpolates_two_checkpoints_of_one_model(tmp_path):
+    """scripts/average_weights.py: alpha 0 gives the start, 1 the tuned model, 0.5 their
+    mean, tensor by tensor (the location head too); a model of another shape is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from malenia.weights import load_weights, save_weights
+
+    torch.manual_seed(0)
+    start, tuned = (MaleniaNet(small_config(location_head=True)) for _ in range(2))
+    save_weights(start, tmp_path / "start.safetensors")
+    save_weights(tuned, tmp_path / "tuned.safetensors")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "average_weights.py"
+    for alpha in (0.0, 0.5, 1.0):
+        out = tmp_path / f"soup{alpha}.safetensors"
+        subprocess.run([sys.executable, str(script), str(tmp_path / "start.safetensors"),
+                        str(tmp_path / "tuned.safetensors"), "--alpha", str(alpha),
+                        "--out", str(out)], check=True)  # fmt: skip
+        soup, card = load_weights(out)
+        assert card["averaged_with"]["alpha"] == alpha
+        for key, value in soup.state_dict().items():
+            a, b = start.state_dict()[key], tuned.state_dict()[key]
+            expected = a * (1 - alpha) + b * alpha if value.is_floating_point() else b
+            assert torch.allclose(value, expected, atol=1e-6), (alpha, key)
+    other = MaleniaNet(small_config(location_head=True, token_dim=48))
+    save_weights(other, tmp_path / "other.safetensors")
+    refused = subprocess.run([sys.executable, str(script), str(tmp_path / "start.safetensors"),
+                              str(tmp_path / "other.safetensors"), "--out",
+                              str(tmp_path / "bad.safetensors")], capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode != 0 and "different models" in refused.stderr
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
 def test_lesion_task_trains_the_location_head_on_items_with_organ_labels():
     """anatomy_weight > 0: items carrying organ labels also teach the location head, asked
     only for their known locations; a lesion-free item is always given a negative prompt."""
