@@ -288,10 +288,17 @@ class RealMixDataset:
 
     # ------------------------------------------------------------------ LIDC
     @cached_property
-    def lung_scans(self) -> list[RealScan]:
-        """The training scans with enough real lung to host a pasted nodule."""
-        lobes = [LOCATION_LABEL[lobe] for lobe in LUNG_LOBES]
-        return [s for s in self.scans if np.isin(s.labels, lobes).sum() > 20_000]
+    def lung_scans(self) -> list[tuple[RealScan, np.ndarray, np.ndarray]]:
+        """(scan, lung, its subpleural part) of each training scan with enough real lung to
+        host a pasted nodule: worked out once, not per item."""
+        from malenia.synth.lesions import LUNG_LABELS
+
+        hosts = []
+        for scan in self.scans:
+            lung = np.isin(scan.labels, list(LUNG_LABELS))
+            if lung.sum() > 20_000:
+                hosts.append((scan, lung, subpleural(scan.labels, scan.spacing_zyx)))
+        return hosts
 
     @cached_property
     def nodule_diameters_mm(self) -> np.ndarray:
@@ -302,10 +309,10 @@ class RealMixDataset:
         """A real training nodule, enlarged to 12-70 mm and pasted into a real lung of a
         training scan (half of them under the pleura), in a whole-scan window at 2 mm; its
         prompt is the readers' description with the lobe it lands in."""
-        scans = self.lung_scans
-        if not scans:
+        hosts = self.lung_scans
+        if not hosts:
             return self._lidc_item(rng)
-        scan = scans[int(rng.integers(len(scans)))]
+        scan, lung, near = hosts[int(rng.integers(len(hosts)))]
         # The diameter first, then a nodule big enough to reach it: most LIDC nodules are
         # 4-10 mm, and a random one would rarely make a mass.
         diameter = float(rng.uniform(*PASTE_DIAMETER_MM))
@@ -314,22 +321,18 @@ class RealMixDataset:
             big_enough = [int(np.argmax(self.nodule_diameters_mm))]
         nodule = self.nodules[int(big_enough[int(rng.integers(len(big_enough)))])]
         hu, mask = enlarged_nodule(nodule, self.spacing, diameter, rng)
-        lobes = [LOCATION_LABEL[lobe] for lobe in LUNG_LOBES]
-        lung = np.isin(scan.labels, lobes)
         host = lung
-        if rng.random() < PLEURAL_SHARE:
-            near = lung & (ndimage.distance_transform_edt(lung, sampling=scan.spacing_zyx)
-                           <= PLEURAL_DEPTH_MM)  # fmt: skip
-            host = near if near.any() else lung
+        if rng.random() < PLEURAL_SHARE and near.any():
+            host = near
         centre = random_voxel(host, rng)
         jitter = rng.integers(-12, 13, size=3)
         start = [int(np.clip(c + j - p // 2, 0, max(n - p, 0)))
                  for c, j, p, n in zip(centre, jitter, self.shape, scan.hu.shape, strict=True)]  # fmt: skip
         window = crop_window(scan.hu, start, self.shape)
         labels = crop_window(scan.labels, start, self.shape, mode="constant")
-        lung_window = np.isin(labels, lobes)
         at = [int(c - s) for c, s in zip(centre, start, strict=True)]
-        window, lesion = paste(window, lung_window, hu, mask, at)
+        window, lesion = paste(window, crop_window(lung, start, self.shape, mode="constant"),
+                               hu, mask, at)  # fmt: skip
         found = bool(lesion.sum() >= 8)
         description = nodule_description(nodule)
         if found:
