@@ -4,7 +4,8 @@
 # 1. calibrate its thresholds (synthetic validation volumes + 60 LIDC *training* nodules);
 # 2. publish it in fp16 with that calibration into OUTDIR/weights (the engine's format);
 # 3. the synthetic held-out benchmark (20 per category) and the real-CT benchmark;
-# 4. the location head's left/right kidney and spleen check on a phantom (as test_engine).
+# 4. the location head's left/right kidney and spleen check on a phantom, with the bounds of
+#    test_bundled_location_head_tells_left_from_right (which checks only the bundled file).
 # About 20 minutes on 2 CPU cores. Nothing here reads a validation case before step 3.
 set -euo pipefail
 checkpoint=$1 config=$2 out=$3 description=${4:-candidate}
@@ -36,8 +37,9 @@ volume = CTVolume(phantom.ct, (2.0, 2.0, 2.0), (ox, oy, oz), tuple(np.eye(3).rav
 encoded = engine.encode(volume)
 left, right = (organ_mask(phantom.labels, f"{side} kidney") for side in ("left", "right"))
 for name, own, other in (("left kidney", left, right), ("right kidney", right, left)):
-    probability = encoded.location_probability(name)
-    print(f"{name} own {probability[own].mean():.3f} (>0.3) other {probability[other].mean():.3f} (<0.1)")
+    probability, region = encoded.location_probability(name), encoded.location_region(name)
+    print(f"{name}: map in own kidney {probability[own].mean():.3f} (>0.3), region covers "
+          f"{region[own].mean():.2f} of it (>0.5) and {int(region[other].sum())} voxels of the other (0)")
 spleen, liver = organ_mask(phantom.labels, "spleen"), organ_mask(phantom.labels, "right liver lobe")
 p = encoded.location_probability("spleen")
 print(f"spleen ratio {p[spleen].mean() / max(p[liver].mean(), 1e-9):.2f} (>5)")
