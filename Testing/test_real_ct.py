@@ -312,6 +312,28 @@ def test_pasted_lidc_nodules_are_real_masses_in_real_lungs_at_whole_scan_scale()
     assert len(volumes) >= 8 and max(volumes) > 30 and min(volumes) < 30, volumes  # ml
 
 
+@needs_data
+def test_lesion_free_windows_include_real_lungs():
+    """Real negatives: empty answers in real tissue, a share of them centred in a real lung
+    (vessels, fissures and airways are not lesions), the rest in the body."""
+    from malenia.data.real_mix import NEGATIVE_LUNG_SHARE, RealMixDataset
+    from malenia.synth.lesions import LUNG_LABELS
+    from malenia.synth.split import SEEN_CATEGORIES
+
+    dataset = RealMixDataset(SEEN_CATEGORIES, seed=11, mix={"real_negative": 1.0})
+    assert dataset.lung_scans  # the HCC training scans reach well into the lung bases
+    in_lung = 0
+    for index in range(60):
+        item = dataset[index]
+        # A lung base fills a tenth to a half of a window centred in it (0.01 on average
+        # for windows centred anywhere in the body).
+        in_lung += np.isin(item["labels"], list(LUNG_LABELS)).mean() > 0.1
+        # An empty window, or one holding a real lesion that is labelled as one.
+        assert len(item["descriptions"]) == item["instance_mask"].max()
+    share = NEGATIVE_LUNG_SHARE * len(dataset.lung_scans) / len(dataset.scans)
+    assert 0.5 * share * 60 <= in_lung <= 1.5 * share * 60 + 3, in_lung
+
+
 def test_paste_stops_at_the_chest_wall():
     """A juxtapleural paste: the part of the nodule outside the lung is neither drawn nor
     labelled (the chest wall's soft tissue hides it), the rest is the nodule's HU."""

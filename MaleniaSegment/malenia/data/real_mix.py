@@ -53,6 +53,10 @@ REAL_LUNG_CANCER_MM = (10.0, 70.0)
 # none of them is a 4-7 cm mass. Diameters drawn from PASTE_DIAMETER_MM; a nodule is
 # enlarged at most PASTE_MAX_SCALE times (beyond that its texture is mostly interpolation).
 PASTE_DIAMETER_MM, PASTE_MAX_SCALE = (12.0, 70.0), 3.0
+# Share of the lesion-free windows centred in a real lung: pasted masses teach lung lesions
+# at whole-scan scale, and without lung windows whose answer is empty the model learnt to
+# fire on lung vessels and fissures as well (stage 15: more lung false positives).
+NEGATIVE_LUNG_SHARE = 0.4
 
 
 def soft_tissue_description(rng: np.random.Generator):
@@ -223,7 +227,7 @@ class RealMixDataset:
             lesion = int(rng.integers(len(scan.descriptions))) + 1
             centre = random_voxel(scan.instances == lesion, rng)
         elif kind != "real_synthetic":
-            centre = random_voxel(scan.hu > -500, rng)
+            centre = self._negative_centre(scan, rng)
         jitter = rng.integers(-20, 21, size=3)
         start = [int(c + j - p // 2) for c, j, p in zip(centre, jitter, self.shape, strict=True)]
         start = [int(np.clip(s, 0, max(n - p, 0))) for s, p, n in zip(start, self.shape, scan.hu.shape, strict=True)]  # fmt: skip
@@ -246,6 +250,14 @@ class RealMixDataset:
             descriptions.append(scan.descriptions[lesion - 1])
             categories.append(scan.categories[lesion - 1])
         return training_item(hu, instances, descriptions, categories, rng, scan, labels, start)
+
+    def _negative_centre(self, scan: RealScan, rng: np.random.Generator) -> np.ndarray:
+        """Centre of a lesion-free window: in the lung for ``NEGATIVE_LUNG_SHARE`` of them
+        (where the scan has enough), else anywhere in the body."""
+        lungs = {id(s): lung for s, lung, _ in self.lung_scans}
+        if id(scan) in lungs and rng.random() < NEGATIVE_LUNG_SHARE:
+            return random_voxel(lungs[id(scan)], rng)
+        return random_voxel(scan.hu > -500, rng)
 
     def _soft_tissue_item(self, rng: np.random.Generator) -> dict:
         """A mass rendered into the real skeletal muscle of a training scan (gluteal,
