@@ -254,9 +254,9 @@ class RealMixDataset:
     def _negative_centre(self, scan: RealScan, rng: np.random.Generator) -> np.ndarray:
         """Centre of a lesion-free window: in the lung for ``NEGATIVE_LUNG_SHARE`` of them
         (where the scan has enough), else anywhere in the body."""
-        lungs = {id(s): lung for s, lung, _ in self.lung_scans}
-        if id(scan) in lungs and rng.random() < NEGATIVE_LUNG_SHARE:
-            return random_voxel(lungs[id(scan)], rng)
+        for host, lung, _ in self.lung_scans:
+            if host is scan and rng.random() < NEGATIVE_LUNG_SHARE:
+                return random_voxel(lung, rng)
         return random_voxel(scan.hu > -500, rng)
 
     def _soft_tissue_item(self, rng: np.random.Generator) -> dict:
