@@ -54,8 +54,8 @@ REAL_LUNG_CANCER_MM = (10.0, 70.0)
 # enlarged at most PASTE_MAX_SCALE times (beyond that its texture is mostly interpolation).
 PASTE_DIAMETER_MM, PASTE_MAX_SCALE = (12.0, 70.0), 3.0
 # Share of the lesion-free windows centred in a real lung: pasted masses teach lung lesions
-# at whole-scan scale, and without lung windows whose answer is empty the model learnt to
-# fire on lung vessels and fissures as well (stage 15: more lung false positives).
+# at whole-scan scale, and without lung windows whose answer is empty nothing taught that
+# lung vessels and fissures are not lesions (stage 15 marked more outside lung lesions).
 NEGATIVE_LUNG_SHARE = 0.4
 
 
