@@ -1,5 +1,5 @@
 """Anatomy grounding: the named organ's region, the union with the prompt map, and lesions
-kept whole when they reach the region."""
+kept whole when they reach the region; lung answers keep only lesions touching the lungs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from malenia.inference.grounding import (
     fill_holes,
     grounded_probability,
     grow_by_ellipsoid,
+    lesions_clear_of,
     location_region,
     region_warning,
 )
@@ -106,3 +107,14 @@ def test_an_organ_map_larger_than_the_organ_can_be_is_reported_to_the_user():
     from malenia.attributes.vocabulary import load_vocabulary
 
     assert set(PLAUSIBLE_REGION_ML) == set(load_vocabulary().values("location"))
+
+
+def test_lesions_clear_of_the_envelope_are_named_and_touching_ones_kept():
+    labels = np.zeros((10, 10, 10), np.int16)
+    labels[1:3, 1:3, 1:3] = 1  # inside the envelope
+    labels[5, 5, 5] = 2  # one voxel on its edge
+    labels[8:, 8:, 8:] = 3  # clear of it
+    envelope = np.zeros(labels.shape, bool)
+    envelope[:6, :6, :6] = True
+    assert lesions_clear_of(labels, 3, envelope) == [3]
+    assert lesions_clear_of(labels, 3, np.zeros(labels.shape, bool)) == [1, 2, 3]

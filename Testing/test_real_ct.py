@@ -352,3 +352,41 @@ def test_paste_stops_at_the_chest_wall():
     assert np.allclose(out[ndimage.binary_erosion(lesion, iterations=2)], 30.0, atol=1.0)
     assert np.allclose(out[:, :, 21:], 40.0)  # the wall unchanged
     assert np.allclose(out[:, :, :5], -850.0)  # lung far away unchanged
+
+
+@needs_data
+@pytest.mark.slow
+def test_lung_answers_on_the_chest_ct_stay_in_the_lungs(engine):
+    """On lung2 the lung-cancer preset's probability has lesions outside the lungs
+    (mediastinal fat, the spine); the answer drops them and keeps the tumour against the
+    lung. Other organs' answers are not touched by the rule."""
+    from malenia.attributes import resolve_query
+    from malenia.inference.postprocess import components
+    from malenia.io import read_volume
+
+    folder = ROOT / "pyradiomics_lung"
+    volume = read_volume(folder / "lung2_image.nrrd")
+    encoded = engine.encode(volume)
+    envelope = encoded.lung_envelope()
+    assert envelope is not None and encoded.lungs.sum() * encoded.voxel_ml > 2000  # ml
+
+    result = encoded.segment("lung cancer")
+    threshold = result.threshold
+    description = resolve_query("lung cancer").description
+    raw, _ = components(encoded.probability(description) > threshold, 1)
+    outside = [i for i in range(1, raw.max() + 1) if not envelope[raw == i].any()]
+    assert outside  # without the rule the answer would hold lesions away from the lungs
+    for lesion in range(1, result.labels_model.max() + 1):
+        assert envelope[result.labels_model == lesion].any()
+    assert not (result.probability[raw == outside[0]] > threshold).any()  # a re-cut keeps it out
+    import SimpleITK as sitk
+
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "lung2_label.nrrd"))) > 0
+    assert (result.labelmap[truth] > 0).any()  # the tumour against the lung is kept
+
+    # The same lesions answer a description without a lung location: none is dropped.
+    anywhere = encoded.segment({"density": "isodense", "shape": "irregular"}, threshold)
+    minimum = max(1, int(round(anywhere.min_volume_ml / encoded.voxel_ml)))
+    every, _ = components(anywhere.probability > threshold, minimum)
+    assert anywhere.labels_model.max() == every.max()
+    assert any(not envelope[every == i].any() for i in range(1, every.max() + 1))

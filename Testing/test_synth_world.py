@@ -231,3 +231,25 @@ def test_contrast_scales_the_lesion_offset_from_its_host(liver_phantom):
         offsets[contrast] = float(ct[mask > 0].mean()) - host_mean(liver_phantom, mask > 0)
     assert offsets[1.0] < -25 and offsets[1.0] < offsets[0.25] < -3
     assert abs(offsets[0.25]) < 0.5 * abs(offsets[1.0])
+
+
+def test_a_subtle_lesion_is_subtle_in_texture_too(liver_phantom):
+    """Contrast scales the heterogeneous mottle as well as the mean: a subtle HCC keeps
+    about the liver's own grain (a loud texture would give away what the mean hides)."""
+    description = LesionDescription(**{**BASE, "density_variation": "heterogeneous"})
+    spread = {}
+    for contrast in (1.0, 0.25):
+        record = LesionRecord("liver cancer", description, size_mm=(30, 30), contrast=contrast)
+        ct, mask, done = render_lesions(
+            liver_phantom.ct, liver_phantom.labels, [record], np.random.default_rng(3), SPACING
+        )
+        assert done and mask.any()
+        spread[contrast] = float(ct[ndimage.binary_erosion(mask > 0, iterations=2)].std())
+        ring = ndimage.binary_dilation(mask > 0, iterations=4) & ~ndimage.binary_dilation(
+            mask > 0, iterations=1
+        )
+        host = float(
+            liver_phantom.ct[ring & (liver_phantom.labels == LABELS["right liver lobe"])].std()
+        )
+    assert spread[1.0] > 1.5 * host  # loud at full contrast
+    assert spread[0.25] < 1.15 * host  # about the liver's own grain when subtle

@@ -40,8 +40,9 @@ SOFT_TISSUE_CATEGORY = "soft-tissue mass"
 # Diameters (mm) of the masses rendered into muscle: soft-tissue tumours are found late,
 # mostly 3-10 cm.
 SOFT_TISSUE_SIZE_MM = (25.0, 90.0)
-# Share of lesions rendered into real organs with a reduced HU offset from their host, and
-# the range of that scale (1 = the renderer's full offset, e.g. 40-75 HU for hypodense).
+# Share of lesions rendered into real tissue (organs, muscle) that differ only a little from
+# their host, in mean HU and in texture alike, and the range of that scale (1 = the
+# renderer's full difference, e.g. 40-75 HU for hypodense, a 40 HU heterogeneous mottle).
 SUBTLE_SHARE, SUBTLE_CONTRAST = 0.5, (0.2, 0.8)
 # Lung cancers in real lungs: many abut the pleura, mediastinum or diaphragm (a share of the
 # renders is centred within PLEURAL_DEPTH_MM of non-lung tissue), and the masses found on a
@@ -57,6 +58,12 @@ PASTE_DIAMETER_MM, PASTE_MAX_SCALE = (12.0, 70.0), 3.0
 # at whole-scan scale, and without lung windows whose answer is empty nothing taught that
 # lung vessels and fissures are not lesions (stage 15 marked more outside lung lesions).
 NEGATIVE_LUNG_SHARE = 0.4
+
+
+def draw_contrast(rng: np.random.Generator) -> float:
+    """How far a lesion rendered into real tissue differs from its host (its mean offset
+    and its texture, ``LesionRecord.contrast``): ``SUBTLE_SHARE`` of them subtle."""
+    return float(rng.uniform(*SUBTLE_CONTRAST)) if rng.random() < SUBTLE_SHARE else 1.0
 
 
 def soft_tissue_description(rng: np.random.Generator):
@@ -213,9 +220,7 @@ class RealMixDataset:
                 pool = lesion_pool(category)
                 record = pool[int(rng.integers(len(pool)))]
                 description = replace(record.description, location=location)
-                contrast = (
-                    float(rng.uniform(*SUBTLE_CONTRAST)) if rng.random() < SUBTLE_SHARE else 1.0
-                )
+                contrast = draw_contrast(rng)
                 size_mm = REAL_LUNG_CANCER_MM if location in LUNG_LOBES else record.size_mm
                 records.append(
                     LesionRecord(category, description, record.report, size_mm, contrast=contrast)
@@ -284,7 +289,8 @@ class RealMixDataset:
         tissue[(organs == 0) & (hu >= 250)] = LABELS["aorta"]
         tissue[muscle] = LABELS["muscle"]
         description = soft_tissue_description(rng)
-        record = LesionRecord(SOFT_TISSUE_CATEGORY, description, "", SOFT_TISSUE_SIZE_MM)
+        record = LesionRecord(SOFT_TISSUE_CATEGORY, description, "", SOFT_TISSUE_SIZE_MM,
+                              contrast=draw_contrast(rng))  # fmt: skip
         try:
             hu, instances = render_in_host(hu, tissue, muscle, record, rng, self.spacing)
         except RenderError:

@@ -107,6 +107,8 @@ class EncodedVolume:
         self.any_lesion = np.zeros(shape, np.float32)  # prompt-free map (set by the encoder)
         self._lesion_components = None  # any_lesion's lesions (see lesion_components)
         self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
+        self.lungs: np.ndarray | None = None  # lungs from HU on the model grid (set at encoding)
+        self._lung_envelope: np.ndarray | None = None  # see lung_envelope
         # The grid this volume was encoded on: the model's spacing, finer for a small ROI.
         self.spacing_mm = tuple(spacing_mm or engine.config.spacing_mm)
         self.voxel_ml = float(np.prod(self.spacing_mm)) / 1000.0
@@ -415,6 +417,8 @@ class EncodedVolume:
         labels, boxes = _components_in_box(
             probability, threshold, max(1, int(round(min_volume_ml / self._model_voxel_ml)))
         )
+        if boxes and self._in_lung(description):
+            probability, labels, boxes = self._keep_in_lungs(probability, labels, boxes)
         spacing = self.spacing_mm
         lesions = []
         for index, box in enumerate(boxes, start=1):
@@ -442,6 +446,46 @@ class EncodedVolume:
             self, probability, labels, lesions, threshold, description, mode, query,
             min_volume_ml, ranking,
         )  # fmt: skip
+
+    def _in_lung(self, description: LesionDescription | None) -> bool:
+        """Whether the answer names a lung location and this scan's lungs were found."""
+        if description is None or not description.location or self.lung_envelope() is None:
+            return False
+        return _organ_of_location(description.location) == "lung"
+
+    def lung_envelope(self) -> np.ndarray | None:
+        """[model grid] the lungs from HU grown by the grounding margin; None when this
+        encoding has no lungs (a zoomed ROI, an abdomen without lung bases, a crop)."""
+        if self._lung_envelope is None and self.lungs is not None and self.lungs.any():
+            from malenia.inference.grounding import grow_by_ellipsoid, margin_voxels
+
+            radius = margin_voxels(self.spacing_mm)
+            envelope = np.zeros(self.lungs.shape, bool)
+            box = foreground_box(self.lungs, max(radius))
+            envelope[box] = grow_by_ellipsoid(self.lungs[box], radius)
+            self._lung_envelope = envelope
+        return self._lung_envelope
+
+    def _keep_in_lungs(self, probability, labels, boxes):
+        """(probability, labels, boxes) without the lesions that do not touch the lungs
+        (``grounding.lesions_clear_of``); their probability goes to 0 so that a re-cut or
+        the browser's threshold slider does not bring them back."""
+        from malenia.inference.grounding import lesions_clear_of
+
+        dropped = lesions_clear_of(labels, len(boxes), self.lung_envelope())
+        if not dropped:
+            return probability, labels, boxes
+        probability = probability.copy()
+        kept_labels = np.zeros_like(labels)
+        kept_boxes = []
+        for index, box in enumerate(boxes, start=1):
+            inside = labels[box] == index
+            if index in dropped:
+                probability[box][inside] = 0.0
+                continue
+            kept_boxes.append(box)
+            kept_labels[box][inside] = len(kept_boxes)
+        return probability, kept_labels, kept_boxes
 
     def to_input_labelmap(
         self, probability: np.ndarray, labels_model: np.ndarray, threshold: float

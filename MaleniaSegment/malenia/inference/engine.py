@@ -24,6 +24,7 @@ from malenia.astra import ORGAN_FEATURES, ORGAN_FEATURES_ENV
 from malenia.attributes import KnowledgeTable
 from malenia.cancel import CancelToken
 from malenia.errors import InvalidRequestError, MaleniaError, WeightsError
+from malenia.hu_anatomy import lungs_from_hu
 from malenia.inference.device import is_out_of_memory, log, pick_device
 from malenia.inference.encoded import EncodedVolume
 from malenia.inference.windows import (
@@ -188,6 +189,8 @@ class Engine:
         )
         encoded = EncodedVolume(self, volume, model_image, hu.shape, windows, region, spacing)
         encoded.any_lesion = any_lesion
+        if not zoomed:  # where a lung answer may lie (``EncodedVolume.lung_envelope``)
+            encoded.lungs = lungs_from_hu(hu, spacing, origin_zyx, region)
         if self.anatomy_grounding:  # labelled here, not in the first (interactive) query
             encoded.lesion_components()
         self._cache[key] = encoded

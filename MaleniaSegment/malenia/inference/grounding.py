@@ -12,6 +12,10 @@ on organ masks, no lesion labels). A prompt's answer is therefore the union of
 Both maps are probabilities on the model grid, so the calibrated threshold applies to the
 union. A lesion is kept whole, not clipped at the region's border: colon and pancreatic
 tumours grow out of their organ, and the location head's organ is approximate.
+
+One organ needs no model to be found: the lungs are the air inside the body
+(``malenia.hu_anatomy``). An answer naming a lung location keeps only the lesions that
+touch them (``lesions_clear_of``), wherever the prompt map or the lesion map put others.
 """
 
 from __future__ import annotations
@@ -214,3 +218,14 @@ def grounded_probability(
         whole = np.where(lesions.labels[lesion_box] == label, any_lesion[lesion_box], 0.0)
         np.maximum(grounded[lesion_box], whole, out=grounded[lesion_box])
     return grounded
+
+
+def lesions_clear_of(labels: np.ndarray, count: int, envelope: np.ndarray) -> list[int]:
+    """Ids (1..count) of the answer's lesions ``labels`` with no voxel in ``envelope``.
+
+    A lung answer keeps only lesions that touch the lungs (found from HU, grown by
+    ``ORGAN_MARGIN_MM``): a lung cancer lies in the lung or against it (pleura, mediastinum,
+    diaphragm), whatever it has invaded. The prompt branch also fires outside the lungs on
+    real chest CT (mediastinal fat, vertebrae), and nothing there answers "lung"."""
+    touching = np.unique(labels[envelope])
+    return [i for i in range(1, count + 1) if i not in set(touching.tolist())]

@@ -53,9 +53,12 @@ class LesionRecord:
     report: str = ""
     size_mm: tuple[float, float] = (10.0, 40.0)
     rendered: dict = field(default_factory=dict)  # filled in: centre, diameter, host HU...
-    # Scales the lesion's HU offset from its host (solid tissue only): real lesions range
-    # from marked to barely visible (an HCC in its equilibrium phase is 5-15 HU below the
-    # liver); the phantoms keep 1.0.
+    # Scales every difference from its host that the density and texture attributes make
+    # (solid tissue only): the mean HU offset, the heterogeneous mottle, the isodense grain
+    # and capsule. Real lesions range from marked to barely visible (an HCC in its
+    # equilibrium phase is 5-15 HU below the liver, with the liver's own grain; a sarcoma
+    # can match its muscle within a few HU). Named features (necrosis, calcification...)
+    # stay as they are; the phantoms keep 1.0.
     contrast: float = 1.0
 
 
@@ -347,18 +350,19 @@ def _lesion_intensity(record, d, features, host_hu, rng, distance, radius_vox) -
     if d.density == "mixed ground-glass and solid":
         hu = np.where(distance < rng.uniform(0.3, 0.55), 30.0, hu).astype(np.float32)
     grain = max(1.0, float(radius_vox.mean()) * 0.25)
+    texture = 1.0 if in_lung else record.contrast  # see LesionRecord.contrast
     if d.density_variation == "heterogeneous":
-        amplitude = 120.0 if in_lung else 40.0
+        amplitude = 120.0 if in_lung else 40.0 * texture
         hu += amplitude * _smooth_field(rng, shape_box, grain)
         if not in_lung and "necrosis" not in features and rng.random() < 0.5:
-            hu = np.where(distance < 0.4, hu - 35.0, hu)
+            hu = np.where(distance < 0.4, hu - 35.0 * texture, hu)
     else:
         hu += 3.0 * _smooth_field(rng, shape_box, 1.0)
     if d.density == "isodense" and not in_lung:
         # Same mean as the host, but its own mottled texture, and a faint capsule if sharp.
-        hu += 9.0 * _smooth_field(rng, shape_box, 1.3)
+        hu += 9.0 * texture * _smooth_field(rng, shape_box, 1.3)
         if d.surface != "ill-defined margin":
-            hu = np.where((distance > 0.86) & (distance < 1.0), hu - 20.0, hu)
+            hu = np.where((distance > 0.86) & (distance < 1.0), hu - 20.0 * texture, hu)
     if "necrosis" in features:
         hu = np.where(distance < 0.45, min(base, host_hu) - 45.0, hu)
     if "cavitation" in features:
