@@ -390,3 +390,33 @@ def test_lung_answers_on_the_chest_ct_stay_in_the_lungs(engine):
     every, _ = components(anywhere.probability > threshold, minimum)
     assert anywhere.labels_model.max() == every.max()
     assert any(not envelope[every == i].any() for i in range(1, every.max() + 1))
+
+
+@needs_data
+def test_a_small_box_in_the_lung_answers_with_the_lesion_nearest_its_centre(engine):
+    """A zoomed ROI is a box drawn around one nodule: where the probability holds several
+    lesions (vessels, a neighbour), the answer keeps the one nearest the box's centre."""
+    from malenia.data.real_ct import load_lidc, nodule_description
+    from malenia.evaluation.real import nodule_case
+    from malenia.inference.postprocess import components
+
+    nodules = load_lidc("train")
+    several = 0
+    for index in np.random.default_rng(1).choice(len(nodules), 30, replace=False):
+        volume, roi = nodule_case(nodules[index])
+        encoded = engine.encode(volume, roi=roi)
+        assert encoded.zoomed
+        description = nodule_description(nodules[index])
+        result = encoded.segment(description)
+        minimum = max(1, int(round(result.min_volume_ml / encoded._model_voxel_ml)))
+        raw, boxes = components(encoded.probability(description) > result.threshold, minimum)
+        assert result.labels_model.max() == min(len(boxes), 1)
+        if len(boxes) > 1:
+            several += 1
+            centre = (np.array(raw.shape) - 1) / 2.0
+            distance = [np.linalg.norm((np.argwhere(raw == i).mean(0) - centre) * encoded.spacing_mm)
+                        for i in range(1, len(boxes) + 1)]  # fmt: skip
+            nearest = raw == 1 + int(np.argmin(distance))
+            assert (result.labels_model[nearest] == 1).all()
+        engine._cache.clear()
+    assert several  # the rule was exercised

@@ -419,6 +419,8 @@ class EncodedVolume:
         )
         if boxes and self._in_lung(description):
             probability, labels, boxes = self._keep_in_lungs(probability, labels, boxes)
+        if len(boxes) > 1 and self.zoomed and mode == "prompt":
+            probability, labels, boxes = self._keep_central(probability, labels, boxes)
         spacing = self.spacing_mm
         lesions = []
         for index, box in enumerate(boxes, start=1):
@@ -467,25 +469,28 @@ class EncodedVolume:
         return self._lung_envelope
 
     def _keep_in_lungs(self, probability, labels, boxes):
-        """(probability, labels, boxes) without the lesions that do not touch the lungs
-        (``grounding.lesions_clear_of``); their probability goes to 0 so that a re-cut or
-        the browser's threshold slider does not bring them back."""
+        """Without the lesions that do not touch the lungs (``grounding.lesions_clear_of``)."""
         from malenia.inference.grounding import lesions_clear_of
 
         dropped = lesions_clear_of(labels, len(boxes), self.lung_envelope())
-        if not dropped:
-            return probability, labels, boxes
-        probability = probability.copy()
-        kept_labels = np.zeros_like(labels)
-        kept_boxes = []
-        for index, box in enumerate(boxes, start=1):
-            inside = labels[box] == index
-            if index in dropped:
-                probability[box][inside] = 0.0
-                continue
-            kept_boxes.append(box)
-            kept_labels[box][inside] = len(kept_boxes)
-        return probability, kept_labels, kept_boxes
+        return _without_lesions(probability, labels, boxes, dropped)
+
+    def _keep_central(self, probability, labels, boxes):
+        """A small box in the lung (the zoomed ROI) is drawn around one nodule: its answer is
+        the lesion nearest the box's centre. Chosen on 120 LIDC nodules of the training
+        patients: Dice 0.737 -> 0.763, answers marking no more than their nodule outside it
+        108 -> 115 (36 answers had several lesions; keeping the largest instead: 0.733)."""
+        centre = (np.array(self.shape) - 1) / 2.0
+        distance = [
+            np.linalg.norm(
+                (np.argwhere(labels[box] == index).mean(0) + [s.start for s in box] - centre)
+                * self.spacing_mm
+            )
+            for index, box in enumerate(boxes, start=1)
+        ]
+        nearest = int(np.argmin(distance)) + 1
+        dropped = [i for i in range(1, len(boxes) + 1) if i != nearest]
+        return _without_lesions(probability, labels, boxes, dropped)
 
     def to_input_labelmap(
         self, probability: np.ndarray, labels_model: np.ndarray, threshold: float
@@ -523,6 +528,25 @@ class EncodedVolume:
         probability_in = to_input_grid(probability, self.model_reference, reference)
         ids_in = to_input_grid(ids, self.model_reference, reference, nearest=True)
         return box, probability_in, ids_in
+
+
+def _without_lesions(probability, labels, boxes, dropped: list[int]):
+    """(probability, labels, boxes) with the lesions ``dropped`` removed and the rest
+    renumbered in order; the dropped lesions' probability goes to 0, so that a re-cut or the
+    browser's threshold slider does not bring them back."""
+    if not dropped:
+        return probability, labels, boxes
+    probability = probability.copy()
+    kept_labels = np.zeros_like(labels)
+    kept_boxes = []
+    for index, box in enumerate(boxes, start=1):
+        inside = labels[box] == index
+        if index in dropped:
+            probability[box][inside] = 0.0
+            continue
+        kept_boxes.append(box)
+        kept_labels[box][inside] = len(kept_boxes)
+    return probability, kept_labels, kept_boxes
 
 
 def _check_threshold(threshold: float) -> None:
