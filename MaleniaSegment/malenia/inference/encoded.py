@@ -451,9 +451,11 @@ class EncodedVolume:
 
     def _in_lung(self, description: LesionDescription | None) -> bool:
         """Whether the answer names a lung location and this scan's lungs were found."""
-        if description is None or not description.location or self.lung_envelope() is None:
+        if description is None or not description.location:
             return False
-        return _organ_of_location(description.location) == "lung"
+        return _organ_of_location(description.location) == "lung" and (
+            self.lung_envelope() is not None
+        )
 
     def lung_envelope(self) -> np.ndarray | None:
         """[model grid] the lungs from HU grown by the grounding margin; None when this
@@ -532,8 +534,9 @@ class EncodedVolume:
 
 def _without_lesions(probability, labels, boxes, dropped: list[int]):
     """(probability, labels, boxes) with the lesions ``dropped`` removed and the rest
-    renumbered in order; the dropped lesions' probability goes to 0, so that a re-cut or the
-    browser's threshold slider does not bring them back."""
+    renumbered in order. The dropped lesions' voxels go to 0 in the probability, so that a
+    higher re-cut or the browser's slider does not show them again (a lower cut may show a
+    faint rim of one, which the engine's next re-cut drops again)."""
     if not dropped:
         return probability, labels, boxes
     probability = probability.copy()
