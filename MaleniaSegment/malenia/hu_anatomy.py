@@ -65,9 +65,25 @@ def lung_lobe_labels(hu: np.ndarray, spacing_zyx, origin_zyx) -> np.ndarray:
 
 def lungs_from_hu(hu: np.ndarray, spacing_zyx, origin_zyx, box=None) -> np.ndarray:
     """Both lungs (bool, shape of ``hu``) by ``lung_lobe_labels``, worked out inside ``box``
-    (the body's bounding box) only; all False where none is found."""
+    (the body's bounding box) only; all False where none is found, or where the lungs found
+    are not whole (``cut_by_the_edge``: a crop, a small field of view), since an answer kept
+    to them would lose lesions in the part that was not found."""
     box = box or tuple(slice(0, n) for n in hu.shape)
     corner = [o + s.start * d for o, s, d in zip(origin_zyx, box, spacing_zyx, strict=True)]
+    inside = hu[box].astype(np.float32, copy=False)
+    found = lung_lobe_labels(inside, spacing_zyx, corner) > 0
     lungs = np.zeros(hu.shape, bool)
-    lungs[box] = lung_lobe_labels(hu[box].astype(np.float32, copy=False), spacing_zyx, corner) > 0
+    if found.any() and not cut_by_the_edge(inside, found):
+        lungs[box] = found
     return lungs
+
+
+def cut_by_the_edge(hu: np.ndarray, lungs: np.ndarray) -> bool:
+    """Whether the air of the lungs found reaches the in-plane edge of the volume. Whole
+    lungs are closed by the chest wall, so their air never does (the air outside the body
+    does); in a crop or a small field of view the lung runs out of the image, and the part
+    enclosed in a few sections is all ``lung_lobe_labels`` finds."""
+    air, _ = ndimage.label(hu < -400)
+    own = np.unique(air[lungs & (air > 0)])
+    edges = np.concatenate([air[:, [0, -1], :].ravel(), air[:, :, [0, -1]].ravel()])
+    return bool(np.intersect1d(own, edges[edges > 0]).size)
