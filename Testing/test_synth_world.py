@@ -23,13 +23,13 @@ def liver_phantom():
     return make_phantom(7, (56, 72, 72), SPACING, centre_mm=LOCATION_CENTRES["right liver lobe"])
 
 
-def render(phantom, seed=3, category="liver cancer", size=(30, 30), **changes):
+def render(phantom, seed=3, category="liver cancer", size=(30, 30), contrast=1.0, **changes):
     description = LesionDescription(**{**BASE, **changes})
     rng = np.random.default_rng(seed)
     ct, mask, done = render_lesions(
         phantom.ct,
         phantom.labels,
-        [LesionRecord(category, description, size_mm=size)],
+        [LesionRecord(category, description, size_mm=size, contrast=contrast)],
         rng,
         SPACING,
     )
@@ -37,11 +37,16 @@ def render(phantom, seed=3, category="liver cancer", size=(30, 30), **changes):
     return ct, mask > 0, done[0]
 
 
-def host_mean(phantom, mask, label="right liver lobe"):
+def host_ring(phantom, mask, label="right liver lobe"):
+    """The host tissue 2-4 voxels around a lesion (the phantom before rendering)."""
     ring = ndimage.binary_dilation(mask, iterations=4) & ~ndimage.binary_dilation(
         mask, iterations=1
     )
-    return float(phantom.ct[ring & (phantom.labels == LABELS[label])].mean())
+    return phantom.ct[ring & (phantom.labels == LABELS[label])]
+
+
+def host_mean(phantom, mask, label="right liver lobe"):
+    return float(host_ring(phantom, mask, label).mean())
 
 
 def test_density_relative_to_host(liver_phantom):
@@ -220,15 +225,10 @@ def test_samples_near_the_volume_edge_render(seed, seen_only):
 def test_contrast_scales_the_lesion_offset_from_its_host(liver_phantom):
     """A subtle lesion (contrast < 1, as an HCC in its equilibrium phase) differs less from
     its host than the same lesion at full contrast, on the same side."""
-    description = LesionDescription(**BASE)
     offsets = {}
     for contrast in (1.0, 0.25):
-        record = LesionRecord("liver cancer", description, size_mm=(30, 30), contrast=contrast)
-        ct, mask, done = render_lesions(
-            liver_phantom.ct, liver_phantom.labels, [record], np.random.default_rng(3), SPACING
-        )
-        assert done and mask.any()
-        offsets[contrast] = float(ct[mask > 0].mean()) - host_mean(liver_phantom, mask > 0)
+        ct, mask, _ = render(liver_phantom, contrast=contrast)
+        offsets[contrast] = float(ct[mask].mean()) - host_mean(liver_phantom, mask)
     assert offsets[1.0] < -25 and offsets[1.0] < offsets[0.25] < -3
     assert abs(offsets[0.25]) < 0.5 * abs(offsets[1.0])
 
@@ -236,20 +236,10 @@ def test_contrast_scales_the_lesion_offset_from_its_host(liver_phantom):
 def test_a_subtle_lesion_is_subtle_in_texture_too(liver_phantom):
     """Contrast scales the heterogeneous mottle as well as the mean: a subtle HCC keeps
     about the liver's own grain (a loud texture would give away what the mean hides)."""
-    description = LesionDescription(**{**BASE, "density_variation": "heterogeneous"})
-    spread = {}
+    spread, host = {}, {}
     for contrast in (1.0, 0.25):
-        record = LesionRecord("liver cancer", description, size_mm=(30, 30), contrast=contrast)
-        ct, mask, done = render_lesions(
-            liver_phantom.ct, liver_phantom.labels, [record], np.random.default_rng(3), SPACING
-        )
-        assert done and mask.any()
-        spread[contrast] = float(ct[ndimage.binary_erosion(mask > 0, iterations=2)].std())
-        ring = ndimage.binary_dilation(mask > 0, iterations=4) & ~ndimage.binary_dilation(
-            mask > 0, iterations=1
-        )
-        host = float(
-            liver_phantom.ct[ring & (liver_phantom.labels == LABELS["right liver lobe"])].std()
-        )
-    assert spread[1.0] > 1.5 * host  # loud at full contrast
-    assert spread[0.25] < 1.15 * host  # about the liver's own grain when subtle
+        ct, mask, _ = render(liver_phantom, contrast=contrast, density_variation="heterogeneous")
+        spread[contrast] = float(ct[ndimage.binary_erosion(mask, iterations=2)].std())
+        host[contrast] = float(host_ring(liver_phantom, mask).std())
+    assert spread[1.0] > 1.5 * host[1.0]  # loud at full contrast
+    assert spread[0.25] < 1.15 * host[0.25]  # about the liver's own grain when subtle
