@@ -3,7 +3,7 @@
 Air inside the body is lung or bowel gas, and the two differ in HU; a chest radiologist's
 lung mask is that air with its vessels and airway walls. Used to label the lungs of the
 training scans, to score the location head's lung map, and at inference to keep a lung
-answer in the lungs (``malenia.inference.grounding.keep_lesions_touching``).
+answer in the lungs (``malenia.inference.grounding.lesions_clear_of``).
 """
 
 from __future__ import annotations

@@ -227,5 +227,5 @@ def lesions_clear_of(labels: np.ndarray, count: int, envelope: np.ndarray) -> li
     ``ORGAN_MARGIN_MM``): a lung cancer lies in the lung or against it (pleura, mediastinum,
     diaphragm), whatever it has invaded. The prompt branch also fires outside the lungs on
     real chest CT (mediastinal fat, vertebrae), and nothing there answers "lung"."""
-    touching = np.unique(labels[envelope])
-    return [i for i in range(1, count + 1) if i not in set(touching.tolist())]
+    touching = set(np.unique(labels[envelope]).tolist())
+    return [i for i in range(1, count + 1) if i not in touching]
