@@ -54,6 +54,12 @@ REAL_LUNG_CANCER_MM = (10.0, 70.0)
 # none of them is a 4-7 cm mass. Diameters drawn from PASTE_DIAMETER_MM; a nodule is
 # enlarged at most PASTE_MAX_SCALE times (beyond that its texture is mostly interpolation).
 PASTE_DIAMETER_MM, PASTE_MAX_SCALE = (12.0, 70.0), 3.0
+# Share of the liver cancers rendered into real livers drawn as in the arterial phase:
+# brighter than the liver (hyperenhancement) and described so. The Malenia records call
+# liver cancer hypodense in 36 of 39 cases (portal and equilibrium phases), yet real HCC
+# scans come in every phase: the arterial-phase tumour of RadCTTACEomics_2022 (28 HU
+# brighter than its liver) got probability 1e-4 from weights that had trained on it.
+ARTERIAL_LIVER_CANCER_SHARE = 0.35
 # Share of the lesion-free windows centred in a real lung: pasted masses teach lung lesions
 # at whole-scan scale, and without lung windows whose answer is empty nothing taught that
 # lung vessels and fissures are not lesions (stage 15 marked more outside lung lesions).
@@ -84,6 +90,14 @@ def soft_tissue_description(rng: np.random.Generator):
         enhancement=pick(("contrast-enhanced CT", "non-contrast CT"), (0.6, 0.4)),
         specific_features=features,
     )
+
+
+def liver_cancer_phase(description, rng: np.random.Generator):
+    """A liver cancer's description as its contrast phase shows it: hyperdense
+    (``ARTERIAL_LIVER_CANCER_SHARE`` of them), else as the record has it."""
+    if rng.random() >= ARTERIAL_LIVER_CANCER_SHARE:
+        return description
+    return replace(description, density="hyperdense", enhancement="contrast-enhanced CT")
 
 
 def augment_hu(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -220,6 +234,8 @@ class RealMixDataset:
                 pool = lesion_pool(category)
                 record = pool[int(rng.integers(len(pool)))]
                 description = replace(record.description, location=location)
+                if category == "liver cancer":
+                    description = liver_cancer_phase(description, rng)
                 contrast = draw_contrast(rng)
                 size_mm = REAL_LUNG_CANCER_MM if location in LUNG_LOBES else record.size_mm
                 records.append(
