@@ -436,3 +436,40 @@ def test_lungs_cut_by_the_edge_of_a_crop_are_not_taken_for_whole_lungs():
         partial += bool(lung_lobe_labels(hu, case.spacing_zyx, case.origin_mm).any())
         assert not lungs_from_hu(hu, case.spacing_zyx, case.origin_mm).any()
     assert partial  # some windows hold a piece that looks like lung
+
+
+@needs_data
+def test_liver_cancers_are_described_as_their_contrast_phase_shows_them():
+    """Real HCC comes in every phase: a training tumour is described by its HU against the
+    liver around it (0697 darker, equilibrium; 2022 brighter, arterial), and a share of the
+    liver cancers rendered into real livers is drawn, and described, hyperdense."""
+    from malenia.data.real_ct import HCC_TRAIN, load_hcc
+    from malenia.data.real_mix import ARTERIAL_LIVER_CANCER_SHARE, RealMixDataset
+    from malenia.preprocessing import HU_WINDOW
+    from malenia.synth.anatomy import LOCATION_LABEL
+
+    densities = {case: load_hcc(case).descriptions[0].density for case in HCC_TRAIN}
+    assert densities == {"RadCTTACEomics_0697": "hypodense", "RadCTTACEomics_2022": "hyperdense"}
+
+    dataset = RealMixDataset(("liver cancer",), seed=11, mix={"real_synthetic": 1.0})
+    liver = [LOCATION_LABEL["right liver lobe"], LOCATION_LABEL["left liver lobe"]]
+    low, high = HU_WINDOW
+    differences = {"hyperdense": [], "other": []}
+    for index in range(48):
+        item = dataset[index]
+        rendered = item["instance_mask"] == 1
+        if item["categories"][:1] != ["liver cancer"] or rendered.sum() < 30:
+            continue
+        hu = (item["image"][0] + 1.0) * (high - low) / 2.0 + low
+        ring = ndimage.binary_dilation(rendered, iterations=3) & ~rendered
+        ring &= np.isin(item["labels"], liver) & (item["instance_mask"] == 0)
+        if ring.sum() < 30:
+            continue
+        kind = "hyperdense" if item["descriptions"][0].density == "hyperdense" else "other"
+        differences[kind].append(float(hu[rendered].mean() - hu[ring].mean()))
+    drawn = len(differences["hyperdense"]) + len(differences["other"])
+    assert drawn >= 25
+    share = len(differences["hyperdense"]) / drawn
+    assert 0.5 * ARTERIAL_LIVER_CANCER_SHARE < share < 2.0 * ARTERIAL_LIVER_CANCER_SHARE
+    assert np.median(differences["hyperdense"]) > 5.0, differences  # brighter than the liver
+    assert np.median(differences["other"]) < -5.0, differences  # the records: mostly darker
