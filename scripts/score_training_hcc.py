@@ -24,6 +24,7 @@ QUERIES = ("liver cancer", "hyperdense mass in the liver")
 def main() -> None:
     import SimpleITK as sitk
     from malenia.data.real_ct import HCC_TRAIN, require_real_ct_root
+    from malenia.evaluation.metrics import dice
     from malenia.inference import Engine
     from malenia.io import CTVolume
 
@@ -40,8 +41,7 @@ def main() -> None:
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
         for query in QUERIES:
             answer = encoded.segment(query).labelmap > 0
-            dice = 2.0 * (answer & tumour).sum() / max(1, answer.sum() + tumour.sum())
-            print(f"{case} {query!r}: Dice {dice:.3f}, predicted {answer.sum() * voxel_ml:.1f} ml"
+            print(f"{case} {query!r}: Dice {dice(answer, tumour):.3f}, predicted {answer.sum() * voxel_ml:.1f} ml"
                   f" (tumour {tumour.sum() * voxel_ml:.1f} ml)")  # fmt: skip
 
 

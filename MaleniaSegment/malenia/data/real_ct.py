@@ -171,6 +171,7 @@ def load_hcc(case: str, spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -
     liver = _liver_lobes(label > 0, grid)
     labels[liver > 0] = liver[liver > 0]
     tumour_parts, count = ndimage.label(label == 2)
+    liver_alone = label == 1  # without tumour: the host a tumour's density is read against
     instances = np.zeros(hu.shape, np.int16)
     descriptions, categories = [], []
     for part in range(1, count + 1):
@@ -179,7 +180,7 @@ def load_hcc(case: str, spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -
             continue
         instances[mask] = len(descriptions) + 1
         lobe = _lobe_of(labels, ndimage.binary_dilation(mask, iterations=2)) or "right liver lobe"
-        density = density_against_host(hu, mask, label == 1)
+        density = density_against_host(hu, mask, liver_alone)
         descriptions.append(replace(_liver_cancer_description(), location=lobe, density=density))
         categories.append("liver cancer")
     return RealScan(
