@@ -445,7 +445,7 @@ def test_liver_cancers_are_described_as_their_contrast_phase_shows_them():
     liver cancers rendered into real livers is drawn, and described, hyperdense."""
     from malenia.data.real_ct import HCC_TRAIN, load_hcc
     from malenia.data.real_mix import ARTERIAL_LIVER_CANCER_SHARE, RealMixDataset
-    from malenia.preprocessing import HU_WINDOW
+    from malenia.preprocessing import hu_from_normalized
     from malenia.synth.anatomy import LOCATION_LABEL
 
     densities = {case: load_hcc(case).descriptions[0].density for case in HCC_TRAIN}
@@ -453,14 +453,13 @@ def test_liver_cancers_are_described_as_their_contrast_phase_shows_them():
 
     dataset = RealMixDataset(("liver cancer",), seed=11, mix={"real_synthetic": 1.0})
     liver = [LOCATION_LABEL["right liver lobe"], LOCATION_LABEL["left liver lobe"]]
-    low, high = HU_WINDOW
     differences = {"hyperdense": [], "other": []}
     for index in range(48):
         item = dataset[index]
         rendered = item["instance_mask"] == 1
         if item["categories"][:1] != ["liver cancer"] or rendered.sum() < 30:
             continue
-        hu = (item["image"][0] + 1.0) * (high - low) / 2.0 + low
+        hu = hu_from_normalized(item["image"][0])
         ring = ndimage.binary_dilation(rendered, iterations=3) & ~rendered
         ring &= np.isin(item["labels"], liver) & (item["instance_mask"] == 0)
         if ring.sum() < 30:

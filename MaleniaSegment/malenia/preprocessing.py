@@ -18,6 +18,13 @@ def normalize_ct(hu: np.ndarray, window: tuple[float, float] = HU_WINDOW) -> np.
     return (clipped - low) * (2.0 / (high - low)) - 1.0
 
 
+def hu_from_normalized(image, window: tuple[float, float] = HU_WINDOW):
+    """The inverse of ``normalize_ct`` inside its window (numpy arrays or torch tensors):
+    what the model's soft-tissue view and tests read back as Hounsfield units."""
+    low, high = window
+    return (image + 1.0) * ((high - low) / 2.0) + low
+
+
 # --------------------------------------------------------------------------- geometry stages
 # The model sees arrays [z, y, x] with x to the patient's left, y posterior, z superior at a
 # fixed spacing. These stages take any input grid there and bring results back exactly onto

@@ -197,11 +197,10 @@ class MaleniaNet(nn.Module):
     # ----------------------------------------------------------------- image side (heavy)
     def soft_tissue_view(self, image: torch.Tensor) -> torch.Tensor:
         """The input (``normalize_ct``: -1..1 over HU_WINDOW) in the soft-tissue window."""
-        from malenia.preprocessing import HU_WINDOW
+        from malenia.preprocessing import hu_from_normalized
 
-        wide_low, wide_high = HU_WINDOW
         low, high = self.config.soft_tissue_window  # type: ignore[misc]
-        hu = (image + 1.0) * ((wide_high - wide_low) / 2.0) + wide_low
+        hu = hu_from_normalized(image)
         return ((hu - low) * (2.0 / (high - low)) - 1.0).clamp(-1.0, 1.0)
 
     def encode_image(self, image: torch.Tensor) -> ImageFeatures:
