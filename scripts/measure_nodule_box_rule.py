@@ -10,33 +10,20 @@ volume for each of the three. Needs ../shared/data/real_ct.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MaleniaSegment"))
+from nodule_box_measurements import parse_args, print_summary, training_nodules
 
 
 def main() -> None:
-    from malenia.data.real_ct import load_lidc, nodule_description
+    from malenia.data.real_ct import nodule_description
     from malenia.evaluation.real import nodule_case, score
     from malenia.inference import Engine
     from malenia.inference.encoded import _components_in_box
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=120)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--weights", type=Path, default=None, help="default: bundled weights")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
 
     engine = Engine.load(args.weights, device="cpu")
-    nodules = load_lidc("train")
-    chosen = sorted(np.random.default_rng(args.seed).choice(len(nodules), args.n, replace=False))
     rows = []
-    for index in chosen:
-        nodule = nodules[index]
+    for nodule in training_nodules(args.n, args.seed):
         volume, roi = nodule_case(nodule)
         encoded = engine.encode(volume, roi=roi)
         description = nodule_description(nodule)
@@ -55,12 +42,7 @@ def main() -> None:
         engine._cache.clear()
     print(f"{len(rows)} LIDC training nodules (seed {args.seed}); "
           f"{sum(r['several'] for r in rows)} answers held several lesions")  # fmt: skip
-    for name in ("every lesion", "largest lesion", "nearest the centre (engine)"):
-        dice = np.mean([r[name]["dice"] for r in rows])
-        fp = sum(r[name]["false_positive_ml"] for r in rows)
-        within = sum(r[name]["false_positive_ml"] <= r[name]["truth_ml"] for r in rows)
-        print(f"{name:28s} Dice {dice:.4f}  FP {fp:6.2f} ml  within the nodule's volume "
-              f"{within}/{len(rows)}")  # fmt: skip
+    print_summary(rows, ("every lesion", "largest lesion", "nearest the centre (engine)"))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,8 @@ volume for both. Needs ../shared/data/real_ct.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MaleniaSegment"))
+from nodule_box_measurements import parse_args, print_summary, training_nodules
 
 MIRRORS = (None, 2, 1)  # as drawn; x (left-right); y (front-back), as array axes (z, y, x)
 
@@ -25,22 +20,15 @@ MIRRORS = (None, 2, 1)  # as drawn; x (left-right); y (front-back), as array axe
 def main() -> None:
     from dataclasses import replace
 
-    from malenia.data.real_ct import load_lidc, nodule_description
+    from malenia.data.real_ct import nodule_description
     from malenia.evaluation.real import nodule_case, score
     from malenia.inference import Engine
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=120)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--weights", type=Path, default=None, help="default: bundled weights")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
 
     engine = Engine.load(args.weights, device="cpu")
-    nodules = load_lidc("train")
-    chosen = sorted(np.random.default_rng(args.seed).choice(len(nodules), args.n, replace=False))
     rows = []
-    for index in chosen:
-        nodule = nodules[index]
+    for nodule in training_nodules(args.n, args.seed):
         description = nodule_description(nodule)
         maps = []
         for axis in MIRRORS:
@@ -63,12 +51,7 @@ def main() -> None:
         })  # fmt: skip
         engine._cache.clear()
     print(f"{len(rows)} LIDC training nodules (seed {args.seed})")
-    for name in rows[0]:
-        dice = np.mean([r[name]["dice"] for r in rows])
-        fp = sum(r[name]["false_positive_ml"] for r in rows)
-        within = sum(r[name]["false_positive_ml"] <= r[name]["truth_ml"] for r in rows)
-        print(f"{name:28s} Dice {dice:.4f}  FP {fp:6.2f} ml  within the nodule's volume "
-              f"{within}/{len(rows)}")  # fmt: skip
+    print_summary(rows, list(rows[0]))
 
 
 if __name__ == "__main__":
