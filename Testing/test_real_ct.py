@@ -354,6 +354,57 @@ def test_paste_stops_at_the_chest_wall():
     assert np.allclose(out[:, :, :5], -850.0)  # lung far away unchanged
 
 
+def test_soft_tissue_near_the_lung_opens_to_lung_masses_and_organs_stay_closed():
+    """Unlabelled soft tissue within CONTACT_DEPTH_MM of the lung becomes free space for a
+    lung mass; bone, air, tissue farther away and labelled organs (the liver) do not."""
+    from malenia.data.real_mix import CONTACT_DEPTH_MM, soft_tissue_open_to_lung_masses
+    from malenia.synth.anatomy import LABELS
+
+    labels = np.zeros((8, 8, 40), np.uint8)
+    hu = np.full(labels.shape, 40.0, np.float32)
+    labels[:, :, :10] = LABELS["left lower lobe"]
+    hu[:, :, :10] = -850.0
+    labels[:, :, 12:14] = LABELS["right liver lobe"]
+    hu[:, :, 14:16] = 700.0  # a rib
+    opened = soft_tissue_open_to_lung_masses(labels, hu, (2.0, 2.0, 2.0))
+    body = opened == LABELS["body"]
+    reach = int(CONTACT_DEPTH_MM / 2.0) + 9  # the last x within the depth of the lung
+    assert body[:, :, 10:12].all() and body[:, :, 16 : reach + 1].all()
+    assert not body[:, :, reach + 1 :].any()  # too far from the lung
+    assert (opened[:, :, 12:14] == LABELS["right liver lobe"]).all()  # an organ stays closed
+    assert not body[:, :, 14:16].any() and (opened[:, :, :10] == labels[:, :, :10]).all()
+
+
+@needs_data
+def test_lung_masses_may_lie_on_the_mediastinum_and_chest_wall_when_asked():
+    """With ``lung_contact_share`` the real-lung renders cross the pleura into the soft
+    tissue beside it (a real mass on the aorta or chest wall has no air around that side);
+    the location head's labels stay the scan's own. Without
+    it (every config before stage 22) they stay in the lung."""
+    from malenia.data.real_mix import RealMixDataset
+    from malenia.synth.anatomy import LABELS
+    from malenia.synth.lesions import LUNG_LABELS
+    from malenia.synth.split import SEEN_CATEGORIES
+
+    outside = {}
+    for share in (0.0, 1.0):
+        dataset = RealMixDataset(SEEN_CATEGORIES, seed=7, mix={"real_synthetic": 1.0},
+                                 lung_contact_share=share)  # fmt: skip
+        fractions = []
+        for index in range(120):
+            item = dataset[index]
+            mask = item["instance_mask"] == 1
+            if item["categories"][:1] != ["lung cancer"] or not mask.any():
+                continue
+            fractions.append(1.0 - np.isin(item["labels"][mask], list(LUNG_LABELS)).mean())
+            assert not (item["labels"] == LABELS["body"]).any()  # opened for rendering only
+            if len(fractions) == 12:
+                break
+        outside[share] = np.array(fractions)
+    assert np.median(outside[0.0]) < 0.02, outside
+    assert np.median(outside[1.0]) > 0.15 and outside[1.0].max() > 0.4, outside
+
+
 @needs_data
 @pytest.mark.slow
 def test_lung_answers_on_the_chest_ct_stay_in_the_lungs(engine):

@@ -54,6 +54,14 @@ REAL_LUNG_CANCER_MM = (10.0, 70.0)
 # none of them is a 4-7 cm mass. Diameters drawn from PASTE_DIAMETER_MM; a nodule is
 # enlarged at most PASTE_MAX_SCALE times (beyond that its texture is mostly interpolation).
 PASTE_DIAMETER_MM, PASTE_MAX_SCALE = (12.0, 70.0), 3.0
+# Lung masses that lie broadly on the mediastinum, chest wall or diaphragm. In a real scan
+# the renderer keeps a lung lesion to the lung found from HU (the tissue around it is
+# unlabelled), so no training lung mass ever met soft tissue without air between them,
+# while real ones often do (the chest CT's 48 ml mass lies on the aorta and spine, and the
+# weights find only its part surrounded by air). For a share of lung renders (the data
+# option ``lung_contact_share``, 0 unless a config asks), the unlabelled soft tissue within
+# CONTACT_DEPTH_MM of the lung is opened to the mass, which is centred under the pleura.
+CONTACT_DEPTH_MM, CONTACT_HU = 20.0, (-300.0, 250.0)
 # Share of the liver cancers rendered into real livers drawn as in the arterial phase:
 # brighter than the liver (hyperenhancement) and described so. The Malenia records call
 # liver cancer hypodense in 36 of 39 cases (portal and equilibrium phases), yet real HCC
@@ -134,6 +142,23 @@ def subpleural(labels: np.ndarray, spacing) -> np.ndarray:
     return lung & (ndimage.distance_transform_edt(lung, sampling=spacing) <= PLEURAL_DEPTH_MM)
 
 
+def soft_tissue_open_to_lung_masses(labels: np.ndarray, hu: np.ndarray, spacing) -> np.ndarray:
+    """``labels`` with the unlabelled soft tissue (``CONTACT_HU``: not air, not bone) within
+    ``CONTACT_DEPTH_MM`` of the lung relabelled "body", where the renderer lets a mass grow;
+    labelled organs (the liver, the TotalSegmentator organs) stay closed to it."""
+    from malenia.synth.anatomy import LABELS
+    from malenia.synth.lesions import LUNG_LABELS
+
+    lung = np.isin(labels, list(LUNG_LABELS))
+    if not lung.any():
+        return labels
+    near = ndimage.distance_transform_edt(~lung, sampling=spacing) <= CONTACT_DEPTH_MM
+    soft = (labels == LABELS["air"]) & (hu > CONTACT_HU[0]) & (hu < CONTACT_HU[1])
+    opened = labels.copy()
+    opened[near & soft] = LABELS["body"]
+    return opened
+
+
 def crop_window(array: np.ndarray, start, size, mode="edge") -> np.ndarray:
     """``array[start:start+size]`` with edge padding where the box leaves the array."""
     inside = tuple(
@@ -161,11 +186,13 @@ class RealMixDataset:
              "lidc_paste")  # fmt: skip
 
     def __init__(self, categories, seed: int = 0, shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
-                 mix: dict | None = None, max_lesions: int = 2, distractor_prob: float = 0.5) -> None:  # fmt: skip
+                 mix: dict | None = None, max_lesions: int = 2, distractor_prob: float = 0.5,
+                 lung_contact_share: float = 0.0) -> None:  # fmt: skip
         from malenia.synth import SyntheticLesionDataset
 
         self.categories = tuple(categories)
         self.seed, self.shape, self.spacing = seed, tuple(shape), tuple(spacing)
+        self.lung_contact_share = float(lung_contact_share)  # see CONTACT_DEPTH_MM
         mix = dict(mix or DEFAULT_MIX)
         unknown = set(mix) - set(self.KINDS)
         if unknown:
@@ -256,11 +283,14 @@ class RealMixDataset:
         labels = crop_window(scan.labels, start, self.shape, mode="constant")
         real = crop_window(scan.instances, start, self.shape, mode="constant")
         prompts = [r.description for r in records]  # in_real_lung draws some differently
-        placement = None
+        placement, render_labels = None, labels
         if records and records[0].description.location in LUNG_LOBES:
             records, placement = in_real_lung(records, labels, self.spacing, rng)
+            if self.lung_contact_share and rng.random() < self.lung_contact_share:
+                render_labels = soft_tissue_open_to_lung_masses(labels, hu, self.spacing)
+                placement = subpleural(labels, self.spacing)
         hu, instances, rendered = render_lesions(
-            hu, labels, records, rng, self.spacing, placement=placement
+            hu, render_labels, records, rng, self.spacing, placement=placement
         )
         descriptions = [prompts[records.index(r)] for r in rendered]
         categories = [r.category for r in rendered]
