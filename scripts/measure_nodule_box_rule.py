@@ -17,7 +17,7 @@ def main() -> None:
     from malenia.data.real_ct import nodule_description
     from malenia.evaluation.real import nodule_case, score
     from malenia.inference import Engine
-    from malenia.inference.encoded import _components_in_box
+    from malenia.inference.lesion_maps import components_in_box
 
     args = parse_args(__doc__)
 
@@ -30,7 +30,7 @@ def main() -> None:
         answer = encoded.segment(description)
         minimum = max(1, int(round(answer.min_volume_ml / encoded._model_voxel_ml)))
         probability = encoded.probability(description)
-        every, boxes = _components_in_box(probability, answer.threshold, minimum)
+        every, boxes = components_in_box(probability, answer.threshold, minimum)
         every_in = encoded.to_input_labelmap(probability, every, answer.threshold)
         spacing = nodule.spacing_zyx
         rows.append({

@@ -6,26 +6,26 @@ result goes back onto the input grid. The heavy pass that makes it is ``engine.E
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from malenia.attributes import KnowledgeTable, LesionDescription, resolve_query
 from malenia.attributes.locations import sub_locations
 from malenia.attributes.schema import ATTRIBUTE_KEYS
 from malenia.errors import InvalidRequestError
-from malenia.inference.postprocess import (
-    LesionInfo,
-    components,
-    foreground_box,
-    longest_axial_diameter,
+from malenia.inference.lesion_maps import (
+    blank_like,
+    components_in_box,
+    input_box,
+    sub_grid,
+    without_lesions,
 )
+from malenia.inference.postprocess import LesionInfo, foreground_box, longest_axial_diameter
 from malenia.io import CTVolume
 from malenia.preprocessing import to_input_grid
 
@@ -101,8 +101,8 @@ class EncodedVolume:
             windows,
             region,
         )
-        self.model_reference = _blank_like(model_image)
-        self.input_reference = _blank_like(volume.to_sitk())
+        self.model_reference = blank_like(model_image)
+        self.input_reference = blank_like(volume.to_sitk())
         self._maps: OrderedDict[str, np.ndarray] = OrderedDict()  # see _cached
         self.any_lesion = np.zeros(shape, np.float32)  # prompt-free map (set by the encoder)
         self._lesion_components = None  # any_lesion's lesions (see lesion_components)
@@ -232,7 +232,7 @@ class EncodedVolume:
         mapper = self.engine.organ_mapper
         if mapper is not None and not self.zoomed and location in mapper.locations:
             if self._organ_maps is None:  # one encoder pass, over the encoded box only
-                box = _sub_grid(self.model_reference, self.region)  # body, or body and ROI
+                box = sub_grid(self.model_reference, self.region)  # body, or body and ROI
                 self._organ_maps = mapper.maps(self.volume.to_sitk(), box)
             probability = np.zeros(self.shape, np.float32)
             probability[self.region] = self._organ_maps.probability(location)
@@ -414,7 +414,7 @@ class EncodedVolume:
         self, probability, threshold, description, mode, query, ranking, min_volume_ml: float = 0.1
     ) -> SegmentationResult:
         _check_threshold(threshold)
-        labels, boxes = _components_in_box(
+        labels, boxes = components_in_box(
             probability, threshold, max(1, int(round(min_volume_ml / self._model_voxel_ml)))
         )
         if boxes and self._in_lung(description):
@@ -475,7 +475,7 @@ class EncodedVolume:
         from malenia.inference.grounding import lesions_clear_of
 
         dropped = lesions_clear_of(labels, len(boxes), self.lung_envelope())
-        return _without_lesions(probability, labels, boxes, dropped)
+        return without_lesions(probability, labels, boxes, dropped)
 
     def _keep_central(self, probability, labels, boxes):
         """A small box in the lung (the zoomed ROI) is drawn around one nodule: its answer is
@@ -493,7 +493,7 @@ class EncodedVolume:
         ]
         nearest = int(np.argmin(distance)) + 1
         dropped = [i for i in range(1, len(boxes) + 1) if i != nearest]
-        return _without_lesions(probability, labels, boxes, dropped)
+        return without_lesions(probability, labels, boxes, dropped)
 
     def to_input_labelmap(
         self, probability: np.ndarray, labels_model: np.ndarray, threshold: float
@@ -523,34 +523,14 @@ class EncodedVolume:
 
         if not cover.any():
             return None
-        box = _input_box(cover, self.model_reference, self.input_reference)
+        box = input_box(cover, self.model_reference, self.input_reference)
         if box is None:
             return None
-        reference = _sub_grid(self.input_reference, box)
+        reference = sub_grid(self.input_reference, box)
         ids = ndimage.grey_dilation(labels_model, size=(3, 3, 3)).astype(np.int16)
         probability_in = to_input_grid(probability, self.model_reference, reference)
         ids_in = to_input_grid(ids, self.model_reference, reference, nearest=True)
         return box, probability_in, ids_in
-
-
-def _without_lesions(probability, labels, boxes, dropped: list[int]):
-    """(probability, labels, boxes) with the lesions ``dropped`` removed and the rest
-    renumbered in order. The dropped lesions' voxels go to 0 in the probability, so that a
-    higher re-cut or the browser's slider does not show them again (a lower cut may show a
-    faint rim of one, which the engine's next re-cut drops again)."""
-    if not dropped:
-        return probability, labels, boxes
-    probability = probability.copy()
-    kept_labels = np.zeros_like(labels)
-    kept_boxes = []
-    for index, box in enumerate(boxes, start=1):
-        inside = labels[box] == index
-        if index in dropped:
-            probability[box][inside] = 0.0
-            continue
-        kept_boxes.append(box)
-        kept_labels[box][inside] = len(kept_boxes)
-    return probability, kept_labels, kept_boxes
 
 
 def _check_threshold(threshold: float) -> None:
@@ -585,60 +565,6 @@ def _organ_of_location(location: str | None) -> str | None:
     vocabulary = load_vocabulary()
     organs = {vocabulary.organ(p) for p in sub_locations(location, vocabulary)}
     return organs.pop() if len(organs) == 1 else None
-
-
-def _components_in_box(probability: np.ndarray, threshold: float, min_voxels: int):
-    """Connected components of ``probability > threshold``, labelled only inside the box
-    holding the foreground (most of a CT is not lesion; labelling all of it is slow)."""
-    foreground = probability > threshold
-    labels = np.zeros(probability.shape, np.int16)
-    box = foreground_box(foreground)
-    if box is None:
-        return labels, []
-    local, boxes = components(foreground[box], min_voxels)
-    labels[box] = local
-    shifted = [
-        tuple(slice(b.start + o.start, b.stop + o.start) for b, o in zip(inner, box, strict=True))
-        for inner in boxes
-    ]
-    return labels, shifted
-
-
-def _input_box(mask: np.ndarray, model_image, input_image, margin_vox: int = 2):
-    """The box of input-grid voxels (k, j, i slices) covering ``mask`` on the model grid,
-    grown by a couple of model voxels; None when it misses the input grid."""
-    hit = [
-        np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)
-    ]
-    low = [int(h[0]) - margin_vox for h in hit]
-    high = [int(h[-1]) + margin_vox for h in hit]
-    corners = []
-    for z, y, x in itertools.product(*zip(low, high, strict=True)):
-        point = model_image.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(z)))
-        corners.append(input_image.TransformPhysicalPointToContinuousIndex(point)[::-1])
-    corners = np.asarray(corners)
-    size = input_image.GetSize()[::-1]
-    start = np.maximum(np.floor(corners.min(0)).astype(int) - 1, 0)
-    stop = np.minimum(np.ceil(corners.max(0)).astype(int) + 2, size)
-    if np.any(stop <= start):
-        return None
-    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
-
-
-def _sub_grid(image: sitk.Image, box) -> sitk.Image:
-    """A blank image on the part ``box`` (k, j, i slices) of ``image``'s grid."""
-    size = [b.stop - b.start for b in box[::-1]]
-    sub = sitk.Image(size, sitk.sitkUInt8)
-    sub.SetSpacing(image.GetSpacing())
-    sub.SetDirection(image.GetDirection())
-    sub.SetOrigin(image.TransformIndexToPhysicalPoint([b.start for b in box[::-1]]))
-    return sub
-
-
-def _blank_like(image) -> sitk.Image:
-    blank = sitk.Image(image.GetSize(), sitk.sitkUInt8)
-    blank.CopyInformation(image)
-    return blank
 
 
 def _number_names(lesions: list[LesionInfo]) -> None:
