@@ -22,7 +22,6 @@ import vtk
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import (
     Choice,
-    GuiConnector,
     WithinRange,
     parameterNodeWrapper,
 )
@@ -37,6 +36,12 @@ from slicer.util import VTKObservationMixin
 _MODULE_DIR = os.path.dirname(__file__)
 if _MODULE_DIR not in sys.path:
     sys.path.insert(0, _MODULE_DIR)  # MaleniaSegmentLib and malenia live beside this file
+
+from MaleniaSegmentWidgets.connectors import (  # noqa: E402 - found through the path above
+    ComboBoxDataToStrConnector,
+    EditableComboBoxToStrConnector,
+    PlainTextEditToStrConnector,
+)
 
 # Attribute key (engine) -> its row in the .ui: an editable combo box of the vocabulary.
 ATTRIBUTE_WIDGETS = {
@@ -107,115 +112,8 @@ def registerSampleData():
 
 
 # ---------------------------------------------------------------------------- parameters
-class EditableComboBoxToStrConnector(GuiConnector):
-    """An editable QComboBox <-> str (the text, picked or typed). Slicer's own combo-box
-    connector only knows fixed choices, so these rows are bound explicitly."""
-
-    widgetClasses = ("QComboBox",)
-
-    @staticmethod
-    def canRepresent(widget, datatype) -> bool:
-        return isinstance(widget, qt.QComboBox) and widget.editable and datatype is str
-
-    @staticmethod
-    def create(widget, datatype):
-        return EditableComboBoxToStrConnector(widget)
-
-    def __init__(self, widget) -> None:
-        super().__init__()
-        self._widget = widget
-
-    def _connect(self):
-        self._widget.editTextChanged.connect(self.changed)
-
-    def _disconnect(self):
-        self._widget.editTextChanged.disconnect(self.changed)
-
-    def widget(self):
-        return self._widget
-
-    def read(self):
-        return self._widget.currentText
-
-    def write(self, value) -> None:
-        from MaleniaSegmentLib.connectors import write_if_changed
-
-        write_if_changed(lambda: self._widget.currentText, self._widget.setEditText, value)
-
-
-class ComboBoxDataToStrConnector(GuiConnector):
-    """A QComboBox whose items carry a key in their data (preset category) <-> that key."""
-
-    widgetClasses = ("QComboBox",)
-
-    @staticmethod
-    def canRepresent(widget, datatype) -> bool:
-        return isinstance(widget, qt.QComboBox) and datatype is str
-
-    @staticmethod
-    def create(widget, datatype):
-        return ComboBoxDataToStrConnector(widget)
-
-    def __init__(self, widget) -> None:
-        super().__init__()
-        self._widget = widget
-
-    def _connect(self):
-        self._widget.currentIndexChanged.connect(self.changed)
-
-    def _disconnect(self):
-        self._widget.currentIndexChanged.disconnect(self.changed)
-
-    def widget(self):
-        return self._widget
-
-    def read(self):
-        return self._widget.itemData(self._widget.currentIndex) or ""
-
-    def write(self, value) -> None:
-        index = max(self._widget.findData(value or ""), 0)
-        if self._widget.currentIndex != index:
-            self._widget.setCurrentIndex(index)
-
-
-class PlainTextEditToStrConnector(GuiConnector):
-    """A QTextEdit's plain text <-> str, written only when it differs. Slicer's own
-    QTextEditPlainTextToStrConnector calls setPlainText on every parameter-node change, which
-    moves the caret to the start and clears the undo history while the user types."""
-
-    widgetClasses = ("QTextEdit",)
-
-    @staticmethod
-    def canRepresent(widget, datatype) -> bool:
-        return isinstance(widget, qt.QTextEdit) and datatype is str
-
-    @staticmethod
-    def create(widget, datatype):
-        return PlainTextEditToStrConnector(widget)
-
-    def __init__(self, widget) -> None:
-        super().__init__()
-        self._widget = widget
-
-    def _connect(self):
-        self._widget.textChanged.connect(self.changed)
-
-    def _disconnect(self):
-        self._widget.textChanged.disconnect(self.changed)
-
-    def widget(self):
-        return self._widget
-
-    def read(self):
-        return self._widget.toPlainText()
-
-    def write(self, value) -> None:
-        from MaleniaSegmentLib.connectors import write_if_changed
-
-        write_if_changed(self._widget.toPlainText, self._widget.setPlainText, value)
-
-
-# Parameters bound with the connectors above (the rest use SlicerParameterName in the .ui).
+# Parameters bound with MaleniaSegmentWidgets' connectors (the rest use SlicerParameterName in
+# the .ui).
 CUSTOM_BINDINGS = {
     "preset": ("presetComboBox", ComboBoxDataToStrConnector),
     "location": ("locationComboBox", EditableComboBoxToStrConnector),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "MaleniaSegment" / "MaleniaSegment.py"
+WIDGETS = REPO / "MaleniaSegment" / "MaleniaSegmentWidgets"  # Qt-side, imported by the module
 UI = REPO / "MaleniaSegment" / "Resources" / "UI" / "MaleniaSegment.ui"
 sys.path.insert(0, str(REPO / "MaleniaSegment"))
 
@@ -57,6 +58,18 @@ BUILTIN = {
 
 def module_tree() -> ast.Module:
     return ast.parse(MODULE.read_text(encoding="utf-8"))
+
+
+def connector_classes() -> list[ast.ClassDef]:
+    """The connector classes MaleniaSegmentWidgets.connectors defines and the module imports."""
+    tree = ast.parse((WIDGETS / "connectors.py").read_text(encoding="utf-8"))
+    imported = {
+        alias.name
+        for node in module_tree().body
+        if isinstance(node, ast.ImportFrom) and node.module == "MaleniaSegmentWidgets.connectors"
+        for alias in node.names
+    }
+    return [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in imported]
 
 
 def ui_widgets() -> dict[str, ET.Element]:
@@ -166,7 +179,7 @@ def test_every_parameter_field_is_bound_once_with_a_connector_slicer_has():
         assert widgets[widget_name].get("class") == expected, widget_name
         if connector == "EditableComboBoxToStrConnector":  # the rows that accept typed text
             assert ui_property(widgets[widget_name], "editable") == "true", widget_name
-    classes = {n.name for n in module_tree().body if isinstance(n, ast.ClassDef)}
+    classes = {n.name for n in connector_classes()}
     assert {c for _, c in custom.values()} <= classes
     source = MODULE.read_text(encoding="utf-8")
     assert "connectGui(self.ui)" in source and "connectParametersToGui(" in source
@@ -246,8 +259,10 @@ def test_text_widgets_use_connectors_that_skip_unchanged_writes():
         if widget.get("class") == "QTextEdit":
             assert ui_property(widget, "SlicerParameterName") is None, name
     assert custom_bindings()["freeText"] == ("freeTextEdit", "PlainTextEditToStrConnector")
-    for node in module_tree().body:
-        if isinstance(node, ast.ClassDef) and node.name.endswith("Connector"):
+    connectors = connector_classes()
+    assert {c for _, c in custom_bindings().values()} <= {n.name for n in connectors}
+    for node in connectors:
+        if node.name.endswith("Connector"):
             (write,) = [
                 f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "write"
             ]
@@ -283,7 +298,7 @@ def test_module_file_loads_on_the_oldest_slicer_python_and_the_rest_on_the_minim
         "def f(v):\n    return isinstance(v, list | tuple), list(zip(v, v, strict=True))\n"
     )
     assert vermin(OLDEST_SLICER_PYTHON, old).returncode != 0  # the check sees what 3.9 lacks
-    gate = [MODULE, LIB / "__init__.py", LIB / "compat.py"]
+    gate = [MODULE, LIB / "__init__.py", LIB / "compat.py", *WIDGETS.glob("*.py")]
     done = vermin(OLDEST_SLICER_PYTHON, *gate)
     assert done.returncode == 0, done.stdout + done.stderr
     done = vermin(OLDEST_SUPPORTED_PYTHON, LIB, REPO / "MaleniaSegment" / "malenia")

@@ -5,7 +5,8 @@ node changes, that is on every keystroke in any bound widget. Its own
 QTextEditPlainTextToStrConnector.write calls setPlainText unconditionally, and setPlainText
 moves the caret to the start and clears the undo history (Qt's documentation), so typing in
 the free-text box would jump and lose Ctrl+Z (Slicer fixed the same for QLineEdit only, issue
-8620). The connectors in MaleniaSegment.py call this instead of writing directly.
+8620). The connectors in MaleniaSegmentWidgets/connectors.py call this instead of writing
+directly.
 """
 
 from __future__ import annotations
