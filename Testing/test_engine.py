@@ -572,6 +572,37 @@ def test_grounding_finds_unseen_lesions_the_prompt_branch_misses(
     assert np.mean(grounded) >= np.mean(alone) + gain_at_least
 
 
+def test_whole_scan_lung_answers_default_to_the_threshold_calibrated_on_real_lungs(
+    weights, tmp_path
+):
+    """A card with postprocess.lung_threshold (``malenia calibrate --lung``) sets the default
+    of whole-scan answers naming a lung location (an organ or a lobe); other organs, answers
+    without a location, boxes encoded on the finer grid and explicit thresholds keep theirs."""
+    import json
+    import shutil
+
+    from malenia.weights import card_path
+
+    calibrated = tmp_path / "calibrated.safetensors"
+    shutil.copy(weights, calibrated)
+    card = json.loads(card_path(weights).read_text(encoding="utf-8"))
+    card["postprocess"] = {"threshold": 0.2, "roi_threshold": 0.4, "lung_threshold": 0.6}
+    card_path(calibrated).write_text(json.dumps(card))
+    engine = Engine.load(calibrated, device="cpu")
+    volume = body_ct()
+    encoded = engine.encode(volume)
+    assert encoded.segment("lung cancer").threshold == 0.6
+    assert encoded.segment({"location": "right lower lobe"}).threshold == 0.6
+    assert encoded.segment("liver cancer").threshold == 0.2
+    assert encoded.segment({"density": "hypodense"}).threshold == 0.2
+    assert encoded.segment("lung cancer", threshold=0.3).threshold == 0.3
+    lung_array = np.where(volume.array > 0, volume.array - 900, volume.array).astype(np.int16)
+    lung = CTVolume(lung_array, volume.spacing, volume.origin, volume.direction, "lung")
+    centre = tuple(volume.ijk_to_ras()[:3, :3] @ [24, 22, 20] + volume.ijk_to_ras()[:3, 3])
+    box = engine.encode(lung, roi=(centre, (30.0, 30.0, 30.0)))
+    assert box.zoomed and box.segment("lung cancer").threshold == 0.4
+
+
 def test_roi_queries_keep_the_input_grid_and_refuse_a_box_off_the_volume(engine):
     """A box of 100 mm or more is encoded at the model's spacing inside the box, and so is a
     small box in soft tissue; a small box that is mostly lung gets a finer grid of its own

@@ -406,6 +406,30 @@ def test_lung_masses_may_lie_on_the_mediastinum_and_chest_wall_when_asked():
 
 
 @needs_data
+def test_lung_threshold_is_calibrated_on_training_scans_with_pasted_training_nodules(engine):
+    """``malenia calibrate --lung``: the cases are training scans with a solid LIDC nodule of
+    a *training* patient pasted into their real lungs (the same ones for the same seed, the
+    mass inside the lung); the chosen threshold is one of the grid, by the rule the phantom
+    calibration uses, and says which cases it came from."""
+    from malenia.data.real_ct import lidc_split
+    from malenia.data.real_mix import pasted_lung_masses
+    from malenia.evaluation.calibrate import THRESHOLDS, calibrate_lung
+
+    first = list(pasted_lung_masses(3, seed=7))
+    again = [name for name, _, _ in pasted_lung_masses(3, seed=7)]
+    assert [name for name, _, _ in first] == again
+    for name, volume, mass in first:
+        assert mass.shape == volume.array.shape and mass.sum() >= 200
+        assert volume.array[mass].mean() > -500  # a solid mass, pasted
+        assert lidc_split(name.split(" + ")[1].split("_R_")[0]) == "train"
+        assert name.split(" + ")[0] in ("RadCTTACEomics_0697", "RadCTTACEomics_2022")
+    result = calibrate_lung(engine, n_masses=2)
+    assert result["lung_threshold"] in THRESHOLDS and result["lung_set"]["n"] == 2
+    by_threshold = result["lung_mean_dice_by_threshold"]
+    assert result["lung_best_dice"] == max(by_threshold.values()) > 0.3
+
+
+@needs_data
 @pytest.mark.slow
 def test_lung_answers_on_the_chest_ct_stay_in_the_lungs(engine):
     """On lung2 the lung-cancer preset's probability has lesions outside the lungs

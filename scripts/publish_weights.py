@@ -93,6 +93,9 @@ def main() -> None:
                 "roi_dice",
                 "roi_dice_at_0.5",
                 "roi_set",
+                "lung_threshold",
+                "lung_dice",
+                "lung_set",
             )  # fmt: skip
             if key in calibration
         } | {"calibrated_with": "malenia calibrate"}

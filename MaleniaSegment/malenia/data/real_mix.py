@@ -487,6 +487,37 @@ def paste(window: np.ndarray, lung: np.ndarray, hu: np.ndarray, mask: np.ndarray
     return window, lesion
 
 
+def pasted_lung_masses(n: int, seed: int = 7, diameter_mm=(20.0, 55.0)):
+    """``n`` whole-scan cases for calibrating lung answers, from training data only: a solid
+    LIDC *training* nodule enlarged to ``diameter_mm`` and pasted into the real lung of a
+    training scan (2 mm grid), cropped to 70 slices around it. Yields (name, CTVolume, mass
+    mask on the volume's grid); the same ``seed`` gives the same cases."""
+    from malenia.io import CTVolume
+    from malenia.synth.lesions import LUNG_LABELS
+
+    rng = np.random.default_rng(seed)
+    spacing = (2.0, 2.0, 2.0)
+    nodules = [x for x in load_lidc("train") if x.texture_class == "solid" and x.volume_ml > 0.3]
+    hosts = [(s, np.isin(s.labels, list(LUNG_LABELS))) for s in load_training_scans(spacing)]
+    hosts = [(s, lung) for s, lung in hosts if lung.sum() > 20_000]
+    made = 0
+    while made < n:
+        scan, lung = hosts[made % len(hosts)]
+        nodule = nodules[int(rng.integers(len(nodules)))]
+        hu, mask = enlarged_nodule(nodule, spacing, float(rng.uniform(*diameter_mm)), rng)
+        at = random_voxel(lung, rng)
+        pasted, mass = paste(scan.hu, lung, hu, mask, at)
+        if mass.sum() < 200:  # mostly outside the lung: draw again
+            continue
+        z0, z1 = max(at[0] - 35, 0), min(at[0] + 35, pasted.shape[0])
+        oz, oy, ox = scan.origin_zyx
+        name = f"{scan.name} + {nodule.uid}"
+        volume = CTVolume(pasted[z0:z1].astype(np.int16), spacing[::-1], (ox, oy, oz + 2.0 * z0),
+                          tuple(np.eye(3).ravel()), name)  # fmt: skip
+        yield name, volume, mass[z0:z1]
+        made += 1
+
+
 def zoom_crop(hu: np.ndarray, mask: np.ndarray, spacing_zyx, model_spacing, shape):
     """A crop as the engine encodes an ROI query of exactly its extent: resampled to
     ``roi_spacing_mm`` by the engine's own stage, centred in a ``shape`` window and padded

@@ -207,9 +207,11 @@ def evaluate_real(engine, out: Path, groups=GROUPS, limit=None, threshold=None, 
                            "grounded_in", "grounding_warning")}
         for r in rows if r["group"] in DEMO_GROUPS
     ]  # fmt: skip
+    postprocess = engine.card.get("postprocess") or {}
     summary["settings"] = {"model": engine.model_id, "organ_maps": engine.organ_source,
                            "threshold": threshold or engine.default_threshold,
-                           "roi_threshold": threshold or (engine.card.get("postprocess") or {}).get("roi_threshold"),
+                           "roi_threshold": threshold or postprocess.get("roi_threshold"),
+                           "lung_threshold": threshold or postprocess.get("lung_threshold"),
                            "seconds": round(time.time() - started, 1), "groups": list(groups),
                            "limit_per_group": limit}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
@@ -265,7 +267,8 @@ def summary_markdown(summary: dict) -> str:
     s = summary.get("settings", {})
     lines = [
         f"Model `{s.get('model')}`, threshold {s.get('threshold')} (small ROIs: "
-        f"{s.get('roi_threshold') or s.get('threshold')}), organ maps: "
+        f"{s.get('roi_threshold') or s.get('threshold')}, whole-scan lung answers: "
+        f"{s.get('lung_threshold') or s.get('threshold')}), organ maps: "
         f"{s.get('organ_maps', 'location head')}, {s.get('seconds')} s. "
         "Validation cases only; the first query of each group is the scored one.",
         "",

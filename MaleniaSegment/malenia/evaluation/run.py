@@ -347,6 +347,9 @@ def evaluate(
         "shape_zyx": list(shape),
         "spacing_mm": list(spacing),
         "threshold": engine.default_threshold if threshold is None else threshold,
+        "lung_threshold": (engine.card.get("postprocess") or {}).get("lung_threshold")
+        if threshold is None
+        else threshold,
         "ablation_thresholds": {
             name: e.default_threshold if threshold is None else threshold
             for name, e in ablations.items()

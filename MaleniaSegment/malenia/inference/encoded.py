@@ -137,6 +137,18 @@ class EncodedVolume:
             return float(postprocess["roi_threshold"])
         return self.engine.default_threshold
 
+    def threshold_for(self, description: LesionDescription | None) -> float:
+        """The calibrated default of one answer: ``default_threshold``, or for a whole-scan
+        answer naming a lung location the threshold calibrated on real lungs (``malenia
+        calibrate --lung``) when the card has one: a lung mass's map is surer than an
+        abdominal lesion's, and vessels beside it reach middling probabilities."""
+        postprocess = self.engine.card.get("postprocess") or {}
+        lung_threshold = postprocess.get("lung_threshold")
+        in_lung = description is not None and _organ_of_location(description.location) == "lung"
+        if lung_threshold is not None and not self.zoomed and in_lung:
+            return float(lung_threshold)
+        return self.default_threshold
+
     @property
     def grounded(self) -> bool:
         """Whether answers are grounded in the named organ (weights with a location head)."""
@@ -291,17 +303,17 @@ class EncodedVolume:
     ) -> SegmentationResult:
         """Lesions matching a preset name, attribute dict / LesionDescription, or free text.
 
-        ``threshold`` None: the calibrated default of this encoding (``default_threshold``).
+        ``threshold`` None: the calibrated default of this answer (``threshold_for``).
         ``grounding`` None: anatomy grounding whenever the weights support it."""
-        if threshold is None:
-            threshold = self.default_threshold
-        _check_threshold(threshold)
         resolved = resolve_query(query)
         description, readable, category = (
             resolved.description,
             resolved.readable,
             resolved.category,
         )
+        if threshold is None:
+            threshold = self.threshold_for(description)
+        _check_threshold(threshold)
         probability = self.probability(description, grounding)
         ranking = [(category, 1.0)] if category else self.engine.knowledge.rank(description)[:3]
         result = self._result(
