@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Score a training checkpoint the way a bundle is judged (docs/EVALUATION.md):
 #   bash scripts/evaluate_candidate.sh CHECKPOINT CONFIG OUTDIR "one-line description"
-# 1. calibrate its thresholds (synthetic validation volumes, 60 LIDC *training* nodules as
-#    boxes, 12 training scans with a pasted training nodule for whole-scan lung answers);
+# 1. calibrate its thresholds (synthetic validation volumes + 60 LIDC *training* nodules);
+#    not --lung: a lung threshold of its own was measured and not adopted (EVALUATION.md)
 # 2. publish it in fp16 with that calibration into OUTDIR/weights (the engine's format);
 # 3. the synthetic held-out benchmark (20 per category) and the real-CT benchmark;
 # 4. the location head's left/right kidney and spleen check on a phantom, with the bounds of
@@ -14,7 +14,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 malenia="$here/.venv/bin/malenia"
 python="$here/.venv/bin/python"
 mkdir -p "$out/weights"
-"$malenia" calibrate --weights "$checkpoint" --out "$out/calibration.json" --roi 60 --lung 12
+"$malenia" calibrate --weights "$checkpoint" --out "$out/calibration.json" --roi 60
 "$python" "$here/scripts/publish_weights.py" "$checkpoint" --half --config "$config" \
     --calibration "$out/calibration.json" --description "$description" \
     --out "$out/weights/malenia-tiny.safetensors"
