@@ -163,6 +163,19 @@ def test_user_segments_are_never_touched_and_names_stay_unique(slicer_scene, ct_
     assert tag == "0.700"
 
 
+def test_an_answer_with_no_lesion_says_what_to_try_next(slicer_scene, ct_node):
+    """ "0 new segment(s)" leaves a radiologist guessing: the status names the query and the
+    threshold, and the three ways to look again (a lower threshold re-cuts without a new
+    run, a region of interest, Find all lesions)."""
+    client = KnownClient(np.zeros((16, 48, 48), np.int16), [])
+    run = SegmentationSession(slicer_scene, client).segment(ct_node, "liver cancer", threshold=0.3)
+    assert run.segment_ids == []
+    status = run.status()
+    assert status.startswith("No lesion found for: liver cancer at threshold 0.30.")
+    for hint in ("threshold slider", "Region of interest", "Find all lesions"):
+        assert hint in status, hint
+
+
 def test_tags_and_terminology_read_back(slicer_scene, ct_node):
     client = KnownClient(
         known_labelmap((16, 48, 48)),

@@ -53,14 +53,21 @@ class Run:
     lesions: list[dict] = field(default_factory=list)
 
     def status(self) -> str:
-        """What the user is told after the run: how many segments for what, the organ the
-        answer was grounded in, and the engine's warning when that organ's map was larger
-        than the organ can be (the organ was not found in this scan)."""
+        """What the user is told after the run: how many segments for what (or, when none,
+        what to try next), the organ the answer was grounded in, and the engine's warning
+        when that organ's map was larger than the organ can be (the organ was not found in
+        this scan)."""
         result = self.result
         text = (
             f"{len(self.segment_ids)} new segment(s) for: {result.query} "
             f"(threshold {result.threshold:.2f})."
         )
+        if not self.segment_ids:  # say what to try, not just "0"
+            text = (
+                f"No lesion found for: {result.query} at threshold {result.threshold:.2f}. "
+                "Move the threshold slider down to look again (no new run), set a Region of "
+                "interest around the area, or use Find all lesions."
+            )
         if result.extra.get("grounded_in"):
             text += f" Searched the {result.extra['grounded_in']} for any lesion too."
         if result.extra.get("grounding_warning"):
