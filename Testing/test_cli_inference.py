@@ -43,6 +43,17 @@ def ct_file(tmp_path_factory):
     return path
 
 
+def test_an_answer_with_no_lesion_says_what_to_try_next(weights, ct_file, capsys):
+    """At a threshold nothing reaches, the answer says so and names the ways to look again."""
+    code = main(["segment", str(ct_file), "--preset", "renal cyst", "--threshold", "0.999",
+                 "--weights", str(weights), "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "0 lesion(s) for: Renal cyst" in printed
+    assert "none above threshold 0.999: try a lower --threshold, an --roi box" in printed
+    assert "`malenia find`" in printed
+
+
 def test_segment_writes_every_output_on_the_input_grid(weights, ct_file, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()  # an output folder must exist: the CLI does not create folders for a typo

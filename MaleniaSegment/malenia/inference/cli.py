@@ -304,6 +304,10 @@ def _run(args: argparse.Namespace) -> int:
         else encoded.segment(resolved, args.threshold)
     )
     print(f"{len(result.lesions)} lesion(s) for: {result.query}")
+    if not result.lesions:  # what to try next, not just "0"
+        ways = "a lower --threshold, an --roi box around the area"
+        ways += "" if resolved is None else ", or `malenia find` for every lesion"
+        print(f"  none above threshold {result.threshold:g}: try {ways}")
     for lesion in result.lesions:
         print(
             f"  {lesion.name}: {lesion.volume_ml:.2f} ml, longest axial diameter {lesion.diameter_mm:.1f} mm, "
