@@ -115,6 +115,35 @@ def _choose(mean_dice: dict[float, float]) -> tuple[float, float]:
     return min(near, key=lambda t: (abs(t - 0.5), t)), top
 
 
+def _recut_mean_dice(engine, cases, count: int, thresholds, log=None, tag="") -> dict:
+    """Mean Dice per threshold over the ``count`` ``cases`` of (name, volume, roi, query,
+    truth), read one at a time: each is encoded once and its answer re-cut at every
+    threshold (numpy only)."""
+    scores: dict[float, list[float]] = {t: [] for t in thresholds}
+    for number, (name, volume, roi, query, truth) in enumerate(cases, 1):
+        encoded = engine.encode(volume, roi=roi)
+        result = encoded.segment(query, 0.5)
+        for threshold in thresholds:
+            scores[threshold].append(dice(encoded.recut(result, threshold).labelmap > 0, truth))
+        engine._cache.clear()
+        if log:
+            log(f"[{tag} {number}/{count}] {name}")
+    return {t: float(np.mean(v)) for t, v in scores.items()}
+
+
+def _chosen(prefix: str, mean_dice: dict[float, float]) -> dict:
+    """The ``prefix``-named figures of one calibration: the threshold ``_choose`` picks, its
+    Dice, the best Dice, the Dice at 0.5 and every threshold's mean."""
+    best, top = _choose(mean_dice)
+    return {
+        f"{prefix}_threshold": best,
+        f"{prefix}_dice": round(mean_dice[best], 4),
+        f"{prefix}_best_dice": round(top, 4),
+        f"{prefix}_dice_at_0.5": round(mean_dice[0.5], 4) if 0.5 in mean_dice else None,
+        f"{prefix}_mean_dice_by_threshold": {str(t): round(v, 4) for t, v in mean_dice.items()},
+    }
+
+
 def calibrate_roi(engine, n_nodules: int = 60, thresholds=THRESHOLDS, log=None) -> dict:
     """The default threshold of small-ROI queries (encoded on a finer grid): mean Dice per
     threshold over ``n_nodules`` LIDC nodules of the *training* patients (a fixed random
@@ -124,27 +153,12 @@ def calibrate_roi(engine, n_nodules: int = 60, thresholds=THRESHOLDS, log=None) 
 
     nodules = load_lidc("train")
     chosen = np.random.default_rng(0).choice(len(nodules), min(n_nodules, len(nodules)), False)
-    scores: dict[float, list[float]] = {t: [] for t in thresholds}
-    for number, index in enumerate(sorted(chosen), 1):
-        nodule = nodules[index]
-        volume, roi = nodule_case(nodule)
-        encoded = engine.encode(volume, roi=roi)
-        result = encoded.segment(nodule_description(nodule), 0.5)
-        for threshold in thresholds:
-            scores[threshold].append(
-                dice(encoded.recut(result, threshold).labelmap > 0, nodule.mask)
-            )
-        engine._cache.clear()
-        if log:
-            log(f"[roi {number}/{len(chosen)}] {nodule.uid}")
-    mean_dice = {t: float(np.mean(v)) for t, v in scores.items()}
-    best, top = _choose(mean_dice)
-    return {
-        "roi_threshold": best,
-        "roi_dice": round(mean_dice[best], 4),
-        "roi_best_dice": round(top, 4),
-        "roi_dice_at_0.5": round(mean_dice[0.5], 4) if 0.5 in mean_dice else None,
-        "roi_mean_dice_by_threshold": {str(t): round(v, 4) for t, v in mean_dice.items()},
+    cases = (
+        (nodule.uid, *nodule_case(nodule), nodule_description(nodule), nodule.mask)
+        for nodule in (nodules[index] for index in sorted(chosen))
+    )
+    mean_dice = _recut_mean_dice(engine, cases, len(chosen), thresholds, log, "roi")
+    return _chosen("roi", mean_dice) | {
         "roi_set": {
             "source": "LIDC-IDRI nodule crops of the training patients (malenia.data.real_ct."
             "lidc_split), fixed random subset (seed 0); the validation fifth is never read",
@@ -163,22 +177,12 @@ def calibrate_lung(engine, n_masses: int = 12, thresholds=THRESHOLDS, log=None) 
     (``real_mix.pasted_lung_masses``; no validation case)."""
     from malenia.data.real_mix import pasted_lung_masses
 
-    scores: dict[float, list[float]] = {t: [] for t in thresholds}
-    for number, (name, volume, mass) in enumerate(pasted_lung_masses(n_masses), 1):
-        encoded = engine.encode(volume)
-        result = encoded.segment("lung cancer", 0.5)
-        for threshold in thresholds:
-            scores[threshold].append(dice(encoded.recut(result, threshold).labelmap > 0, mass))
-        engine._cache.clear()
-        if log:
-            log(f"[lung {number}/{n_masses}] {name}")
-    mean_dice = {t: float(np.mean(v)) for t, v in scores.items()}
-    best, top = _choose(mean_dice)
-    return {
-        "lung_threshold": best,
-        "lung_dice": round(mean_dice[best], 4),
-        "lung_best_dice": round(top, 4),
-        "lung_mean_dice_by_threshold": {str(t): round(v, 4) for t, v in mean_dice.items()},
+    cases = (
+        (name, volume, None, "lung cancer", mass)
+        for name, volume, mass in pasted_lung_masses(n_masses)
+    )
+    mean_dice = _recut_mean_dice(engine, cases, n_masses, thresholds, log, "lung")
+    return _chosen("lung", mean_dice) | {
         "lung_set": {
             "source": "the real training scans (malenia.data.real_ct.load_training_scans) with a "
             "solid LIDC nodule of the training patients enlarged to 20-55 mm pasted into their "
