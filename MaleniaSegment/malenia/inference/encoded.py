@@ -142,10 +142,10 @@ class EncodedVolume:
         answer naming a lung location the threshold calibrated on real lungs (``malenia
         calibrate --lung``) when the card has one: a lung mass's map is surer than an
         abdominal lesion's, and vessels beside it reach middling probabilities."""
-        postprocess = self.engine.card.get("postprocess") or {}
-        lung_threshold = postprocess.get("lung_threshold")
-        in_lung = description is not None and _organ_of_location(description.location) == "lung"
-        if lung_threshold is not None and not self.zoomed and in_lung:
+        lung_threshold = (self.engine.card.get("postprocess") or {}).get("lung_threshold")
+        if lung_threshold is None or self.zoomed or description is None:
+            return self.default_threshold
+        if _organ_of_location(description.location) == "lung":
             return float(lung_threshold)
         return self.default_threshold
 
