@@ -58,11 +58,12 @@ class Run:
         when that organ's map was larger than the organ can be (the organ was not found in
         this scan)."""
         result = self.result
-        text = (
-            f"{len(self.segment_ids)} new segment(s) for: {result.query} "
-            f"(threshold {result.threshold:.2f})."
-        )
-        if not self.segment_ids:  # say what to try, not just "0"
+        if self.segment_ids:
+            text = (
+                f"{len(self.segment_ids)} new segment(s) for: {result.query} "
+                f"(threshold {result.threshold:.2f})."
+            )
+        else:  # say what to try, not just "0"
             text = (
                 f"No lesion found for: {result.query} at threshold {result.threshold:.2f}. "
                 "Move the threshold slider down to look again (no new run), set a Region of "
