@@ -405,6 +405,18 @@ def test_lung_masses_may_lie_on_the_mediastinum_and_chest_wall_when_asked():
     assert np.median(outside[1.0]) > 0.15 and outside[1.0].max() > 0.4, outside
 
 
+def test_a_config_asks_for_lesions_that_keep_the_scanners_noise():
+    """``data.keep_scanner_noise`` reaches the real mixture (configs before stage 23 lack it
+    and keep the white-noise renders they were trained with)."""
+    from malenia.model import MaleniaConfig
+    from malenia.training.config import TrainConfig
+    from malenia.training.data import make_dataset
+
+    for data, expected in (({}, False), ({"keep_scanner_noise": True}, True)):
+        config = TrainConfig(data={"type": "real_mix", **data})
+        assert make_dataset(config, MaleniaConfig.tiny()).keep_scanner_noise is expected
+
+
 @needs_data
 def test_lung_threshold_is_calibrated_on_training_scans_with_pasted_training_nodules(engine):
     """``malenia calibrate --lung``: the cases are training scans with a solid LIDC nodule of

@@ -233,6 +233,41 @@ def test_contrast_scales_the_lesion_offset_from_its_host(liver_phantom):
     assert abs(offsets[0.25]) < 0.5 * abs(offsets[1.0])
 
 
+def _scanner_noise(ct, mask):
+    """(std, lag-1 autocorrelation along x) of the fine grain of ``ct`` inside ``mask``."""
+    grain = ct - ndimage.gaussian_filter(ct, 1.5)
+    pairs = mask[:, :, 1:] & mask[:, :, :-1]
+    lag1 = np.corrcoef(grain[:, :, 1:][pairs], grain[:, :, :-1][pairs])[0, 1]
+    return float(grain[mask].std()), float(lag1)
+
+
+def test_a_lesion_rendered_into_real_ct_keeps_the_scanners_noise(liver_phantom):
+    """Real CT noise is correlated between neighbouring voxels; a lesion drawn with fresh
+    white noise carries a texture no real tissue has, and weights trained on such lesions
+    found the noise, not the lesion (a real-liver blob: probability 0.000 with the liver's
+    grain, 1.000 with white noise). With ``keep_scanner_noise`` the lesion keeps the scan's
+    own grain, and its mass effect does not smooth the grain around it."""
+    rng = np.random.default_rng(0)
+    grain = ndimage.gaussian_filter(rng.standard_normal(liver_phantom.ct.shape), 0.9)
+    scan = (ndimage.gaussian_filter(liver_phantom.ct, 2.0) + grain * (12.0 / grain.std()))
+    scan = scan.astype(np.float32)  # a "real" scan: smooth anatomy + correlated noise
+    liver = liver_phantom.labels == LABELS["right liver lobe"]
+    record = LesionRecord("liver cancer", LesionDescription(**BASE), size_mm=(30, 30))
+    ct, instances, done = render_lesions(scan, liver_phantom.labels, [record],
+                                         np.random.default_rng(3), SPACING, keep_scanner_noise=True)  # fmt: skip
+    lesion = instances > 0
+    assert len(done) == 1 and lesion.sum() > 500
+    inside = ndimage.binary_erosion(lesion, iterations=2)
+    shell = ndimage.binary_dilation(lesion, iterations=5) & ~ndimage.binary_dilation(lesion, iterations=1)
+    far = ndimage.binary_erosion(liver, iterations=2) & ~ndimage.binary_dilation(lesion, iterations=10)
+    host_std, host_lag1 = _scanner_noise(scan, inside)  # the same voxels before rendering
+    lesion_std, lesion_lag1 = _scanner_noise(ct, inside)
+    assert abs(lesion_lag1 - host_lag1) < 0.1, (lesion_lag1, host_lag1)  # white noise: ~0.15
+    assert abs(lesion_std - host_std) < 0.15 * host_std, (lesion_std, host_std)
+    assert _scanner_noise(ct, shell & liver)[0] > 0.95 * _scanner_noise(ct, far)[0]
+    assert float(np.median(ct[inside])) < float(np.median(scan[inside])) - 30  # still hypodense
+
+
 def test_a_subtle_lesion_is_subtle_in_texture_too(liver_phantom):
     """Contrast scales the heterogeneous mottle as well as the mean: a subtle HCC keeps
     about the liver's own grain (a loud texture would give away what the mean hides)."""

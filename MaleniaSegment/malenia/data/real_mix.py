@@ -187,12 +187,15 @@ class RealMixDataset:
 
     def __init__(self, categories, seed: int = 0, shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
                  mix: dict | None = None, max_lesions: int = 2, distractor_prob: float = 0.5,
-                 lung_contact_share: float = 0.0) -> None:  # fmt: skip
+                 lung_contact_share: float = 0.0, keep_scanner_noise: bool = False) -> None:  # fmt: skip
         from malenia.synth import SyntheticLesionDataset
 
         self.categories = tuple(categories)
         self.seed, self.shape, self.spacing = seed, tuple(shape), tuple(spacing)
         self.lung_contact_share = float(lung_contact_share)  # see CONTACT_DEPTH_MM
+        # Lesions rendered into real CT keep its noise (synth.lesions.SCANNER_NOISE_SIGMA_VOX);
+        # False (older configs) draws them with white noise, as for phantoms.
+        self.keep_scanner_noise = bool(keep_scanner_noise)
         mix = dict(mix or DEFAULT_MIX)
         unknown = set(mix) - set(self.KINDS)
         if unknown:
@@ -290,7 +293,8 @@ class RealMixDataset:
                 render_labels = soft_tissue_open_to_lung_masses(labels, hu, self.spacing)
                 placement = subpleural(labels, self.spacing)
         hu, instances, rendered = render_lesions(
-            hu, render_labels, records, rng, self.spacing, placement=placement
+            hu, render_labels, records, rng, self.spacing, placement=placement,
+            keep_scanner_noise=self.keep_scanner_noise,
         )
         descriptions = [prompts[records.index(r)] for r in rendered]
         categories = [r.category for r in rendered]
@@ -338,7 +342,8 @@ class RealMixDataset:
         record = LesionRecord(SOFT_TISSUE_CATEGORY, description, "", SOFT_TISSUE_SIZE_MM,
                               contrast=draw_contrast(rng))  # fmt: skip
         try:
-            hu, instances = render_in_host(hu, tissue, muscle, record, rng, self.spacing)
+            hu, instances = render_in_host(hu, tissue, muscle, record, rng, self.spacing,
+                                           self.keep_scanner_noise)  # fmt: skip
         except RenderError:
             return self._scan_item("real_negative", rng)
         middle = np.array(record.rendered["centre_voxel"]) + rng.integers(-10, 11, size=3)

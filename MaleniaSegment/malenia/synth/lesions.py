@@ -62,6 +62,16 @@ class LesionRecord:
     contrast: float = 1.0
 
 
+# A lesion rendered into a real CT keeps the scanner's noise where it is: the noise is the
+# part of the CT a Gaussian of this width (voxels) removes, clipped at 3 robust standard
+# deviations so that vessel and organ edges stay with the anatomy. Drawn as fresh white
+# noise instead (as for phantoms, whose own noise is white), every rendered lesion carried a
+# texture no real tissue has, and weights trained on them learnt that texture: a -40 HU
+# blob in a real training liver got probability 0.000 with the liver's own grain and 1.000
+# with white noise (docs/EVALUATION.md, stage 23).
+SCANNER_NOISE_SIGMA_VOX = 1.5
+
+
 class RenderError(ValueError):
     """The requested lesion cannot be placed in this volume (e.g. its organ is absent)."""
 
@@ -120,6 +130,7 @@ def render_lesions(
     spacing: tuple[float, float, float],
     location_labels: dict[str, int] | None = None,
     placement: np.ndarray | None = None,
+    keep_scanner_noise: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[LesionRecord]]:
     """Insert one lesion per record. Returns (new ct, instance mask int16, rendered records).
 
@@ -127,7 +138,8 @@ def render_lesions(
     ``synth.real_ct.labels_from_totalseg`` (or any map with ``location_labels``: canonical
     location -> label id). ``placement``: where in its host a lesion's centre may go (e.g.
     under the pleura); None, or no free voxel of it in the host, places it anywhere there.
-    Records whose organ is not in the volume are skipped; the returned list holds only
+    ``keep_scanner_noise`` (for real CT): the lesion keeps the scan's own noise instead of
+    fresh white noise (see SCANNER_NOISE_SIGMA_VOX). Records whose organ is not in the volume are skipped; the returned list holds only
     lesions actually rendered, in the order of their instance ids. ``labels`` is not
     modified (organ outlines near a lesion move by its mass effect in ``ct`` only).
     """
@@ -146,7 +158,8 @@ def render_lesions(
             continue
         try:
             instance = len(rendered) + 1
-            _render_one(ct, labels, instances, host, record, rng, spacing_arr, instance, placement)
+            _render_one(ct, labels, instances, host, record, rng, spacing_arr, instance, placement,
+                        keep_scanner_noise)  # fmt: skip
         except RenderError:
             continue
         rendered.append(record)
@@ -160,6 +173,7 @@ def render_in_host(
     record: LesionRecord,
     rng: np.random.Generator,
     spacing: tuple[float, float, float],
+    keep_scanner_noise: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One lesion inside ``host`` (a mask, for tissue no location names, e.g. muscle).
     Returns (new ct, instance mask with the lesion as 1); RenderError when it cannot be placed."""
@@ -168,7 +182,8 @@ def render_in_host(
     if host.sum() < 20:
         raise RenderError("the host tissue is not in this volume")
     spacing_arr = np.asarray(spacing, dtype=np.float32)
-    _render_one(ct, labels, instances, host, record, rng, spacing_arr, 1)
+    _render_one(ct, labels, instances, host, record, rng, spacing_arr, 1,
+                keep_scanner_noise=keep_scanner_noise)  # fmt: skip
     return ct, instances
 
 
@@ -185,6 +200,7 @@ def _render_one(
     spacing,
     instance_id: int,
     placement: np.ndarray | None = None,
+    keep_scanner_noise: bool = False,
 ) -> None:
     d = record.description
     features = set(d.specific_features)
@@ -227,15 +243,21 @@ def _render_one(
     # Host statistics from the box (cheap on a whole real CT): median HU and noise level.
     host_values = ct[box][host_box]
     host_hu = float(np.median(host_values)) if host_values.size else float(np.median(ct[host]))
-    noise_sigma = _noise_sigma(ct[box], host_box)
+    scanner_noise = 0.0
+    if keep_scanner_noise:
+        # The anatomy moves and the lesion replaces it; the noise stays where the scanner put it.
+        ct[box], scanner_noise = split_scanner_noise(ct[box], host_box)
+    else:
+        noise_sigma = _noise_sigma(ct[box], host_box)
 
     if not colon_wall:
         _mass_effect(ct, box, grid, axes, spacing, d, rng)
     lesion_hu = _lesion_intensity(record, d, features, host_hu, rng, distance, radius_vox)
-    lesion_hu += noise_sigma * rng.standard_normal(distance.shape, dtype=np.float32)
+    if not keep_scanner_noise:
+        lesion_hu += noise_sigma * rng.standard_normal(distance.shape, dtype=np.float32)
     _add_features(features, distance, local, lesion_hu, rng, spacing, host_hu)
 
-    ct[box] = ct[box] * (1.0 - alpha) + lesion_hu * alpha
+    ct[box] = ct[box] * (1.0 - alpha) + lesion_hu * alpha + scanner_noise
     mask = (alpha > 0.5) & (instances[box] == 0)
     instances[box][mask] = instance_id
     if "duct dilatation" in features:
@@ -304,6 +326,17 @@ def _keep_main_part(alpha, distance) -> np.ndarray:
         ndimage.binary_dilation(keep, iterations=2).astype(np.float32), 0.8
     )
     return alpha * np.minimum(support * 1.3, 1.0)
+
+
+def split_scanner_noise(ct_box: np.ndarray, host_box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(anatomy, noise) with anatomy + noise == ``ct_box``: the noise is what a Gaussian of
+    SCANNER_NOISE_SIGMA_VOX leaves, clipped at 3 robust standard deviations of the host's
+    (the excess at vessel and organ edges stays with the anatomy)."""
+    residual = ct_box - ndimage.gaussian_filter(ct_box, SCANNER_NOISE_SIGMA_VOX)
+    values = residual[host_box] if host_box.sum() >= 50 else residual.ravel()
+    sigma = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    noise = np.clip(residual, -3.0 * sigma, 3.0 * sigma).astype(np.float32)
+    return (ct_box - noise).astype(np.float32), noise
 
 
 def _noise_sigma(ct_box, host_box) -> float:

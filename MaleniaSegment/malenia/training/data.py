@@ -27,6 +27,7 @@ def make_dataset(config: TrainConfig, model_config: MaleniaConfig, seed_offset: 
             max_lesions=config.data.get("max_lesions", 2),
             distractor_prob=config.data.get("distractor_prob", 0.5),
             lung_contact_share=config.data.get("lung_contact_share", 0.0),
+            keep_scanner_noise=config.data.get("keep_scanner_noise", False),
         )  # fmt: skip
     if kind in ("msd", "kits23"):
         from malenia.data import RealLesionDataset
