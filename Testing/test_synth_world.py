@@ -249,7 +249,7 @@ def test_a_lesion_rendered_into_real_ct_keeps_the_scanners_noise(liver_phantom):
     own grain, and its mass effect does not smooth the grain around it."""
     rng = np.random.default_rng(0)
     grain = ndimage.gaussian_filter(rng.standard_normal(liver_phantom.ct.shape), 0.9)
-    scan = (ndimage.gaussian_filter(liver_phantom.ct, 2.0) + grain * (12.0 / grain.std()))
+    scan = ndimage.gaussian_filter(liver_phantom.ct, 2.0) + grain * (12.0 / grain.std())
     scan = scan.astype(np.float32)  # a "real" scan: smooth anatomy + correlated noise
     liver = liver_phantom.labels == LABELS["right liver lobe"]
     record = LesionRecord("liver cancer", LesionDescription(**BASE), size_mm=(30, 30))
@@ -258,8 +258,12 @@ def test_a_lesion_rendered_into_real_ct_keeps_the_scanners_noise(liver_phantom):
     lesion = instances > 0
     assert len(done) == 1 and lesion.sum() > 500
     inside = ndimage.binary_erosion(lesion, iterations=2)
-    shell = ndimage.binary_dilation(lesion, iterations=5) & ~ndimage.binary_dilation(lesion, iterations=1)
-    far = ndimage.binary_erosion(liver, iterations=2) & ~ndimage.binary_dilation(lesion, iterations=10)
+    shell = ndimage.binary_dilation(lesion, iterations=5) & ~ndimage.binary_dilation(
+        lesion, iterations=1
+    )
+    far = ndimage.binary_erosion(liver, iterations=2) & ~ndimage.binary_dilation(
+        lesion, iterations=10
+    )
     host_std, host_lag1 = _scanner_noise(scan, inside)  # the same voxels before rendering
     lesion_std, lesion_lag1 = _scanner_noise(ct, inside)
     assert abs(lesion_lag1 - host_lag1) < 0.1, (lesion_lag1, host_lag1)  # white noise: ~0.15

@@ -293,7 +293,12 @@ class RealMixDataset:
                 render_labels = soft_tissue_open_to_lung_masses(labels, hu, self.spacing)
                 placement = subpleural(labels, self.spacing)
         hu, instances, rendered = render_lesions(
-            hu, render_labels, records, rng, self.spacing, placement=placement,
+            hu,
+            render_labels,
+            records,
+            rng,
+            self.spacing,
+            placement=placement,
             keep_scanner_noise=self.keep_scanner_noise,
         )
         descriptions = [prompts[records.index(r)] for r in rendered]
