@@ -405,6 +405,38 @@ def test_lung_masses_may_lie_on_the_mediastinum_and_chest_wall_when_asked():
     assert np.median(outside[1.0]) > 0.15 and outside[1.0].max() > 0.4, outside
 
 
+def test_a_pasted_nodule_can_take_the_noise_of_the_scan_it_is_pasted_into():
+    """An enlarged LIDC nodule is smooth (interpolated from another scanner's grid); with a
+    ``noise_rng`` it gets noise like the host window's soft tissue instead."""
+    from malenia.data.real_mix import paste
+
+    rng = np.random.default_rng(0)
+    shape = (40, 40, 80)
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), (1.0, 0.0, 0.0))
+    window = (40.0 + noise * (10.0 / noise.std())).astype(np.float32)
+    window[:, :, :40] = -850.0
+    lung = np.zeros(shape, bool)
+    lung[:, :, :40] = True
+    zz, yy, xx = np.indices((21, 21, 21)) - 10
+    mask = zz**2 + yy**2 + xx**2 <= 81
+    nodule = np.where(mask, 30.0, -850.0).astype(np.float32)  # smooth inside
+    inside = np.zeros(shape, bool)
+    inside[15:26, 15:26, 15:26] = (
+        mask[5:16, 5:16, 5:16] & (zz**2 + yy**2 + xx**2 <= 9)[5:16, 5:16, 5:16]
+    )
+
+    def grain(volume, where=inside):
+        return float((volume - ndimage.gaussian_filter(volume, 1.5))[where].std())
+
+    soft_tissue = np.roll(inside, 40, axis=2)
+
+    as_is, lesion = paste(window, lung, nodule, mask, (20, 20, 20))
+    noisy, lesion_again = paste(window, lung, nodule, mask, (20, 20, 20), np.random.default_rng(1))
+    assert (lesion == lesion_again).all() and lesion[inside].all()
+    assert grain(as_is) < 1.0
+    assert abs(grain(noisy) - grain(window, soft_tissue)) < 0.2 * grain(window, soft_tissue)
+
+
 def test_a_config_asks_for_lesions_that_keep_the_scanners_noise():
     """``data.keep_scanner_noise`` reaches the real mixture (configs before stage 23 lack it
     and keep the white-noise renders they were trained with)."""

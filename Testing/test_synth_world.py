@@ -272,6 +272,48 @@ def test_a_lesion_rendered_into_real_ct_keeps_the_scanners_noise(liver_phantom):
     assert float(np.median(ct[inside])) < float(np.median(scan[inside])) - 30  # still hypodense
 
 
+def test_a_lesion_in_the_lung_gets_noise_like_the_scans_soft_tissue():
+    """A lung's fine grain is its vessels and septa, not noise: a mass rendered there gets
+    the noise of the scan's flat soft tissue, at its level and with its correlation per axis
+    (here a thick-slice scan: neighbours agree along z, hardly in-plane)."""
+    from malenia.synth.lesions import matched_scanner_noise
+
+    rng = np.random.default_rng(1)
+    shape = (40, 48, 96)
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), (1.0, 0.0, 0.0))
+    ct = 40.0 + noise * (10.0 / noise.std())  # soft tissue, x >= 48
+    labels = np.full(shape, LABELS["muscle"], np.uint8)
+    lung_texture = 120.0 * ndimage.gaussian_filter(rng.standard_normal(shape), 0.7)
+    ct[:, :, :48] = -850.0 + lung_texture[:, :, :48]
+    labels[:, :, :48] = LABELS["right lower lobe"]
+    ct = ct.astype(np.float32)
+    soft = np.zeros(shape, bool)
+    soft[4:-4, 4:-4, 56:-4] = True
+    soft_std, soft_lag = _scanner_noise(ct, soft)
+    soft_lag_z = _scanner_noise(ct.transpose(2, 1, 0).copy(), soft.transpose(2, 1, 0).copy())[1]
+
+    drawn = matched_scanner_noise(ct, (30, 30, 30), rng)
+    everywhere = np.ones(drawn.shape, bool)
+    drawn_std, drawn_lag = _scanner_noise(drawn, everywhere)
+    drawn_lag_z = _scanner_noise(drawn.transpose(2, 1, 0).copy(), everywhere)[1]
+    assert abs(drawn_std - soft_std) < 0.15 * soft_std, (drawn_std, soft_std)
+    assert abs(drawn_lag - soft_lag) < 0.1 and abs(drawn_lag_z - soft_lag_z) < 0.1
+    assert soft_lag_z > 0.5 > soft_lag + 0.3  # the scan is anisotropic, and so is the draw
+
+    description = LesionDescription(
+        **{**BASE, "location": "right lower lobe", "density": "isodense"}
+    )
+    record = LesionRecord("lung cancer", description, size_mm=(50, 50))
+    out, instances, done = render_lesions(ct, labels, [record], np.random.default_rng(2), SPACING,
+                                          keep_scanner_noise=True)  # fmt: skip
+    inside = ndimage.binary_erosion(instances > 0, iterations=5)  # away from the edge
+    assert len(done) == 1 and inside.sum() > 300
+    lung_std = _scanner_noise(ct, inside)[0]  # the lung's grain at the same voxels
+    lesion_std = _scanner_noise(out, inside)[0]
+    assert lung_std > 3 * soft_std  # the lung grain it replaces
+    assert abs(lesion_std - soft_std) < 0.3 * soft_std, (lesion_std, soft_std)
+
+
 def test_a_subtle_lesion_is_subtle_in_texture_too(liver_phantom):
     """Contrast scales the heterogeneous mottle as well as the mean: a subtle HCC keeps
     about the liver's own grain (a loud texture would give away what the mean hides)."""

@@ -193,8 +193,9 @@ class RealMixDataset:
         self.categories = tuple(categories)
         self.seed, self.shape, self.spacing = seed, tuple(shape), tuple(spacing)
         self.lung_contact_share = float(lung_contact_share)  # see CONTACT_DEPTH_MM
-        # Lesions rendered into real CT keep its noise (synth.lesions.SCANNER_NOISE_SIGMA_VOX);
-        # False (older configs) draws them with white noise, as for phantoms.
+        # Lesions rendered into real CT keep its noise (synth.lesions.SCANNER_NOISE_SIGMA_VOX),
+        # lung lesions and pasted nodules get noise like its soft tissue; False (older
+        # configs) draws them with white noise, as for phantoms, and pastes nodules as they are.
         self.keep_scanner_noise = bool(keep_scanner_noise)
         mix = dict(mix or DEFAULT_MIX)
         unknown = set(mix) - set(self.KINDS)
@@ -406,7 +407,7 @@ class RealMixDataset:
         labels = crop_window(scan.labels, start, self.shape, mode="constant")
         at = [int(c - s) for c, s in zip(centre, start, strict=True)]
         window, lesion = paste(window, crop_window(lung, start, self.shape, mode="constant"),
-                               hu, mask, at)  # fmt: skip
+                               hu, mask, at, rng if self.keep_scanner_noise else None)  # fmt: skip
         found = bool(lesion.sum() >= 8)
         description = nodule_description(nodule)
         if found:
@@ -473,10 +474,18 @@ def enlarged_nodule(nodule, model_spacing, diameter_mm: float, rng: np.random.Ge
     return np.rot90(hu, turns, (1, 2)).copy(), np.rot90(mask, turns, (1, 2)).copy()
 
 
-def paste(window: np.ndarray, lung: np.ndarray, hu: np.ndarray, mask: np.ndarray, at):
+def paste(window: np.ndarray, lung: np.ndarray, hu: np.ndarray, mask: np.ndarray, at,
+          noise_rng: np.random.Generator | None = None):  # fmt: skip
     """``hu`` (its ``mask`` part and a feathered one-voxel rim) blended into ``window`` centred at
     voxel ``at``, inside the lung only: a juxtapleural nodule stops at the chest wall, whose
-    soft tissue hides the rest. Returns (window, lesion mask)."""
+    soft tissue hides the rest. With ``noise_rng`` the nodule's own grain (smoothed by
+    enlarging, from another scanner) is replaced by noise like the window's soft tissue
+    (``matched_scanner_noise``). Returns (window, lesion mask)."""
+    if noise_rng is not None:
+        from malenia.synth.lesions import matched_scanner_noise
+
+        hu = ndimage.gaussian_filter(hu.astype(np.float32), 0.6)
+        hu = hu + matched_scanner_noise(window, hu.shape, noise_rng)
     window = window.copy()
     lesion = np.zeros(window.shape, bool)
     src, dst = [], []
