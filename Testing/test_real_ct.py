@@ -438,15 +438,22 @@ def test_a_pasted_nodule_can_take_the_noise_of_the_scan_it_is_pasted_into():
 
 
 def test_a_config_asks_for_lesions_that_keep_the_scanners_noise():
-    """``data.keep_scanner_noise`` reaches the real mixture (configs before stage 23 lack it
-    and keep the white-noise renders they were trained with)."""
+    """``data.keep_scanner_noise`` reaches the real mixture and ``data.phantom_scanner_noise``
+    its phantoms (configs before stage 23 lack both and keep the white-noise renders they
+    were trained with)."""
     from malenia.model import MaleniaConfig
     from malenia.training.config import TrainConfig
     from malenia.training.data import make_dataset
 
-    for data, expected in (({}, False), ({"keep_scanner_noise": True}, True)):
+    for data, real, phantoms in (
+        ({}, False, False),
+        ({"keep_scanner_noise": True}, True, False),
+        ({"keep_scanner_noise": True, "phantom_scanner_noise": True}, True, True),
+    ):
         config = TrainConfig(data={"type": "real_mix", **data})
-        assert make_dataset(config, MaleniaConfig.tiny()).keep_scanner_noise is expected
+        dataset = make_dataset(config, MaleniaConfig.tiny())
+        assert dataset.keep_scanner_noise is real
+        assert dataset.phantoms.keep_scanner_noise is phantoms
 
 
 @needs_data

@@ -187,7 +187,8 @@ class RealMixDataset:
 
     def __init__(self, categories, seed: int = 0, shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
                  mix: dict | None = None, max_lesions: int = 2, distractor_prob: float = 0.5,
-                 lung_contact_share: float = 0.0, keep_scanner_noise: bool = False) -> None:  # fmt: skip
+                 lung_contact_share: float = 0.0, keep_scanner_noise: bool = False,
+                 phantom_scanner_noise: bool = False) -> None:  # fmt: skip
         from malenia.synth import SyntheticLesionDataset
 
         self.categories = tuple(categories)
@@ -196,6 +197,8 @@ class RealMixDataset:
         # Lesions rendered into real CT keep its noise (synth.lesions.SCANNER_NOISE_SIGMA_VOX),
         # lung lesions and pasted nodules get noise like its soft tissue; False (older
         # configs) draws them with white noise, as for phantoms, and pastes nodules as they are.
+        # ``phantom_scanner_noise``: the phantoms' lesions keep the phantom's noise too (their
+        # white noise is a little louder than the phantom's own, and lacks its smooth grain).
         self.keep_scanner_noise = bool(keep_scanner_noise)
         mix = dict(mix or DEFAULT_MIX)
         unknown = set(mix) - set(self.KINDS)
@@ -207,8 +210,9 @@ class RealMixDataset:
         weights = np.array([mix[k] for k in self.kinds], float)
         self.weights = weights / weights.sum()
         self.phantoms = SyntheticLesionDataset(
-            self.categories, seed, 10**9, self.shape, self.spacing, max_lesions, distractor_prob
-        )
+            self.categories, seed, 10**9, self.shape, self.spacing, max_lesions, distractor_prob,
+            keep_scanner_noise=phantom_scanner_noise,
+        )  # fmt: skip
         self._scans: list[RealScan] | None = None
         self._nodules = None
 

@@ -43,11 +43,14 @@ def make_sample(
     spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
     max_lesions: int = 2,
     distractor_prob: float = 0.0,
+    keep_scanner_noise: bool = False,
 ) -> Sample:
     """One volume around a lesion of a random category in ``categories`` (+ maybe others).
 
     With ``distractor_prob`` a lesion of another of ``categories`` in the same body region is
-    added: a volume holding two kinds of lesion is what makes the description matter."""
+    added: a volume holding two kinds of lesion is what makes the description matter.
+    ``keep_scanner_noise``: the lesions keep the phantom's own noise (render_lesions); the
+    benchmark volumes are drawn without it, as every published figure was."""
     rng = np.random.default_rng(seed)
     first = _draw(rng, categories)
     location = first.description.location
@@ -69,7 +72,9 @@ def make_sample(
         other = _draw(rng, categories)
         if (other.description.location in CHEST_LOCATIONS) == (region == "chest"):
             records.append(other)
-    ct, instances, rendered = render_lesions(phantom.ct, phantom.labels, records, rng, spacing)
+    ct, instances, rendered = render_lesions(
+        phantom.ct, phantom.labels, records, rng, spacing, keep_scanner_noise=keep_scanner_noise
+    )
     return Sample(ct, phantom.labels, instances, rendered, spacing, phase, phantom.origin_mm)
 
 
@@ -100,10 +105,12 @@ class SyntheticLesionDataset:
         spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
         max_lesions: int = 2,
         distractor_prob: float = 0.0,
+        keep_scanner_noise: bool = False,
     ) -> None:
         self.categories, self.seed, self.length = tuple(categories), seed, length
         self.shape, self.spacing, self.max_lesions = shape, spacing, max_lesions
         self.distractor_prob = distractor_prob
+        self.keep_scanner_noise = keep_scanner_noise
 
     def __len__(self) -> int:
         return self.length
@@ -117,6 +124,7 @@ class SyntheticLesionDataset:
                 self.spacing,
                 self.max_lesions,
                 self.distractor_prob,
+                self.keep_scanner_noise,
             )
             if sample.lesions:
                 break

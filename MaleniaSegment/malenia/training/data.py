@@ -28,6 +28,7 @@ def make_dataset(config: TrainConfig, model_config: MaleniaConfig, seed_offset: 
             distractor_prob=config.data.get("distractor_prob", 0.5),
             lung_contact_share=config.data.get("lung_contact_share", 0.0),
             keep_scanner_noise=config.data.get("keep_scanner_noise", False),
+            phantom_scanner_noise=config.data.get("phantom_scanner_noise", False),
         )  # fmt: skip
     if kind in ("msd", "kits23"):
         from malenia.data import RealLesionDataset
