@@ -140,9 +140,10 @@ def render_lesions(
     location -> label id). ``placement``: where in its host a lesion's centre may go (e.g.
     under the pleura); None, or no free voxel of it in the host, places it anywhere there.
     ``keep_scanner_noise`` (for real CT): the lesion keeps the scan's own noise instead of
-    fresh white noise (see SCANNER_NOISE_SIGMA_VOX). Records whose organ is not in the volume are skipped; the returned list holds only
-    lesions actually rendered, in the order of their instance ids. ``labels`` is not
-    modified (organ outlines near a lesion move by its mass effect in ``ct`` only).
+    fresh white noise (see SCANNER_NOISE_SIGMA_VOX). Records whose organ is not in the
+    volume are skipped; the returned list holds only lesions actually rendered, in the order
+    of their instance ids. ``labels`` is not modified (organ outlines near a lesion move by
+    its mass effect in ``ct`` only).
     """
     location_labels = location_labels or LOCATION_LABEL
     ct = ct.astype(np.float32, copy=True)
@@ -250,10 +251,11 @@ def _render_one(
         # it. A lung's fine grain is mostly its own vessels and septa (4-5x the noise of its
         # soft tissue), so a lesion in the lung gets noise like the scan's soft tissue instead.
         in_lung = host_hu < -500
-        shape = distance.shape
-        lesion_noise = matched_scanner_noise(ct, shape, rng) if in_lung else None
+        if in_lung:  # measured before the box gives up its noise
+            lesion_noise = matched_scanner_noise(ct, distance.shape, rng)
         ct[box], host_noise = split_scanner_noise(ct[box], host_box)
-        lesion_noise = host_noise if lesion_noise is None else lesion_noise
+        if not in_lung:
+            lesion_noise = host_noise
     else:
         noise_sigma = _noise_sigma(ct[box], host_box)
 
