@@ -63,7 +63,10 @@ def test_smoke_eval_writes_every_output(tmp_path):
         ["renal cyst", "liver cancer"],
         1,
         (48, 48, 48),
+        lesion_noise="scanner",
     )
+    assert "the phantom's own noise" in (tmp_path / "eval" / "summary.md").read_text()
+    assert summary["settings"]["lesion_noise"] == "scanner"
     for name in ("metrics.json", "per_case.csv", "summary.md", "dsc_per_category.png"):
         assert (tmp_path / "eval" / name).is_file(), name
     assert {"seen", "unseen"} <= set(summary["groups"])
@@ -140,3 +143,19 @@ def test_distractor_split_separates_volumes_holding_another_category():
     assert split["unseen, target alone"] == {"volumes": 2, "dice_true": 0.8, "dice_control_B": 0.2}
     assert split["unseen, with distractor"]["dice_true"] == 0.4
     assert split["seen, with distractor"]["volumes"] == 1 and "seen, target alone" not in split
+
+
+def test_the_synthetic_set_can_draw_its_lesions_with_the_phantoms_own_noise():
+    """`malenia eval --lesion-noise scanner`: the same lesions in the same phantoms, each
+    keeping the phantom's noise instead of fresh white noise, so a model that scores only
+    on white-noise lesions (as the weights up to stage 23 did) shows it."""
+    from malenia.evaluation.testset import HeldOutSetError, make_case
+
+    white = make_case("renal cyst", 1, (48, 48, 48), (2.0, 2.0, 2.0))
+    scanner = make_case("renal cyst", 1, (48, 48, 48), (2.0, 2.0, 2.0), lesion_noise="scanner")
+    assert np.array_equal(white.instances, scanner.instances)  # same lesions, same places
+    lesion = white.instances > 0
+    assert lesion.sum() > 100
+    assert not np.allclose(white.ct[lesion], scanner.ct[lesion], atol=1.0)
+    with pytest.raises(HeldOutSetError, match="lesion_noise must be one of"):
+        make_case("renal cyst", 1, (48, 48, 48), (2.0, 2.0, 2.0), lesion_noise="pink")

@@ -37,13 +37,18 @@ def _f(value, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+_LESION_NOISE_WORDS = {"white": "fresh white noise", "scanner": "the phantom's own noise"}
+
+
 def summary_markdown(summary: dict) -> str:
     """The tables of docs/EVALUATION.md, ready to paste."""
     s = summary["settings"]
     lines = [
         f"Model `{s['model']}`, {s['n_per_category']} volumes per category, "
         f"{'x'.join(map(str, s['shape_zyx']))} voxels at {s['spacing_mm'][0]} mm, "
-        f"threshold {s['threshold']}, test-set seed {s['test_set_seed']}, {s['seconds']} s.",
+        f"threshold {s['threshold']}, test-set seed {s['test_set_seed']}, "
+        f"lesions drawn with {_LESION_NOISE_WORDS[s.get('lesion_noise', 'white')]}, "
+        f"{s['seconds']} s.",
         "",
         "| category | seen | n | DSC | NSD@2mm | recall | precision | control B | control C "
         "| baseline A DSC | baseline A recall |",

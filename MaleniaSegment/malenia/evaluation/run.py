@@ -26,6 +26,7 @@ from malenia.errors import MaleniaError
 from malenia.evaluation.metrics import DETECTION_IOU, NSD_TOLERANCE_MM, dice, lesion_detection, nsd
 from malenia.evaluation.testset import (
     DISTRACTOR_P,
+    LESION_NOISE,
     SECOND_SAME_CATEGORY_P,
     HeldOutCase,
     check_categories,
@@ -104,6 +105,13 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--organ-features", choices=ORGAN_FEATURES, help="--real: " + ORGAN_FEATURES_HELP
+    )
+    parser.add_argument(
+        "--lesion-noise",
+        choices=LESION_NOISE,
+        default="white",
+        help="synthetic set: lesions drawn with fresh white noise (the published benchmark) "
+        "or keeping the phantom's own noise (scanner), as real lesions keep their scan's",
     )
     parser.add_argument("--no-overlays", action="store_true", help="skip overlays.png")
     parser.set_defaults(handler=_run)
@@ -303,6 +311,7 @@ def evaluate(
     ablations: dict | None = None,
     overlays: bool = True,
     log=None,
+    lesion_noise: str = "white",
 ) -> dict:
     """Run the whole evaluation and write metrics.json, per_case.csv, summary.md,
     dsc_per_category.png (and overlays.png). ``ablations``: name -> Engine."""
@@ -321,7 +330,10 @@ def evaluate(
     started = time.time()
     total = len(categories) * n_per_category
     for number, case in enumerate(
-        held_out_cases(categories, n_per_category, tuple(shape), spacing), 1
+        held_out_cases(
+            categories, n_per_category, tuple(shape), spacing, lesion_noise=lesion_noise
+        ),
+        1,
     ):
         row, predictions = evaluate_case(case, engine, ablations, threshold)
         rows.append(row)
@@ -357,6 +369,7 @@ def evaluate(
         "grounding": grounding_settings() if engine.anatomy_grounding else None,
         "nsd_tolerance_mm": NSD_TOLERANCE_MM,
         "test_set_seed": TEST_SET_SEED,
+        "lesion_noise": lesion_noise,
         "second_same_category_p": SECOND_SAME_CATEGORY_P,
         "distractor_p": DISTRACTOR_P,
         "seconds": round(time.time() - started, 1),
@@ -387,6 +400,7 @@ def _run(args: argparse.Namespace) -> int:
         ablations,
         overlays=not args.no_overlays,
         log=lambda line: print(line, file=sys.stderr, flush=True),
+        lesion_noise=args.lesion_noise,
     )
     print((args.out / "summary.md").read_text(encoding="utf-8"))
     print(json.dumps(summary["targets"], indent=1))

@@ -25,6 +25,7 @@ SECOND_SAME_CATEGORY_P = 0.25
 DISTRACTOR_P = 0.5
 CENTRE_JITTER_MM = 15.0
 MAX_ATTEMPTS = 20
+LESION_NOISE = ("white", "scanner")
 
 
 class HeldOutSetError(MaleniaError):
@@ -114,16 +115,23 @@ def make_case(
     spacing_zyx: tuple[float, float, float],
     seed: int | None = None,
     distractor_categories: tuple[str, ...] | None = None,
+    lesion_noise: str = "white",
 ) -> HeldOutCase:
     """Case ``index`` of ``category``; redrawn (deterministically) until the target renders.
 
     ``seed`` defaults to the test set's; the validation set uses its own seed and draws
-    distractors from the training categories only (``distractor_categories``)."""
+    distractors from the training categories only (``distractor_categories``).
+    ``lesion_noise``: "white" (the published benchmark: each lesion gets fresh white noise)
+    or "scanner" (each lesion keeps the phantom's own noise, as real lesions keep their
+    scan's). A model that scores on "white" only has learnt the renderer's noise, not the
+    lesion (docs/EVALUATION.md, stage 23)."""
     from malenia.synth.lesions import render_lesions
     from malenia.synth.phantom import LOCATION_CENTRES, make_phantom
     from malenia.synth.split import TEST_SET_SEED
 
     check_categories([category])
+    if lesion_noise not in LESION_NOISE:
+        raise HeldOutSetError(f"lesion_noise must be one of {LESION_NOISE}, not {lesion_noise!r}")
     seed = TEST_SET_SEED if seed is None else seed
     for attempt in range(MAX_ATTEMPTS):
         rng = np.random.default_rng([seed, zlib.crc32(category.encode()), index, attempt])
@@ -146,8 +154,9 @@ def make_case(
         if others and rng.random() < DISTRACTOR_P:
             records.append(_draw(rng, others[int(rng.integers(len(others)))]))
         ct, instances, rendered = render_lesions(
-            phantom.ct, phantom.labels, records, rng, tuple(spacing_zyx)
-        )
+            phantom.ct, phantom.labels, records, rng, tuple(spacing_zyx),
+            keep_scanner_noise=lesion_noise == "scanner",
+        )  # fmt: skip
         if rendered and rendered[0] is target:
             return HeldOutCase(
                 category,
@@ -174,12 +183,15 @@ def held_out_cases(
     spacing_zyx: tuple[float, float, float],
     seed: int | None = None,
     distractor_categories: tuple[str, ...] | None = None,
+    lesion_noise: str = "white",
 ):
     """Yield the test set (or, with another seed, the validation set) category by category."""
     check_categories(categories)
     for category in categories:
         for index in range(n_per_category):
-            yield make_case(category, index, shape, spacing_zyx, seed, distractor_categories)
+            yield make_case(
+                category, index, shape, spacing_zyx, seed, distractor_categories, lesion_noise
+            )
 
 
 def control_b_prompt(case: HeldOutCase) -> LesionDescription:
