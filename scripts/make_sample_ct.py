@@ -1,11 +1,17 @@
 """Build Resources/SampleData/: the TotalSegmentator example CT (real anatomy, Apache-2.0)
 with two synthetic lesions rendered into it by malenia.synth from real attribute records.
 
-    python scripts/make_sample_ct.py
+    python scripts/make_sample_ct.py [--lesion-noise scanner --out DIR]
+
+The bundled sample draws its lesions with fresh white noise (``--lesion-noise white``, the
+renderer as it was when the sample was made); ``scanner`` draws the same lesions keeping the
+scan's own noise, as real lesions do: the honest version of the demo check
+(``scripts/score_sample_ct.py --sample-dir DIR``).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from pathlib import Path
@@ -23,6 +29,11 @@ LESIONS = ("renal cyst", "liver cancer")  # one unseen and one seen category
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lesion-noise", choices=("white", "scanner"), default="white")
+    parser.add_argument("--out", type=Path, default=OUT, help="default: Resources/SampleData")
+    args = parser.parse_args()
+    out = args.out
     image = sitk.ReadImage(str(SOURCE / "example_ct.nii.gz"))
     organs = sitk.GetArrayFromImage(
         sitk.ReadImage(str(SOURCE / "example_seg_fast_force_split.nii.gz"))
@@ -36,17 +47,19 @@ def main() -> None:
         records.append(LesionRecord(category, preset.description, preset.name, size))
     spacing_zyx = tuple(reversed(image.GetSpacing()))
     rendered_ct, instances, done = render_lesions(
-        ct, labels, records, np.random.default_rng(4), spacing_zyx
-    )
+        ct, labels, records, np.random.default_rng(4), spacing_zyx,
+        keep_scanner_noise=args.lesion_noise == "scanner",
+    )  # fmt: skip
     assert [r.category for r in done] == list(LESIONS), "a sample lesion could not be placed"
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     out_ct = sitk.GetImageFromArray(np.round(rendered_ct).astype(np.int16))
     out_ct.CopyInformation(image)
-    sitk.WriteImage(out_ct, str(OUT / "sample_ct.nii.gz"), useCompression=True)
+    sitk.WriteImage(out_ct, str(out / "sample_ct.nii.gz"), useCompression=True)
     out_mask = sitk.GetImageFromArray(instances.astype(np.uint8))
     out_mask.CopyInformation(image)
-    sitk.WriteImage(out_mask, str(OUT / "sample_ct_lesions.nii.gz"), useCompression=True)
+    sitk.WriteImage(out_mask, str(out / "sample_ct_lesions.nii.gz"), useCompression=True)
     info = {
+        "lesion_noise": args.lesion_noise,
         "lesions": [
             {
                 "instance": r.rendered["instance"],
@@ -58,10 +71,10 @@ def main() -> None:
         ],
         "sha256": {
             p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in (OUT / "sample_ct.nii.gz", OUT / "sample_ct_lesions.nii.gz")
+            for p in (out / "sample_ct.nii.gz", out / "sample_ct_lesions.nii.gz")
         },
     }
-    (OUT / "sample_ct.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    (out / "sample_ct.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     print(json.dumps(info, indent=1))
 
 
