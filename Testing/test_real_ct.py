@@ -454,6 +454,12 @@ def test_a_config_asks_for_lesions_that_keep_the_scanners_noise():
         dataset = make_dataset(config, MaleniaConfig.tiny())
         assert dataset.keep_scanner_noise is real
         assert dataset.phantoms.keep_scanner_noise is phantoms
+        assert dataset.real_synthetic_categories is None
+    config = TrainConfig(
+        data={"type": "real_mix", "real_synthetic_categories": {"liver cancer": 2}}
+    )
+    dataset = make_dataset(config, MaleniaConfig.tiny())
+    assert dataset.real_synthetic_categories == {"liver cancer": 2.0}
 
 
 @needs_data
@@ -598,3 +604,28 @@ def test_liver_cancers_are_described_as_their_contrast_phase_shows_them():
     assert 0.5 * ARTERIAL_LIVER_CANCER_SHARE < share < 2.0 * ARTERIAL_LIVER_CANCER_SHARE
     assert np.median(differences["hyperdense"]) > 5.0, differences  # brighter than the liver
     assert np.median(differences["other"]) < -5.0, differences  # the records: mostly darker
+
+
+def test_a_config_chooses_how_often_each_category_is_rendered_into_real_organs():
+    """``data.real_synthetic_categories`` weighs categories, not (category, location) pairs:
+    lung cancer's five lobes no longer make it drawn two and a half times as often as
+    liver cancer; a category the scan cannot host is skipped; a typo is refused."""
+    from malenia.data.real_mix import RealMixDataset
+
+    options = [("liver cancer", "right liver lobe"), ("liver cancer", "left liver lobe")] + [
+        ("lung cancer", lobe) for lobe in ("a", "b", "c", "d", "e")
+    ]
+    rng = np.random.default_rng(0)
+    by_pair = RealMixDataset(["liver cancer"])
+    drawn = [by_pair._pick_real_synthetic(options, rng)[0] for _ in range(2000)]
+    assert 0.2 < drawn.count("liver cancer") / 2000 < 0.36  # 2 of 7 pairs
+    weighted = RealMixDataset(
+        ["liver cancer"], real_synthetic_categories={"liver cancer": 3.0, "lung cancer": 1.0,
+                                                     "pancreatic cyst": 5.0}
+    )  # fmt: skip
+    drawn = [weighted._pick_real_synthetic(options, rng) for _ in range(2000)]
+    assert 0.7 < [c for c, _ in drawn].count("liver cancer") / 2000 < 0.8  # no pancreas here
+    assert {loc for c, loc in drawn if c == "liver cancer"} == {"right liver lobe",
+                                                                "left liver lobe"}  # fmt: skip
+    with pytest.raises(ValueError, match="real_synthetic_categories"):
+        RealMixDataset(["liver cancer"], real_synthetic_categories={"liver cancr": 1.0})

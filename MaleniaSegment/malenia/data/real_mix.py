@@ -179,6 +179,18 @@ def random_voxel(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return points[int(rng.integers(len(points)))]
 
 
+def _category_weights(weights: dict[str, float] | None) -> dict[str, float] | None:
+    if weights is None:
+        return None
+    unknown = sorted(set(weights) - set(CATEGORY_LOCATIONS))
+    if unknown or any(float(w) < 0 for w in weights.values()) or not sum(weights.values()):
+        raise ValueError(
+            f"data.real_synthetic_categories: give non-negative weights, not all zero, for "
+            f"{', '.join(CATEGORY_LOCATIONS)} (unknown: {unknown or 'none'})"
+        )
+    return {c: float(w) for c, w in weights.items()}
+
+
 class RealMixDataset:
     """Item i is deterministic given (seed, i); the real scans are loaded once, lazily."""
 
@@ -188,7 +200,8 @@ class RealMixDataset:
     def __init__(self, categories, seed: int = 0, shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
                  mix: dict | None = None, max_lesions: int = 2, distractor_prob: float = 0.5,
                  lung_contact_share: float = 0.0, keep_scanner_noise: bool = False,
-                 phantom_scanner_noise: bool = False) -> None:  # fmt: skip
+                 phantom_scanner_noise: bool = False,
+                 real_synthetic_categories: dict[str, float] | None = None) -> None:  # fmt: skip
         from malenia.synth import SyntheticLesionDataset
 
         self.categories = tuple(categories)
@@ -200,6 +213,10 @@ class RealMixDataset:
         # ``phantom_scanner_noise``: the phantoms' lesions keep the phantom's noise too (their
         # white noise is a little louder than the phantom's own, and lacks its smooth grain).
         self.keep_scanner_noise = bool(keep_scanner_noise)
+        # How often each category is rendered into real organs: None (older configs) draws a
+        # (category, location) pair uniformly, so a category with many location names (lung
+        # cancer: five lobes) is drawn more often than one with two (liver cancer).
+        self.real_synthetic_categories = _category_weights(real_synthetic_categories)
         mix = dict(mix or DEFAULT_MIX)
         unknown = set(mix) - set(self.KINDS)
         if unknown:
@@ -265,7 +282,7 @@ class RealMixDataset:
                 if (scan.labels == LOCATION_LABEL[loc]).sum() > 500
             ]  # fmt: skip
             if options:
-                category, location = options[int(rng.integers(len(options)))]
+                category, location = self._pick_real_synthetic(options, rng)
                 pool = lesion_pool(category)
                 record = pool[int(rng.integers(len(pool)))]
                 description = replace(record.description, location=location)
@@ -315,6 +332,20 @@ class RealMixDataset:
             descriptions.append(scan.descriptions[lesion - 1])
             categories.append(scan.categories[lesion - 1])
         return training_item(hu, instances, descriptions, categories, rng, scan, labels, start)
+
+    def _pick_real_synthetic(self, options: list, rng: np.random.Generator) -> tuple[str, str]:
+        """One (category, location) of ``options``: uniformly, or the category by
+        ``real_synthetic_categories`` (among those this scan can host), then its location."""
+        weights = self.real_synthetic_categories
+        if weights is None:
+            return options[int(rng.integers(len(options)))]
+        present = sorted({c for c, _ in options if weights.get(c, 0.0) > 0})
+        if not present:
+            return options[int(rng.integers(len(options)))]
+        p = np.array([weights[c] for c in present])
+        category = present[int(rng.choice(len(present), p=p / p.sum()))]
+        locations = [loc for c, loc in options if c == category]
+        return category, locations[int(rng.integers(len(locations)))]
 
     def _negative_centre(self, scan: RealScan, rng: np.random.Generator) -> np.ndarray:
         """Centre of a lesion-free window: in the lung for ``NEGATIVE_LUNG_SHARE`` of them
