@@ -9,16 +9,12 @@ import shutil
 import numpy as np
 import pytest
 from malenia.astra import astra_installed
-from malenia.data.real_ct import real_ct_root
 from malenia.errors import WeightsError
+from real_ct_helpers import ROOT, needs_data
 
 needs_astra = pytest.mark.skipif(
     not astra_installed(),
     reason='the astra extra is not installed (pip install "malenia-segment[astra]")',
-)
-needs_data = pytest.mark.skipif(
-    real_ct_root() is None,
-    reason="../shared/data/real_ct is not here (a user's clone): real-CT tests skipped",
 )
 
 
@@ -91,7 +87,7 @@ def test_astra_finds_the_liver_and_lungs_of_patients_it_never_saw(mapper):
     from malenia.io import read_volume
     from malenia.preprocessing import to_model_grid
 
-    root = real_ct_root()
+    root = ROOT
     case = root / "hcc_liver" / "RadCTTACEomics_1720"
     volume = read_volume(case / "ct.nii.gz")
     grid = to_model_grid(volume, (2.0, 2.0, 2.0))
