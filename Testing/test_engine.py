@@ -448,6 +448,42 @@ def _phantom_volume(phantom) -> CTVolume:
     return CTVolume(phantom.ct, (2.0, 2.0, 2.0), (ox, oy, oz), tuple(np.eye(3).ravel()), "phantom")
 
 
+def test_a_grounded_answer_keeps_only_the_lesions_touching_its_organ(bundled):
+    """On real CT the prompt branch also fires in other organs (stage 24: 89 ml of "liver
+    cancer" in a training scan's left upper abdomen, none of it in the liver). A grounded
+    answer drops what does not touch its organ's region, for good (its probability goes to
+    0, so a re-cut keeps it out); an answer whose region is not plausible keeps everything
+    (test_anatomy_grounding_adds_only_lesions_reaching_the_named_organ). Two lesions are
+    written into the grounded map of a real encoding: one in the liver, one in the left
+    kidney."""
+    from malenia.attributes import LesionDescription
+    from malenia.synth.anatomy import organ_mask
+    from malenia.synth.phantom import make_phantom
+
+    phantom = make_phantom(
+        2, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
+    )
+    encoded = bundled.encode(_phantom_volume(phantom))
+    query = LesionDescription(location="right liver lobe", density="hypodense")
+    region = encoded.location_region("right liver lobe")
+    kidney = organ_mask(phantom.labels, "left kidney")
+    assert region.any() and not (region & kidney).any()
+    probability = encoded.probability(query)  # cached: the answer below reads this array
+    liver_box = tuple(slice(int(c) - 2, int(c) + 3) for c in np.argwhere(region).mean(0))
+    kidney_box = tuple(slice(int(c) - 2, int(c) + 3) for c in np.argwhere(kidney).mean(0))
+    probability[...] = 0.0
+    probability[liver_box] = probability[kidney_box] = 0.9
+
+    answer = encoded.segment(query, threshold=0.5)
+    assert answer.grounded_in == "right liver lobe"
+    assert len(answer.lesions) == 1 and answer.labels_model[liver_box].all()
+    assert not answer.labels_model[kidney_box].any() and not answer.probability[kidney_box].any()
+    assert not encoded.recut(answer, 0.2).labels_model[kidney_box].any()
+    assert encoded.recut(answer, 0.2).grounded_in == "right liver lobe"
+    encoded.keep_answers_in_organ = False  # the answer as it was before the rule
+    assert len(encoded.segment(query, threshold=0.5).lesions) == 2
+
+
 def test_bundled_location_head_tells_left_from_right(bundled):
     """Kidneys look alike; the scanner x coordinate tells which one "left kidney" means: the
     region an answer is grounded in covers most of that kidney and none of the other.

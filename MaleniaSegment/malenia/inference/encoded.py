@@ -90,6 +90,13 @@ class SegmentationResult:
 class EncodedVolume:
     """A volume after the heavy pass: per-window mask tokens and mask features."""
 
+    # A grounded answer keeps only the lesions that touch its organ's region (the organ grown
+    # by the grounding margin): on real CT the prompt branch also fires in other organs
+    # (bowel wall, kidney, bone edges), and nothing there answers "liver cancer". Off when
+    # the region is implausible (grounding_warning): then the description alone answers.
+    # False: the answer as before (for measurements, scripts/measure_organ_answers.py).
+    keep_answers_in_organ: bool = True
+
     def __init__(
         self, engine: Engine, volume: CTVolume, model_image, shape, windows: list[Window], region,
         spacing_mm: tuple[float, float, float] | None = None,
@@ -316,9 +323,13 @@ class EncodedVolume:
         _check_threshold(threshold)
         probability = self.probability(description, grounding)
         ranking = [(category, 1.0)] if category else self.engine.knowledge.rank(description)[:3]
-        result = self._result(
-            probability, threshold, description, "prompt", readable, ranking, min_volume_ml
+        grounded = self._grounds(description, grounding) and not self.grounding_warning(
+            description.location
         )
+        result = self._result(
+            probability, threshold, description, "prompt", readable, ranking, min_volume_ml,
+            self._organ_envelope(description.location if grounded else None),
+        )  # fmt: skip
         result.not_understood, result.query_notes = resolved.not_understood, resolved.notes
         if not category:
             name = segment_name(self.engine.knowledge, ranking, description)
@@ -351,7 +362,7 @@ class EncodedVolume:
             return self.find_lesions(threshold, result.min_volume_ml)
         recut = self._result(
             result.probability, threshold, result.description, result.mode, result.query,
-            result.ranking, result.min_volume_ml,
+            result.ranking, result.min_volume_ml, self._organ_envelope(result.grounded_in),
         )  # fmt: skip
         recut.grounded_in, recut.grounding_warning = result.grounded_in, result.grounding_warning
         recut.not_understood, recut.query_notes = result.not_understood, result.query_notes
@@ -423,14 +434,20 @@ class EncodedVolume:
 
     # ------------------------------------------------------------------ results
     def _result(
-        self, probability, threshold, description, mode, query, ranking, min_volume_ml: float = 0.1
-    ) -> SegmentationResult:
+        self, probability, threshold, description, mode, query, ranking, min_volume_ml: float = 0.1,
+        organ_envelope: np.ndarray | None = None,
+    ) -> SegmentationResult:  # fmt: skip
+        """The answer's lesions; ``organ_envelope``: keep only those touching it."""
         _check_threshold(threshold)
         labels, boxes = components_in_box(
             probability, threshold, max(1, int(round(min_volume_ml / self._model_voxel_ml)))
         )
         if boxes and self._in_lung(description):
             probability, labels, boxes = self._keep_in_lungs(probability, labels, boxes)
+        elif boxes and organ_envelope is not None:
+            probability, labels, boxes = self._keep_touching(
+                probability, labels, boxes, organ_envelope
+            )
         if len(boxes) > 1 and self.zoomed and mode == "prompt":
             probability, labels, boxes = self._keep_central(probability, labels, boxes)
         spacing = self.spacing_mm
@@ -484,10 +501,24 @@ class EncodedVolume:
 
     def _keep_in_lungs(self, probability, labels, boxes):
         """Without the lesions that do not touch the lungs (``grounding.lesions_clear_of``)."""
+        return self._keep_touching(probability, labels, boxes, self.lung_envelope())
+
+    def _keep_touching(self, probability, labels, boxes, envelope: np.ndarray):
+        """Without the lesions that have no voxel in ``envelope`` (probability set to 0, so a
+        re-cut or the browser's slider does not bring them back)."""
         from malenia.inference.grounding import lesions_clear_of
 
-        dropped = lesions_clear_of(labels, len(boxes), self.lung_envelope())
+        dropped = lesions_clear_of(labels, len(boxes), envelope)
         return without_lesions(probability, labels, boxes, dropped)
+
+    def _organ_envelope(self, location: str | None) -> np.ndarray | None:
+        """[model grid] the region a grounded answer naming ``location`` stays in (None:
+        not grounded, or a lung location, which its HU lungs bound instead)."""
+        if not (self.keep_answers_in_organ and location):
+            return None
+        if _organ_of_location(location) == "lung":
+            return None
+        return self.location_region(location)
 
     def _keep_central(self, probability, labels, boxes):
         """A small box in the lung (the zoomed ROI) is drawn around one nodule: its answer is
