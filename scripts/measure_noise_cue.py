@@ -65,10 +65,22 @@ def drawn_cases(n: int, seed: int):
             yield scan, ways
 
 
+def lesion_window(scan, hu: np.ndarray, lesion: np.ndarray, way: str):
+    """(CTVolume, lesion mask) of the 70 slices around a drawn lesion: the liver and its
+    neighbours, encoded in seconds."""
+    from malenia.io import CTVolume
+
+    centre = int(np.argwhere(lesion)[:, 0].mean())
+    z0, z1 = max(centre - 35, 0), min(centre + 35, hu.shape[0])
+    oz, oy, ox = scan.origin_zyx
+    volume = CTVolume(hu[z0:z1].astype(np.int16), SPACING, (ox, oy, oz + SPACING[0] * z0),
+                      tuple(np.eye(3).ravel()), f"{scan.name} {way}")  # fmt: skip
+    return volume, lesion[z0:z1]
+
+
 def main() -> None:
     from malenia.evaluation.real import score
     from malenia.inference import Engine
-    from malenia.io import CTVolume
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=None, help="default: bundled weights")
@@ -81,14 +93,9 @@ def main() -> None:
     for scan, ways in drawn_cases(args.n, args.seed):
         line = []
         for way, (hu, lesion) in ways.items():
-            centre = int(np.argwhere(lesion)[:, 0].mean())
-            z0, z1 = max(centre - 35, 0), min(centre + 35, hu.shape[0])
-            oz, oy, ox = scan.origin_zyx
-            volume = CTVolume(hu[z0:z1].astype(np.int16), SPACING, (ox, oy, oz + 2.0 * z0),
-                              tuple(np.eye(3).ravel()), f"{scan.name} {way}")  # fmt: skip
+            volume, inside = lesion_window(scan, hu, lesion, way)
             answer = engine.encode(volume).segment("liver cancer")
             engine._cache.clear()
-            inside = lesion[z0:z1]
             median = float(np.median(answer.probability[inside]))
             dice = score(answer.labelmap > 0, inside, SPACING)["dice"]
             results[way].append((median, dice))

@@ -58,20 +58,14 @@ def phantom_rows(engine, n_per_category: int):
 
 
 def training_scan_rows(engine, n: int):
-    from malenia.io import CTVolume
-    from measure_noise_cue import drawn_cases
+    from measure_noise_cue import drawn_cases, lesion_window
 
     for scan, ways in drawn_cases(n, seed=3):
         for way in ("white", "scanner"):
             if way not in ways:
                 continue
-            hu, lesion = ways[way]
-            centre = int(np.argwhere(lesion)[:, 0].mean())
-            z0, z1 = max(centre - 35, 0), min(centre + 35, hu.shape[0])
-            oz, oy, ox = scan.origin_zyx
-            volume = CTVolume(hu[z0:z1].astype(np.int16), SPACING, (ox, oy, oz + 2.0 * z0),
-                              tuple(np.eye(3).ravel()), f"{scan.name} {way}")  # fmt: skip
-            scores = both_ways(engine.encode(volume), "liver cancer", lesion[z0:z1])
+            volume, inside = lesion_window(scan, *ways[way], way)
+            scores = both_ways(engine.encode(volume), "liver cancer", inside)
             engine._cache.clear()
             yield f"{scan.name} {way}", scores
 

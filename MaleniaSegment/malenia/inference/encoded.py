@@ -323,12 +323,11 @@ class EncodedVolume:
         _check_threshold(threshold)
         probability = self.probability(description, grounding)
         ranking = [(category, 1.0)] if category else self.engine.knowledge.rank(description)[:3]
-        grounded = self._grounds(description, grounding) and not self.grounding_warning(
-            description.location
-        )
+        grounds = self._grounds(description, grounding)
+        warning = self.grounding_warning(description.location) if grounds else None
         result = self._result(
             probability, threshold, description, "prompt", readable, ranking, min_volume_ml,
-            self._organ_envelope(description.location if grounded else None),
+            self._organ_envelope(description.location if grounds and not warning else None),
         )  # fmt: skip
         result.not_understood, result.query_notes = resolved.not_understood, resolved.notes
         if not category:
@@ -336,9 +335,9 @@ class EncodedVolume:
             for lesion in result.lesions:
                 lesion.name = name
             _number_names(result.lesions)
-        if self._grounds(description, grounding):
-            result.grounding_warning = self.grounding_warning(description.location)
-            result.grounded_in = None if result.grounding_warning else description.location
+        if grounds:
+            result.grounding_warning = warning
+            result.grounded_in = None if warning else description.location
         return result
 
     def grounding_warning(self, location: str) -> str | None:
