@@ -341,6 +341,24 @@ def test_a_config_asks_for_lesions_that_keep_the_scanners_noise():
     assert dataset.real_synthetic_categories == {"liver cancer": 2.0}
 
 
+def test_a_share_of_the_phantoms_can_keep_their_own_noise():
+    """``data.phantom_scanner_noise`` as a share: about that share of phantom items draw their
+    lesions with the phantom's noise, the same items every time, and a share outside [0, 1]
+    is refused before any rendering."""
+    from malenia.synth import SyntheticLesionDataset
+
+    half = SyntheticLesionDataset(("liver cancer",), seed=3, keep_scanner_noise=0.5)
+    kept = [half._keeps_scanner_noise(i) for i in range(400)]
+    assert 0.4 < np.mean(kept) < 0.6
+    assert kept == [half._keeps_scanner_noise(i) for i in range(400)]
+    assert not any(SyntheticLesionDataset(("liver cancer",), keep_scanner_noise=0.0)
+                   ._keeps_scanner_noise(i) for i in range(50))  # fmt: skip
+    assert all(SyntheticLesionDataset(("liver cancer",), keep_scanner_noise=True)
+               ._keeps_scanner_noise(i) for i in range(50))  # fmt: skip
+    with pytest.raises(ValueError, match="share in"):
+        SyntheticLesionDataset(("liver cancer",), keep_scanner_noise=1.5)
+
+
 @needs_data
 def test_liver_cancers_are_described_as_their_contrast_phase_shows_them():
     """Real HCC comes in every phase: a training tumour is described by its HU against the

@@ -200,7 +200,7 @@ class RealMixDataset:
     def __init__(self, categories, seed: int = 0, shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
                  mix: dict | None = None, max_lesions: int = 2, distractor_prob: float = 0.5,
                  lung_contact_share: float = 0.0, keep_scanner_noise: bool = False,
-                 phantom_scanner_noise: bool = False,
+                 phantom_scanner_noise: bool | float = False,
                  real_synthetic_categories: dict[str, float] | None = None) -> None:  # fmt: skip
         from malenia.synth import SyntheticLesionDataset
 
@@ -211,7 +211,8 @@ class RealMixDataset:
         # lung lesions and pasted nodules get noise like its soft tissue; False (older
         # configs) draws them with white noise, as for phantoms, and pastes nodules as they are.
         # ``phantom_scanner_noise``: the phantoms' lesions keep the phantom's noise too (their
-        # white noise is a little louder than the phantom's own, and lacks its smooth grain).
+        # white noise is a little louder than the phantom's own, and lacks its smooth grain);
+        # a float is the share of phantoms drawn that way, the rest keep the white noise.
         self.keep_scanner_noise = bool(keep_scanner_noise)
         # How often each category is rendered into real organs: None (older configs) draws a
         # (category, location) pair uniformly, so a category with many location names (lung

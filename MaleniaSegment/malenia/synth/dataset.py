@@ -105,12 +105,23 @@ class SyntheticLesionDataset:
         spacing: tuple[float, float, float] = (2.0, 2.0, 2.0),
         max_lesions: int = 2,
         distractor_prob: float = 0.0,
-        keep_scanner_noise: bool = False,
+        keep_scanner_noise: bool | float = False,
     ) -> None:
         self.categories, self.seed, self.length = tuple(categories), seed, length
         self.shape, self.spacing, self.max_lesions = shape, spacing, max_lesions
         self.distractor_prob = distractor_prob
+        # True / False: every lesion keeps the phantom's noise, or none; a float in [0, 1] is
+        # the share of items whose lesions keep it (drawn per item, so item i stays fixed).
+        if not isinstance(keep_scanner_noise, bool) and not 0.0 <= keep_scanner_noise <= 1.0:
+            raise ValueError(
+                f"keep_scanner_noise={keep_scanner_noise!r}: use true, false or a share in [0, 1]"
+            )
         self.keep_scanner_noise = keep_scanner_noise
+
+    def _keeps_scanner_noise(self, index: int) -> bool:
+        if isinstance(self.keep_scanner_noise, bool):
+            return self.keep_scanner_noise
+        return bool(np.random.default_rng([self.seed, index, 31]).random() < self.keep_scanner_noise)
 
     def __len__(self) -> int:
         return self.length
@@ -124,7 +135,7 @@ class SyntheticLesionDataset:
                 self.spacing,
                 self.max_lesions,
                 self.distractor_prob,
-                self.keep_scanner_noise,
+                self._keeps_scanner_noise(index),
             )
             if sample.lesions:
                 break
