@@ -121,7 +121,9 @@ class SyntheticLesionDataset:
     def _keeps_scanner_noise(self, index: int) -> bool:
         if isinstance(self.keep_scanner_noise, bool):
             return self.keep_scanner_noise
-        return bool(np.random.default_rng([self.seed, index, 31]).random() < self.keep_scanner_noise)
+        return bool(
+            np.random.default_rng([self.seed, index, 31]).random() < self.keep_scanner_noise
+        )
 
     def __len__(self) -> int:
         return self.length
