@@ -133,8 +133,8 @@ def test_lung_threshold_is_calibrated_on_training_scans_with_pasted_training_nod
     a *training* patient pasted into their real lungs (the same ones for the same seed, the
     mass inside the lung); the chosen threshold is one of the grid, by the rule the phantom
     calibration uses, and says which cases it came from."""
+    from malenia.data.nodule_paste import pasted_lung_masses
     from malenia.data.real_ct import lidc_split
-    from malenia.data.real_mix import pasted_lung_masses
     from malenia.evaluation.calibrate import THRESHOLDS, calibrate_lung
 
     first = list(pasted_lung_masses(3, seed=7))

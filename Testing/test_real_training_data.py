@@ -216,7 +216,7 @@ def test_lesion_free_windows_include_real_lungs():
 def test_paste_stops_at_the_chest_wall():
     """A juxtapleural paste: the part of the nodule outside the lung is neither drawn nor
     labelled (the chest wall's soft tissue hides it), the rest is the nodule's HU."""
-    from malenia.data.real_mix import paste
+    from malenia.data.nodule_paste import paste
 
     window = np.full((32, 32, 32), -850.0, np.float32)
     lung = np.ones(window.shape, bool)
@@ -287,7 +287,7 @@ def test_lung_masses_may_lie_on_the_mediastinum_and_chest_wall_when_asked():
 def test_a_pasted_nodule_can_take_the_noise_of_the_scan_it_is_pasted_into():
     """An enlarged LIDC nodule is smooth (interpolated from another scanner's grid); with a
     ``noise_rng`` it gets noise like the host window's soft tissue instead."""
-    from malenia.data.real_mix import paste
+    from malenia.data.nodule_paste import paste
 
     rng = np.random.default_rng(0)
     shape = (40, 40, 80)
@@ -334,6 +334,10 @@ def test_a_config_asks_for_lesions_that_keep_the_scanners_noise():
         assert dataset.keep_scanner_noise is real
         assert dataset.phantoms.keep_scanner_noise is phantoms
         assert dataset.real_synthetic_categories is None
+        assert dataset.slice_profile is False
+    dataset = make_dataset(TrainConfig(data={"type": "real_mix", "slice_profile": True}),
+                           MaleniaConfig.tiny())  # fmt: skip
+    assert dataset.slice_profile is True
     config = TrainConfig(
         data={"type": "real_mix", "real_synthetic_categories": {"liver cancer": 2}}
     )
@@ -418,3 +422,47 @@ def test_a_config_chooses_how_often_each_category_is_rendered_into_real_organs()
                                                                 "left liver lobe"}  # fmt: skip
     with pytest.raises(ValueError, match="real_synthetic_categories"):
         RealMixDataset(["liver cancer"], real_synthetic_categories={"liver cancr": 1.0})
+
+
+@needs_data
+def test_a_lesion_drawn_into_a_5_mm_scan_can_take_its_slice_profile():
+    """The HCC training scans are 5 mm scans on the 2 mm grid: a scan knows its own slice
+    spacing, and a liver cancer drawn into it, passed through that profile, ramps up along z
+    over several grid voxels instead of one, while its core keeps the drawn contrast."""
+    from malenia.attributes.presets import load_presets
+    from malenia.data.real_ct import load_hcc
+    from malenia.data.real_mix import crop_window
+    from malenia.synth.anatomy import LOCATION_LABEL
+    from malenia.synth.lesions import LesionRecord, render_lesions
+    from malenia.synth.slice_profile import through_slices
+
+    scan = load_hcc("RadCTTACEomics_0697")
+    assert scan.slice_mm == 5.0
+    preset = load_presets()["liver cancer"]
+    liver = scan.labels == LOCATION_LABEL["right liver lobe"]
+    centre = np.round(ndimage.center_of_mass(liver)).astype(int)
+    start = [int(np.clip(c - 32, 0, n - 64)) for c, n in zip(centre, scan.hu.shape, strict=True)]
+    window = crop_window(scan.hu, start, (64, 64, 64))
+    labels = crop_window(scan.labels, start, (64, 64, 64), mode="constant")
+    description = replace(preset.description, location="right liver lobe", shape="round-like",
+                          density_variation="homogeneous", surface="well-defined margin")  # fmt: skip
+    record = LesionRecord("liver cancer", description, "", (30.0, 30.0), contrast=1.0)
+    rng = np.random.default_rng(2)
+    drawn, instances, rendered = render_lesions(window, labels, [record], rng, (2.0,) * 3,
+                                                keep_scanner_noise=True)  # fmt: skip
+    assert rendered
+    profiled = through_slices(window, drawn, 2.0, scan.slice_mm, rng)
+    z, y, x = np.round(ndimage.center_of_mass(instances == 1)).astype(int)
+    core = ndimage.binary_erosion(instances == 1, iterations=3)
+
+    def along_z(image):
+        """(voxels of the z line through the centre between background and core level, the
+        core's mean change)."""
+        change = image - window
+        level = float(change[core].mean())
+        line = ndimage.uniform_filter(change, (1, 3, 3))[:, y, x] / level
+        return int(((line > 0.15) & (line < 0.85)).sum()), level
+
+    (sharp, level), (soft, level_after) = along_z(drawn), along_z(profiled)
+    assert level < -30.0 and abs(level_after - level) < 0.2 * abs(level)
+    assert soft >= sharp + 2, (sharp, soft)

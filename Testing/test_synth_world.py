@@ -324,3 +324,30 @@ def test_a_subtle_lesion_is_subtle_in_texture_too(liver_phantom):
         host[contrast] = float(host_ring(liver_phantom, mask).std())
     assert spread[1.0] > 1.5 * host[1.0]  # loud at full contrast
     assert spread[0.25] < 1.15 * host[0.25]  # about the liver's own grain when subtle
+
+
+def test_a_lesion_drawn_into_a_thick_slice_scan_is_blurred_along_z_as_its_slices_are():
+    """A sharp 100 HU block drawn on a 2 mm grid into a 5 mm scan: along z its edge spreads
+    over the slab width (a real lesion in such a scan has no 2 mm edge), in the plane it stays
+    sharp, its core and its total along z are kept; a scan whose slices are no thicker than
+    the grid is left as drawn."""
+    from malenia.synth.slice_profile import slice_profile_matrix, through_slices
+
+    rng = np.random.default_rng(0)
+    before = rng.normal(40.0, 10.0, (64, 24, 24)).astype(np.float32)
+    after = before.copy()
+    after[20:40, 8:16, 8:16] += 100.0
+    blurred = through_slices(before, after, 2.0, 5.0, rng)
+    change = blurred - before
+    assert np.allclose(change[:, :8], 0.0, atol=1e-3) and np.allclose(
+        change[:, :, 16:], 0.0, atol=1e-3
+    )
+    profile = change[:, 12, 12]
+    rise = np.flatnonzero((profile > 10.0) & (profile < 90.0))
+    assert 2 <= rise[rise < 30].size <= 6  # 4-12 mm of ramp where the drawing had none
+    assert profile[27:33].min() > 95.0
+    assert abs(profile.sum() - 2000.0) < 20.0
+    assert through_slices(before, after, 2.0, 2.0, rng) is after
+    assert through_slices(before, after, 2.0, None, rng) is after
+    for phase in (0.0, 1.3, 4.9):
+        assert np.allclose(slice_profile_matrix(30, 2.0, 5.0, phase).sum(axis=1), 1.0)

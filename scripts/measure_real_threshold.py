@@ -44,7 +44,7 @@ def hcc_cases():
 
 def lung_proxies(n: int, seed: int):
     """(name, CTVolume, mass, query): training scans with a pasted training nodule."""
-    from malenia.data.real_mix import pasted_lung_masses
+    from malenia.data.nodule_paste import pasted_lung_masses
 
     for name, volume, mass in pasted_lung_masses(n, seed):
         yield name, volume, mass, "lung cancer"

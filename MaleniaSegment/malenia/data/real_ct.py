@@ -100,6 +100,8 @@ class RealScan:
     # Skeletal muscle (bool, same grid) where the scan's labels have it: the host tissue of
     # soft-tissue masses, which no location of the vocabulary names.
     muscle: np.ndarray | None = None
+    # The scan's own slice spacing before resampling (mm): how much a 5 mm scan blurs along z.
+    slice_mm: float | None = None
 
     def position_of(self, index_zyx) -> tuple[float, float, float]:
         """LPS mm (z, y, x) of the voxel at ``index_zyx`` (e.g. a training window's corner)."""
@@ -163,7 +165,8 @@ def _lobe_of(labels: np.ndarray, mask: np.ndarray) -> str | None:
 def load_hcc(case: str, spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -> RealScan:
     """An HCC case: manual liver (split into lobes along x) and tumour; lungs from HU."""
     folder = require_real_ct_root(root) / "hcc_liver" / case
-    grid = _on_grid(sitk.ReadImage(str(folder / "ct.nii.gz")), spacing_zyx)
+    image = sitk.ReadImage(str(folder / "ct.nii.gz"))
+    grid = _on_grid(image, spacing_zyx)
     hu = sitk.GetArrayFromImage(grid)
     label = _labels_on(sitk.ReadImage(str(folder / "label.nii.gz")), grid)
     origin = tuple(reversed(grid.GetOrigin()))
@@ -185,7 +188,7 @@ def load_hcc(case: str, spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -
         categories.append("liver cancer")
     return RealScan(
         case, hu, labels, instances, descriptions, categories, origin, tuple(spacing_zyx),
-        ("right liver lobe", "left liver lobe"),
+        ("right liver lobe", "left liver lobe"), slice_mm=float(image.GetSpacing()[2]),
     )  # fmt: skip
 
 
@@ -194,7 +197,8 @@ def load_totalseg_example(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None)
     from malenia.synth.real_ct import TOTALSEG_TO_LOCATION, labels_from_totalseg
 
     folder = require_real_ct_root(root) / "totalseg_example"
-    grid = _on_grid(sitk.ReadImage(str(folder / "example_ct.nii.gz")), spacing_zyx)
+    image = sitk.ReadImage(str(folder / "example_ct.nii.gz"))
+    grid = _on_grid(image, spacing_zyx)
     organs = _labels_on(sitk.ReadImage(str(folder / "example_seg_fast_force_split.nii.gz")), grid)
     labels = labels_from_totalseg(organs, grid)
     muscle = np.isin(organs, TOTALSEG_MUSCLES)
@@ -204,6 +208,7 @@ def load_totalseg_example(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None)
     return RealScan(
         "totalseg_example", sitk.GetArrayFromImage(grid), labels, np.zeros(labels.shape, np.int16),
         [], [], tuple(reversed(grid.GetOrigin())), tuple(spacing_zyx), tuple(known), muscle,
+        float(image.GetSpacing()[2]),
     )  # fmt: skip
 
 

@@ -16,6 +16,13 @@ from functools import cached_property
 import numpy as np
 from scipy import ndimage
 
+from malenia.data.nodule_paste import (
+    PASTE_DIAMETER_MM,
+    PASTE_MAX_SCALE,
+    enlarged_nodule,
+    equivalent_diameter_mm,
+    paste,
+)
 from malenia.data.real_ct import (
     LUNG_LOBES,
     RealScan,
@@ -25,6 +32,7 @@ from malenia.data.real_ct import (
 )
 from malenia.preprocessing import normalize_ct, roi_spacing_mm
 from malenia.synth.anatomy import LOCATION_LABEL
+from malenia.synth.slice_profile import through_slices
 
 # Where each training category can be rendered in real anatomy.
 CATEGORY_LOCATIONS = {
@@ -49,11 +57,6 @@ SUBTLE_SHARE, SUBTLE_CONTRAST = 0.5, (0.2, 0.8)
 # chest CT reach well past the phantom pool's 50 mm.
 PLEURAL_SHARE, PLEURAL_DEPTH_MM = 0.5, 12.0
 REAL_LUNG_CANCER_MM = (10.0, 70.0)
-# Real LIDC nodules pasted into the real lungs of the training scans, on the model's 2 mm
-# grid: the crops alone teach nodules only as zoomed ROIs, never at whole-scan scale, and
-# none of them is a 4-7 cm mass. Diameters drawn from PASTE_DIAMETER_MM; a nodule is
-# enlarged at most PASTE_MAX_SCALE times (beyond that its texture is mostly interpolation).
-PASTE_DIAMETER_MM, PASTE_MAX_SCALE = (12.0, 70.0), 3.0
 # Lung masses that lie broadly on the mediastinum, chest wall or diaphragm. In a real scan
 # the renderer keeps a lung lesion to the lung found from HU (the tissue around it is
 # unlabelled), so no training lung mass ever met soft tissue without air between them,
@@ -200,7 +203,7 @@ class RealMixDataset:
     def __init__(self, categories, seed: int = 0, shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
                  mix: dict | None = None, max_lesions: int = 2, distractor_prob: float = 0.5,
                  lung_contact_share: float = 0.0, keep_scanner_noise: bool = False,
-                 phantom_scanner_noise: bool | float = False,
+                 phantom_scanner_noise: bool | float = False, slice_profile: bool = False,
                  real_synthetic_categories: dict[str, float] | None = None) -> None:  # fmt: skip
         from malenia.synth import SyntheticLesionDataset
 
@@ -214,6 +217,8 @@ class RealMixDataset:
         # white noise is a little louder than the phantom's own, and lacks its smooth grain);
         # a float is the share of phantoms drawn that way, the rest keep the white noise.
         self.keep_scanner_noise = bool(keep_scanner_noise)
+        # Lesions drawn into a thick-slice scan blurred along z as its slices are (slice_profile).
+        self.slice_profile = bool(slice_profile)
         # How often each category is rendered into real organs: None (older configs) draws a
         # (category, location) pair uniformly, so a category with many location names (lung
         # cancer: five lobes) is drawn more often than one with two (liver cancer).
@@ -315,6 +320,7 @@ class RealMixDataset:
             if self.lung_contact_share and rng.random() < self.lung_contact_share:
                 render_labels = soft_tissue_open_to_lung_masses(labels, hu, self.spacing)
                 placement = subpleural(labels, self.spacing)
+        before = hu
         hu, instances, rendered = render_lesions(
             hu,
             render_labels,
@@ -324,6 +330,8 @@ class RealMixDataset:
             placement=placement,
             keep_scanner_noise=self.keep_scanner_noise,
         )
+        if self.slice_profile and rendered:
+            hu = through_slices(before, hu, self.spacing[0], scan.slice_mm, rng)
         descriptions = [prompts[records.index(r)] for r in rendered]
         categories = [r.category for r in rendered]
         for lesion in np.unique(real[real > 0]):
@@ -384,10 +392,13 @@ class RealMixDataset:
         record = LesionRecord(SOFT_TISSUE_CATEGORY, description, "", SOFT_TISSUE_SIZE_MM,
                               contrast=draw_contrast(rng))  # fmt: skip
         try:
-            hu, instances = render_in_host(hu, tissue, muscle, record, rng, self.spacing,
-                                           self.keep_scanner_noise)  # fmt: skip
+            rendered, instances = render_in_host(hu, tissue, muscle, record, rng, self.spacing,
+                                                 self.keep_scanner_noise)  # fmt: skip
         except RenderError:
             return self._scan_item("real_negative", rng)
+        if self.slice_profile:
+            rendered = through_slices(hu, rendered, self.spacing[0], scan.slice_mm, rng)
+        hu = rendered
         middle = np.array(record.rendered["centre_voxel"]) + rng.integers(-10, 11, size=3)
         inner = [int(np.clip(m - p // 2, 0, b - p)) for m, p, b in zip(middle, self.shape, big, strict=True)]  # fmt: skip
         cut = tuple(slice(i, i + p) for i, p in zip(inner, self.shape, strict=True))
@@ -488,89 +499,6 @@ def training_item(hu, instances, descriptions, categories, rng, scan=None, label
         item.update(labels=labels, origin_mm=scan.position_of(start),
                     known_locations=scan.known_locations)  # fmt: skip
     return item
-
-
-def equivalent_diameter_mm(nodule) -> float:
-    volume_mm3 = float(nodule.mask.sum() * np.prod(nodule.spacing_zyx))
-    return float(np.cbrt(6.0 * volume_mm3 / np.pi))
-
-
-def enlarged_nodule(nodule, model_spacing, diameter_mm: float, rng: np.random.Generator):
-    """(HU, mask) of a LIDC crop on the model grid, scaled so the nodule's equivalent
-    diameter becomes ``diameter_mm`` (at most ``PASTE_MAX_SCALE`` times its own, never
-    smaller), randomly mirrored and turned in the axial plane."""
-    own = max(equivalent_diameter_mm(nodule), 1.0)
-    scale = float(np.clip(diameter_mm / own, 1.0, PASTE_MAX_SCALE))
-    factors = [s * scale / m for s, m in zip(nodule.spacing_zyx, model_spacing, strict=True)]
-    hu = ndimage.zoom(nodule.hu.astype(np.float32), factors, order=1, mode="nearest")
-    mask = ndimage.zoom(nodule.mask.astype(np.float32), factors, order=1) > 0.5
-    if rng.random() < 0.5:
-        hu, mask = hu[:, :, ::-1], mask[:, :, ::-1]
-    turns = int(rng.integers(4))
-    return np.rot90(hu, turns, (1, 2)).copy(), np.rot90(mask, turns, (1, 2)).copy()
-
-
-def paste(window: np.ndarray, lung: np.ndarray, hu: np.ndarray, mask: np.ndarray, at,
-          noise_rng: np.random.Generator | None = None):  # fmt: skip
-    """``hu`` (its ``mask`` part and a feathered one-voxel rim) blended into ``window`` centred at
-    voxel ``at``, inside the lung only: a juxtapleural nodule stops at the chest wall, whose
-    soft tissue hides the rest. With ``noise_rng`` the nodule's own grain (smoothed by
-    enlarging, from another scanner) is replaced by noise like the window's soft tissue
-    (``matched_scanner_noise``). Returns (window, lesion mask)."""
-    if noise_rng is not None:
-        from malenia.synth.lesions import matched_scanner_noise
-
-        hu = ndimage.gaussian_filter(hu.astype(np.float32), 0.6)
-        hu = hu + matched_scanner_noise(window, hu.shape, noise_rng)
-    window = window.copy()
-    lesion = np.zeros(window.shape, bool)
-    src, dst = [], []
-    for c, n, w in zip(at, mask.shape, window.shape, strict=True):
-        lo = c - n // 2
-        a, b = max(lo, 0), min(lo + n, w)
-        if b <= a:
-            return window, lesion
-        dst.append(slice(a, b))
-        src.append(slice(a - lo, b - lo))
-    src, dst = tuple(src), tuple(dst)
-    inside = ndimage.binary_dilation(lung, iterations=1)[dst]
-    # Feathered one voxel outside the mask: the nodule's own partial-volume rim comes along.
-    rim = ndimage.binary_dilation(mask, iterations=1).astype(np.float32)
-    alpha = ndimage.gaussian_filter(rim, 0.6)[src] * inside
-    window[dst] = window[dst] * (1.0 - alpha) + hu[src] * alpha
-    lesion[dst] = mask[src] & lung[dst]
-    return window, lesion
-
-
-def pasted_lung_masses(n: int, seed: int = 7, diameter_mm=(20.0, 55.0)):
-    """``n`` whole-scan cases for calibrating lung answers, from training data only: a solid
-    LIDC *training* nodule enlarged to ``diameter_mm`` and pasted into the real lung of a
-    training scan (2 mm grid), cropped to 70 slices around it. Yields (name, CTVolume, mass
-    mask on the volume's grid); the same ``seed`` gives the same cases."""
-    from malenia.io import CTVolume
-    from malenia.synth.lesions import LUNG_LABELS
-
-    rng = np.random.default_rng(seed)
-    spacing = (2.0, 2.0, 2.0)
-    nodules = [x for x in load_lidc("train") if x.texture_class == "solid" and x.volume_ml > 0.3]
-    hosts = [(s, np.isin(s.labels, list(LUNG_LABELS))) for s in load_training_scans(spacing)]
-    hosts = [(s, lung) for s, lung in hosts if lung.sum() > 20_000]
-    made = 0
-    while made < n:
-        scan, lung = hosts[made % len(hosts)]
-        nodule = nodules[int(rng.integers(len(nodules)))]
-        hu, mask = enlarged_nodule(nodule, spacing, float(rng.uniform(*diameter_mm)), rng)
-        at = random_voxel(lung, rng)
-        pasted, mass = paste(scan.hu, lung, hu, mask, at)
-        if mass.sum() < 200:  # mostly outside the lung: draw again
-            continue
-        z0, z1 = max(at[0] - 35, 0), min(at[0] + 35, pasted.shape[0])
-        oz, oy, ox = scan.origin_zyx
-        name = f"{scan.name} + {nodule.uid}"
-        volume = CTVolume(pasted[z0:z1].astype(np.int16), spacing[::-1], (ox, oy, oz + 2.0 * z0),
-                          tuple(np.eye(3).ravel()), name)  # fmt: skip
-        yield name, volume, mass[z0:z1]
-        made += 1
 
 
 def zoom_crop(hu: np.ndarray, mask: np.ndarray, spacing_zyx, model_spacing, shape):

@@ -175,7 +175,7 @@ def calibrate_lung(engine, n_masses: int = 12, thresholds=THRESHOLDS, log=None) 
     those. Mean Dice per threshold of the "lung cancer" preset over ``n_masses`` training
     scans with an enlarged solid LIDC *training* nodule pasted into their real lungs
     (``real_mix.pasted_lung_masses``; no validation case)."""
-    from malenia.data.real_mix import pasted_lung_masses
+    from malenia.data.nodule_paste import pasted_lung_masses
 
     cases = (
         (name, volume, None, "lung cancer", mass)

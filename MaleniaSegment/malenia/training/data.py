@@ -29,6 +29,7 @@ def make_dataset(config: TrainConfig, model_config: MaleniaConfig, seed_offset: 
             lung_contact_share=config.data.get("lung_contact_share", 0.0),
             keep_scanner_noise=config.data.get("keep_scanner_noise", False),
             phantom_scanner_noise=config.data.get("phantom_scanner_noise", False),
+            slice_profile=config.data.get("slice_profile", False),
             real_synthetic_categories=config.data.get("real_synthetic_categories"),
         )  # fmt: skip
     if kind in ("msd", "kits23"):
