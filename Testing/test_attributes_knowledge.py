@@ -292,7 +292,7 @@ def test_organ_level_locations_resolve_to_the_union_of_canonical_parts(text, loc
 
 def test_segment_names_follow_a_sure_category_in_the_named_organ():
     from malenia.attributes import KnowledgeTable, resolve_query
-    from malenia.inference.encoded import segment_name
+    from malenia.inference.naming import segment_name
 
     knowledge = KnowledgeTable.load()
     for text, expected in (

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from malenia.attributes import KnowledgeTable, LesionDescription, resolve_query
+from malenia.attributes import LesionDescription, resolve_query
 from malenia.attributes.locations import sub_locations
 from malenia.attributes.schema import ATTRIBUTE_KEYS
 from malenia.errors import InvalidRequestError
@@ -25,6 +25,7 @@ from malenia.inference.lesion_maps import (
     sub_grid,
     without_lesions,
 )
+from malenia.inference.naming import number_names, organ_of_location, segment_name
 from malenia.inference.postprocess import LesionInfo, foreground_box, longest_axial_diameter
 from malenia.io import CTVolume
 from malenia.preprocessing import to_input_grid
@@ -153,7 +154,7 @@ class EncodedVolume:
         lung_threshold = (self.engine.card.get("postprocess") or {}).get("lung_threshold")
         if lung_threshold is None or self.zoomed or description is None:
             return self.default_threshold
-        if _organ_of_location(description.location) == "lung":
+        if organ_of_location(description.location) == "lung":
             return float(lung_threshold)
         return self.default_threshold
 
@@ -335,7 +336,7 @@ class EncodedVolume:
             name = segment_name(self.engine.knowledge, ranking, description)
             for lesion in result.lesions:
                 lesion.name = name
-            _number_names(result.lesions)
+            number_names(result.lesions)
         if grounds:
             result.grounding_warning = warning
             result.grounded_in = None if warning else description.location
@@ -370,7 +371,7 @@ class EncodedVolume:
             base = result.lesions[0].name.rstrip("0123456789 ").strip()
             for lesion in recut.lesions:
                 lesion.name = base
-            _number_names(recut.lesions)
+            number_names(recut.lesions)
         return recut
 
     @torch.no_grad()
@@ -398,7 +399,7 @@ class EncodedVolume:
                 if lesion.category
                 else "Lesion"
             )
-        _number_names(result.lesions)
+        number_names(result.lesions)
         return result
 
     @torch.no_grad()
@@ -472,7 +473,7 @@ class EncodedVolume:
                     bbox_model=box,
                 )
             )
-        _number_names(lesions)
+        number_names(lesions)
         return SegmentationResult(
             self, probability, labels, lesions, threshold, description, mode, query,
             min_volume_ml, ranking,
@@ -482,7 +483,7 @@ class EncodedVolume:
         """Whether the answer names a lung location and this scan's lungs were found."""
         if description is None or not description.location:
             return False
-        return _organ_of_location(description.location) == "lung" and (
+        return organ_of_location(description.location) == "lung" and (
             self.lung_envelope() is not None
         )
 
@@ -516,7 +517,7 @@ class EncodedVolume:
         not grounded, or a lung location, which its HU lungs bound instead)."""
         if not (self.keep_answers_in_organ and location):
             return None
-        if _organ_of_location(location) == "lung":
+        if organ_of_location(location) == "lung":
             return None
         return self.location_region(location)
 
@@ -581,38 +582,3 @@ def _check_threshold(threshold: float) -> None:
         raise InvalidRequestError(
             f"The threshold must lie strictly between 0 and 1, not {threshold}."
         )
-
-
-# A category names the segments only when the knowledge table is this sure of it.
-NAME_MIN_PROBABILITY = 0.5
-
-
-def segment_name(knowledge: KnowledgeTable, ranking, description: LesionDescription) -> str:
-    """What to call the answer's segments: its most likely category when the knowledge table
-    is sure (>= NAME_MIN_PROBABILITY) and it lies in the organ the description names; else
-    a plain "Liver lesion" / "Lesion", never an unrelated category."""
-    organ = _organ_of_location(description.location)
-    if ranking:
-        category, probability = ranking[0]
-        in_organ = organ is None or knowledge.organ_of(category) == organ
-        if probability >= NAME_MIN_PROBABILITY and in_organ:
-            return category[0].upper() + category[1:]
-    return f"{organ[0].upper()}{organ[1:]} lesion" if organ else "Lesion"
-
-
-def _organ_of_location(location: str | None) -> str | None:
-    if not location:
-        return None
-    from malenia.attributes import load_vocabulary
-
-    vocabulary = load_vocabulary()
-    organs = {vocabulary.organ(p) for p in sub_locations(location, vocabulary)}
-    return organs.pop() if len(organs) == 1 else None
-
-
-def _number_names(lesions: list[LesionInfo]) -> None:
-    counts: dict[str, int] = {}
-    for lesion in lesions:
-        base = lesion.name.rstrip("0123456789 ").strip() or "Lesion"
-        counts[base] = counts.get(base, 0) + 1
-        lesion.name = f"{base} {counts[base]}"
