@@ -1,0 +1,90 @@
+"""Check a scored candidate against the bundling rule committed with its config.
+
+    python scripts/check_bundle_rule.py runs/cand28
+
+Reads what ``scripts/evaluate_candidate.sh`` and the scoring steps after it wrote into the
+candidate folder (calibration.json, synthetic/ and synthetic_scanner/ metrics.json,
+real/metrics.json, sample_scanner.txt) and prints each gate with its figure. The gates are
+the rule written into configs/tiny_cpu_real23.json and tiny_cpu_real24.json before training
+(stages 27-28); the bundle's own figures are the floors. Exit status 0 when every gate
+passes, 1 otherwise, 2 when a figure is missing (a step not run yet).
+
+The rule lives here so that the verdict is read off files, not off a person reading tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+# The bundled weights' figures (malenia-tiny@c2706e104a0d, docs/EVALUATION.md).
+BUNDLE_PHANTOM_NOISE = (0.348, 0.190)
+BUNDLE_PHANTOM_CALIBRATION = 0.812
+BUNDLE_LIDC_TRAINING_ROI = 0.746
+BUNDLE_REAL_MACRO = 0.267
+SYNTHETIC_TARGETS = (0.80, 0.60)
+SAMPLE_PRESET_DICE = 0.5
+
+SAMPLE_LINE = re.compile(
+    r"^(?P<preset>[^:]+): Dice (?P<dice>[0-9.]+), grounding warning: (?P<warn>.+)$"
+)
+
+
+def _synthetic(folder: Path) -> tuple[float, float]:
+    groups = json.loads((folder / "metrics.json").read_text())["groups"]
+    return groups["seen"]["dice_true"], groups["unseen"]["dice_true"]
+
+
+def _sample(path: Path) -> list[tuple[str, float, str]]:
+    rows = [SAMPLE_LINE.match(line.strip()) for line in path.read_text().splitlines()]
+    return [(m["preset"], float(m["dice"]), m["warn"]) for m in rows if m]
+
+
+def gates(candidate: Path) -> list[tuple[str, str, bool]]:
+    """(gate, measured, passed) for each gate of the rule."""
+    seen, unseen = _synthetic(candidate / "synthetic")
+    noisy_seen, noisy_unseen = _synthetic(candidate / "synthetic_scanner")
+    calibration = json.loads((candidate / "calibration.json").read_text())
+    macro = json.loads((candidate / "real" / "metrics.json").read_text())["macro_dice"]
+    sample = _sample(candidate / "sample_scanner.txt")
+    if len(sample) != 2:
+        raise FileNotFoundError(f"{candidate / 'sample_scanner.txt'} lacks the two preset lines")
+    return [
+        (f"synthetic seen >= {SYNTHETIC_TARGETS[0]}", f"{seen:.3f}", seen >= SYNTHETIC_TARGETS[0]),
+        (f"synthetic unseen >= {SYNTHETIC_TARGETS[1]}", f"{unseen:.3f}", unseen >= SYNTHETIC_TARGETS[1]),
+        (f"phantom-noise set >= {BUNDLE_PHANTOM_NOISE[0]} / {BUNDLE_PHANTOM_NOISE[1]}",
+         f"{noisy_seen:.3f} / {noisy_unseen:.3f}",
+         noisy_seen >= BUNDLE_PHANTOM_NOISE[0] and noisy_unseen >= BUNDLE_PHANTOM_NOISE[1]),
+        *((f"sample (scan's noise) {preset} >= {SAMPLE_PRESET_DICE}, no warning",
+           f"{dice:.3f}, warning: {warn}", dice >= SAMPLE_PRESET_DICE and warn == "none")
+          for preset, dice, warn in sample),
+        (f"phantom calibration >= {BUNDLE_PHANTOM_CALIBRATION}",
+         f"{calibration['validation_dice']:.3f}",
+         calibration["validation_dice"] >= BUNDLE_PHANTOM_CALIBRATION),
+        (f"LIDC training ROI >= {BUNDLE_LIDC_TRAINING_ROI}", f"{calibration['roi_dice']:.3f}",
+         calibration["roi_dice"] >= BUNDLE_LIDC_TRAINING_ROI),
+        (f"real validation macro >= {BUNDLE_REAL_MACRO}", f"{macro:.3f}", macro >= BUNDLE_REAL_MACRO),
+    ]  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("candidate", type=Path, help="folder evaluate_candidate.sh wrote")
+    args = parser.parse_args()
+    try:
+        rows = gates(args.candidate)
+    except (FileNotFoundError, KeyError) as error:
+        print(f"not fully scored yet: {error}", file=sys.stderr)
+        return 2
+    for gate, measured, passed in rows:
+        print(f"{'pass' if passed else 'FAIL'}  {gate}: {measured}")
+    verdict = all(passed for _, _, passed in rows)
+    print("passes the rule" if verdict else "fails the rule")
+    return 0 if verdict else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
