@@ -9,6 +9,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
 
 @dataclass
 class TrainConfig:
@@ -59,6 +61,15 @@ class TrainConfig:
     # the encoder through ``up2`` keeps the decoder map F2 fixed, so a location head trained
     # on those features stays valid while the lesion decoder learns on.
     frozen: tuple[str, ...] = ()
+    # Arithmetic of the forward pass (weights and optimizer stay float32): "auto" is bfloat16
+    # autocast on a GPU and float32 on a CPU; "bfloat16" autocasts on a CPU too, about twice
+    # the steps per hour where the CPU has AMX or AVX512-BF16
+    # (benchmarks/bench_training_step.py); "float32" never autocasts.
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: use one of {' | '.join(PRECISIONS)}")
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -83,6 +94,16 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
     floor = config.min_lr_ratio
     return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def autocast(config: TrainConfig, device_type: str):
+    """The autocast context of the forward pass for ``config.precision`` on this device."""
+    import torch
+
+    bfloat16 = config.precision == "bfloat16" or (
+        config.precision == "auto" and device_type == "cuda"
+    )
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bfloat16)
 
 
 def step_rng(config: TrainConfig, step: int) -> random.Random:

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from malenia.model import MaleniaConfig, MaleniaNet, count_parameters
 from malenia.training.anatomy import AnatomyTask
 from malenia.training.checkpoints import load_checkpoint, save_checkpoint
-from malenia.training.config import TrainConfig, learning_rate
+from malenia.training.config import TrainConfig, autocast, learning_rate
 from malenia.training.data import Batches
 from malenia.training.lesions import LesionTask
 from malenia.training.task import Task
@@ -119,11 +119,7 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
     batches = Batches(
         task.dataset(model_config), config.batch_size, rank, world, config.num_workers
     )
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if torch_device.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
+    amp = autocast(config, torch_device.type)
     history: dict = {"val": {}}
     started = time.time()
     progress, log = None, None
