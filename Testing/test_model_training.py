@@ -286,6 +286,56 @@ def test_bfloat16_precision_trains_on_a_cpu_and_keeps_float32_weights(tmp_path):
         TrainConfig(precision="fp8")
 
 
+@pytest.mark.slow
+def test_distillation_keeps_the_phantom_answers_near_a_frozen_teacher(tmp_path):
+    """distill_from / distill_weight (learning without forgetting): on phantom windows the
+    prompted mask also learns the teacher's probabilities, so a run that starts from the
+    teacher drifts less from it there than the same run without; the teacher stays frozen."""
+    import csv
+
+    from malenia.training.lesions import distillation_loss
+    from malenia.weights import load_weights
+
+    logits = torch.randn(2, 4, 4, 4, requires_grad=True)
+    distillation_loss(logits, logits.detach()).backward()
+    assert logits.grad.abs().max() < 1e-7  # nothing to learn where student and teacher agree
+
+    train(training_config(tmp_path / "teacher", 1))
+    teacher_path = tmp_path / "teacher" / "last.safetensors"
+    teacher, _ = load_weights(teacher_path)
+    start = dict(init_from=str(teacher_path), lr=3e-3)
+    free = train(training_config(tmp_path / "free", 4, **start))
+    kept = train(training_config(tmp_path / "kept", 4, distill_from=str(teacher_path),
+                                 distill_weight=20.0, **start))  # fmt: skip
+    log = (tmp_path / "kept" / "log.csv").read_text(encoding="utf-8").splitlines()
+    rows = list(csv.DictReader(log))
+    assert all(float(row["distill"]) > 0 for row in rows)
+
+    from malenia.synth import SyntheticLesionDataset
+    from malenia.training.prompts import Vocabulary
+
+    config = small_config()
+    item = SyntheticLesionDataset(("renal cell carcinoma",), seed=5, length=1, shape=config.patch_size,
+                                  spacing=config.spacing_mm, max_lesions=1)[0]  # fmt: skip
+    vocabulary = Vocabulary(torch.device("cpu"))
+    image = torch.from_numpy(item["image"][None])
+    prompt = vocabulary.table.embed(item["descriptions"][0])[None]
+
+    def probability(model) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.sigmoid(model.eval()(image, prompt)["prompt_logits"]["ensemble"])
+
+    reference = probability(teacher)
+    drift = {name: float((probability(run["model"]) - reference).abs().mean())
+             for name, run in (("free", free), ("kept", kept))}  # fmt: skip
+    assert drift["kept"] < 0.7 * drift["free"], drift
+    with pytest.raises(ValueError, match="needs distill_from"):
+        TrainConfig(distill_weight=1.0)
+    with pytest.raises(ValueError, match="does not exist"):
+        train(training_config(tmp_path / "x", 1, distill_from=str(tmp_path / "none.safetensors"),
+                              distill_weight=1.0))  # fmt: skip
+
+
 def _ddp_worker(rank: int, world: int, out: str, port: int) -> None:
     os.environ.update(
         {

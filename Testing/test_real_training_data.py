@@ -22,7 +22,7 @@ def test_training_mixture_never_reads_validation_cases():
     assert not {s.name for s in dataset.scans} & set(HCC_VALIDATION)
     validation = {n.patient for n in load_lidc("validation")}
     assert validation and not {n.patient for n in dataset.nodules} & validation
-    kinds = {}
+    kinds, sources = {}, set()
     for index in range(40):
         item = dataset[index]
         assert item["image"].shape == (1, 64, 64, 64) and item["instance_mask"].shape == (
@@ -32,6 +32,8 @@ def test_training_mixture_never_reads_validation_cases():
         )
         assert len(item["descriptions"]) == len(item["categories"]) == item["instance_mask"].max()
         kinds.setdefault("negative" if not item["descriptions"] else item["categories"][0], item)
+        sources.add(item["source"])  # which part of the mixture (per-source losses)
+    assert sources <= {*dataset.kinds, "phantom_scanner_noise"} and "lidc" in sources
     assert "negative" in kinds and "lung nodule" in kinds  # real negatives and LIDC nodules
     synthetic_in_real = [k for k, v in kinds.items() if "known_locations" in v and k != "negative"]
     assert synthetic_in_real
@@ -355,6 +357,8 @@ def test_a_share_of_the_phantoms_can_keep_their_own_noise():
     kept = [half._keeps_scanner_noise(i) for i in range(400)]
     assert 0.4 < np.mean(kept) < 0.6
     assert kept == [half._keeps_scanner_noise(i) for i in range(400)]
+    both = [kept.index(True), kept.index(False)]  # each item says how it was drawn
+    assert [half[i]["source"] for i in both] == ["phantom_scanner_noise", "phantom"]
     assert not any(SyntheticLesionDataset(("liver cancer",), keep_scanner_noise=0.0)
                    ._keeps_scanner_noise(i) for i in range(50))  # fmt: skip
     assert all(SyntheticLesionDataset(("liver cancer",), keep_scanner_noise=True)

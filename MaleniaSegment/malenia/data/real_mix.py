@@ -263,14 +263,16 @@ class RealMixDataset:
         rng = np.random.default_rng([self.seed, index, 29])
         kind = self.kinds[int(rng.choice(len(self.kinds), p=self.weights))]
         if kind == "phantom":
-            return {**self.phantoms[index], "known_locations": tuple(LOCATION_LABEL)}
-        if kind == "lidc":
-            return self._lidc_item(rng)
-        if kind == "soft_tissue":
-            return self._soft_tissue_item(rng)
-        if kind == "lidc_paste":
-            return self._lidc_paste_item(rng)
-        return self._scan_item(kind, rng)
+            item = {**self.phantoms[index], "known_locations": tuple(LOCATION_LABEL)}
+        elif kind == "lidc":
+            item = self._lidc_item(rng)
+        elif kind == "soft_tissue":
+            item = self._soft_tissue_item(rng)
+        elif kind == "lidc_paste":
+            item = self._lidc_paste_item(rng)
+        else:
+            item = self._scan_item(kind, rng)
+        return {"source": kind, **item}  # the mixture's part (a phantom's own tag wins)
 
     # ------------------------------------------------------------------ real scans
     def _scan_item(self, kind: str, rng: np.random.Generator) -> dict:

@@ -129,6 +129,7 @@ class SyntheticLesionDataset:
         return self.length
 
     def __getitem__(self, index: int) -> dict:
+        keeps_noise = self._keeps_scanner_noise(index)
         for attempt in range(10):  # a sample whose lesion could not be placed is redrawn
             sample = make_sample(
                 self.seed * 1_000_003 + index * 17 + attempt,
@@ -137,7 +138,7 @@ class SyntheticLesionDataset:
                 self.spacing,
                 self.max_lesions,
                 self.distractor_prob,
-                self._keeps_scanner_noise(index),
+                keeps_noise,
             )
             if sample.lesions:
                 break
@@ -149,6 +150,9 @@ class SyntheticLesionDataset:
             "reports": [r.report for r in sample.lesions],
             "labels": sample.labels,  # for a location-head loss alongside (task "lesions")
             "origin_mm": sample.origin_mm,
+            # Lesions drawn with fresh white noise (as the published benchmark draws them) or
+            # keeping the phantom's own: per-source losses tell them apart.
+            "source": "phantom_scanner_noise" if keeps_noise else "phantom",
         }
 
 

@@ -61,6 +61,16 @@ class TrainConfig:
     # the encoder through ``up2`` keeps the decoder map F2 fixed, so a location head trained
     # on those features stays valid while the lesion decoder learns on.
     frozen: tuple[str, ...] = ()
+    # Learning without forgetting (Li and Hoiem, 2017): on windows from ``distill_sources``
+    # (item "source": "phantom" is a phantom whose lesions have white noise, as the published
+    # benchmark draws them; "phantom_scanner_noise", "real_synthetic", "lidc", ... the rest)
+    # the prompted mask also learns the frozen
+    # ``distill_from`` model's probabilities, so what it answered there drifts less while the
+    # rest of the mixture teaches real anatomy. Only the prompts the batch already asks (seen
+    # categories) are distilled: no unseen description reaches training. 0 = off.
+    distill_from: str | None = None
+    distill_weight: float = 0.0
+    distill_sources: tuple[str, ...] = ("phantom",)
     # Arithmetic of the forward pass (weights and optimizer stay float32): "auto" is bfloat16
     # autocast on a GPU and float32 on a CPU; "bfloat16" autocasts on a CPU too, about twice
     # the steps per hour where the CPU has AMX or AVX512-BF16
@@ -68,6 +78,8 @@ class TrainConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.distill_weight > 0 and not self.distill_from:
+            raise ValueError("distill_weight > 0 needs distill_from (the teacher's weights)")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: use one of {' | '.join(PRECISIONS)}")
 

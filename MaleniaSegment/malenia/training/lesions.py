@@ -23,7 +23,9 @@ class LesionTask(Task):
     """Task "lesions"."""
 
     name = "lesions"
-    log_columns = ("total", "mask", "objectness", "align", "prompt", "contrast", "anatomy")
+    log_columns = (
+        "total", "mask", "objectness", "align", "prompt", "contrast", "anatomy", "distill",
+    )  # fmt: skip
     headline = "prompt"
 
     def __init__(self, config: TrainConfig, device) -> None:
@@ -33,6 +35,7 @@ class LesionTask(Task):
         self.prompt_pool = {
             c: [r.description for r in lesion_pool(c)] for c in config.category_names()
         }
+        self.teacher = load_teacher(config, device)
 
     def prepare_model(self, model: MaleniaNet) -> None:
         if self.config.frozen:
@@ -43,8 +46,9 @@ class LesionTask(Task):
 
     def loss(self, model, trained, batch, step):
         return compute_loss(
-            trained, batch, self.vocabulary, self.config, step, self.prompt_pool, self.device
-        )
+            trained, batch, self.vocabulary, self.config, step, self.prompt_pool, self.device,
+            self.teacher,
+        )  # fmt: skip
 
     def validate(self, model: MaleniaNet) -> float:
         return validate(model, self.config, self.vocabulary, self.device)
@@ -63,6 +67,32 @@ def freeze_parameters(model: torch.nn.Module, prefixes) -> None:
             parameter.requires_grad_(False)
 
 
+def load_teacher(config: TrainConfig, device) -> MaleniaNet | None:
+    """The frozen model of ``distill_from``, or None when distillation is off; a missing or
+    mismatched file is said before any step runs."""
+    if config.distill_weight <= 0:
+        return None
+    from pathlib import Path
+
+    from malenia.weights import load_weights
+
+    path = Path(config.distill_from)
+    if not path.is_file():
+        raise ValueError(f"distill_from {path} does not exist")
+    teacher, _ = load_weights(path, device)
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher.eval()
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the student's voxel logits against the teacher's probabilities
+    (its gradient, sigmoid(student) - sigmoid(teacher), vanishes where they agree)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        student_logits.float(), torch.sigmoid(teacher_logits.float())
+    )
+
+
 def compute_loss(
     model,
     batch: list[dict],
@@ -71,6 +101,7 @@ def compute_loss(
     step: int,
     prompt_pool: dict,
     device,
+    teacher: MaleniaNet | None = None,
 ) -> tuple[torch.Tensor, dict]:
     rng = step_rng(config, step)
     images = torch.from_numpy(np.stack([item["image"] for item in batch])).to(device)
@@ -137,6 +168,19 @@ def compute_loss(
         )  # fmt: skip
         total = total + config.contrast_prompt_weight * contrast
         parts["contrast"] = float(contrast.detach())
+    if teacher is not None:
+        chosen = [
+            b for b, item in enumerate(batch)
+            if item.get("source", "phantom") in config.distill_sources
+        ]  # fmt: skip
+        if chosen:
+            with torch.no_grad():
+                taught = teacher(images[chosen], attributes[chosen], vocabulary.matrices)
+            distill = distillation_loss(
+                out["prompt_logits"]["ensemble"][chosen], taught["prompt_logits"]["ensemble"]
+            )
+            total = total + config.distill_weight * distill * len(chosen)
+            parts["distill"] = float(distill.detach())
     parts["total"] = float(total.detach())
     return total / len(batch), parts
 
