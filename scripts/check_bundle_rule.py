@@ -25,7 +25,8 @@ import re
 import sys
 from pathlib import Path
 
-# The bundled weights' figures (malenia-tiny@c2706e104a0d, docs/EVALUATION.md).
+# Floors of the committed rules, from the bundled weights' figures (malenia-tiny@c2706e104a0d;
+# the calibration and ROI floors since stage 14: within 0.005 of the bundle then; EVALUATION.md).
 BUNDLE_PHANTOM_NOISE = (0.348, 0.190)
 BUNDLE_PHANTOM_CALIBRATION = 0.812
 BUNDLE_LIDC_TRAINING_ROI = 0.746

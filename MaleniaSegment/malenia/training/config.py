@@ -62,12 +62,12 @@ class TrainConfig:
     # on those features stays valid while the lesion decoder learns on.
     frozen: tuple[str, ...] = ()
     # Learning without forgetting (Li and Hoiem, 2017): on windows from ``distill_sources``
-    # (item "source": "phantom" is a phantom whose lesions have white noise, as the published
-    # benchmark draws them; "phantom_scanner_noise", "real_synthetic", "lidc", ... the rest)
-    # the prompted mask also learns the frozen
-    # ``distill_from`` model's probabilities, so what it answered there drifts less while the
-    # rest of the mixture teaches real anatomy. Only the prompts the batch already asks (seen
-    # categories) are distilled: no unseen description reaches training. 0 = off.
+    # the prompted mask also learns the frozen ``distill_from`` model's probabilities, so what
+    # it answered there drifts less while the rest of the mixture teaches real anatomy. Items
+    # say their "source": "phantom" (white-noise lesions, as the published benchmark draws
+    # them), "phantom_scanner_noise", "real_synthetic", "lidc", ... Only the prompts the batch
+    # already asks (seen categories) are distilled: no unseen description reaches training.
+    # 0 = off.
     distill_from: str | None = None
     distill_weight: float = 0.0
     distill_sources: tuple[str, ...] = ("phantom",)
