@@ -331,6 +331,10 @@ def test_distillation_keeps_the_phantom_answers_near_a_frozen_teacher(tmp_path):
     assert drift["kept"] < 0.7 * drift["free"], drift
     with pytest.raises(ValueError, match="needs distill_from"):
         TrainConfig(distill_weight=1.0)
+    other = training_config(tmp_path / "y", 1, distill_from=str(teacher_path), distill_weight=1.0)
+    other.model = small_config(token_dim=64).to_dict()
+    with pytest.raises(ValueError, match="different model"):
+        train(other)
     with pytest.raises(ValueError, match="does not exist"):
         train(training_config(tmp_path / "x", 1, distill_from=str(tmp_path / "none.safetensors"),
                               distill_weight=1.0))  # fmt: skip

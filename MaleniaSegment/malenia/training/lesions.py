@@ -40,6 +40,11 @@ class LesionTask(Task):
     def prepare_model(self, model: MaleniaNet) -> None:
         if self.config.frozen:
             freeze_parameters(model, self.config.frozen)
+        if self.teacher is not None and self.teacher.config.to_dict() != model.config.to_dict():
+            raise ValueError(
+                f"distill_from {self.config.distill_from} is a different model from the one "
+                "this config trains: distil from weights of the same architecture"
+            )
 
     def dataset(self, model_config):
         return make_dataset(self.config, model_config)
@@ -68,8 +73,8 @@ def freeze_parameters(model: torch.nn.Module, prefixes) -> None:
 
 
 def load_teacher(config: TrainConfig, device) -> MaleniaNet | None:
-    """The frozen model of ``distill_from``, or None when distillation is off; a missing or
-    mismatched file is said before any step runs."""
+    """The frozen model of ``distill_from``, or None when distillation is off; a missing file
+    is said before any step runs (another architecture: ``LesionTask.prepare_model``)."""
     if config.distill_weight <= 0:
         return None
     from pathlib import Path
