@@ -37,23 +37,21 @@ def _cpu_flags() -> str:
 
 
 def time_steps(task, model, batches: list, config) -> tuple[float, float]:
-    """(seconds per step after the first, loss of the first batch) at ``config.precision``."""
+    """(seconds per step after the first, loss of the first batch) at ``config.precision``,
+    each step the training loop's own ``training_step``."""
     from malenia.training.config import autocast
+    from malenia.training.loop import make_optimizer, training_step
 
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    optimizer = make_optimizer(model, config)
+    amp = autocast(config, "cpu")
     times, first_loss = [], None
     for step, batch in enumerate(batches):
         torch.manual_seed(step)
         tick = time.perf_counter()
-        with autocast(config, "cpu"):
-            loss, _ = task.loss(model, model, batch, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        parts = training_step(task, model, model, optimizer, batch, step, amp)
         times.append(time.perf_counter() - tick)
         if first_loss is None:
-            first_loss = float(loss.detach())
+            first_loss = parts["total"]
     return sum(times[1:]) / max(len(times) - 1, 1), first_loss
 
 
@@ -61,7 +59,7 @@ def main() -> None:
     from malenia.model import MaleniaNet
     from malenia.training.config import TrainConfig
     from malenia.training.data import Batches
-    from malenia.training.loop import _model_config, make_task
+    from malenia.training.loop import make_task, model_config_of
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "tiny_cpu_real24.json")
@@ -69,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = TrainConfig.load(args.config)
-    model_config = _model_config(config)
+    model_config = model_config_of(config)
     device = torch.device("cpu")
     task = make_task(config, device)
     task.configure(model_config)

@@ -47,7 +47,8 @@ def _setup_distributed(device_request: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def _model_config(config: TrainConfig) -> MaleniaConfig:
+def model_config_of(config: TrainConfig) -> MaleniaConfig:
+    """The network a config asks for: a named size ("tiny") or a dict of its fields."""
     if isinstance(config.model, dict):
         return MaleniaConfig.from_dict(config.model)
     return getattr(MaleniaConfig, config.model)()
@@ -62,6 +63,30 @@ def _initialise(model: MaleniaNet, config: TrainConfig, task: Task, device) -> N
         raise ValueError(
             f"{config.init_from} does not fit this model: missing {new[:5]}, unexpected {unexpected[:5]}"
         )
+
+
+def make_optimizer(model: MaleniaNet, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the parameters the task left trainable."""
+    return torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+
+
+def training_step(
+    task: Task, model: MaleniaNet, trained, optimizer, batch, step: int, amp
+) -> dict[str, float]:
+    """One optimizer step: the task's loss under ``amp`` (the config's precision), backward,
+    gradients clipped to norm 1, step. ``trained`` is ``model`` or its DDP wrapper. Returns the
+    loss parts the log records. The benchmark times this very function."""
+    with amp:
+        loss, parts = task.loss(model, trained, batch, step)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return parts
 
 
 class TrainingLog:
@@ -93,16 +118,12 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
     torch.manual_seed(config.seed)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_config = _model_config(config)
+    model_config = model_config_of(config)
     task = make_task(config, torch_device)
     task.configure(model_config)
     model = MaleniaNet(model_config).to(torch_device)
     task.prepare_model(model)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = make_optimizer(model, config)
     step = 0
     if (out / "last.safetensors").is_file() and (out / "optimizer.json").is_file():
         step = load_checkpoint(out, model, optimizer, torch_device)
@@ -136,12 +157,7 @@ def train(config: TrainConfig, max_minutes: float | None = None, device: str = "
             torch.manual_seed(config.seed * 100_003 + step)
             batch = batches.get(step)
             tick = time.time()
-            with amp:
-                loss, parts = task.loss(model, trained, batch, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            parts = training_step(task, model, trained, optimizer, batch, step, amp)
             step += 1
             history["last"] = {k: round(v, 4) for k, v in parts.items()}
             val = ""
