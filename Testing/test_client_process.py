@@ -70,7 +70,7 @@ MANAGER = """
     client = process.client()
     volume_id = client.upload_raw(data, shape, "<i2", spacing=(2, 2, 2), origin=(0, 0, 0))
     client.wait(volume_id)
-    result = client.segment(volume_id, "renal cyst", 0.5)
+    result = client.segment(volume_id, "renal cyst")
     print(json.dumps({
         "server_pid": process.pid,
         "labelmap": repr(result.labelmap),

@@ -254,7 +254,7 @@ def test_every_upload_form_lands_on_the_input_grid(server, tmp_path):
     results = []
     for volume_id in (by_matrix, by_geometry, by_file):
         client.wait(volume_id)
-        result = client.segment(volume_id, "renal cyst", 0.5)
+        result = client.segment(volume_id, "renal cyst")  # the weights' calibrated threshold
         assert result.labelmap.shape == ct.array.shape and result.labelmap.dtype == np.int16
         results.append(result)
         recut = client.recut(volume_id, result.result_id, 0.9)
