@@ -74,9 +74,12 @@ def _left_right(path: Path) -> tuple[str, bool]:
     return " / ".join(f"{m[1]}, {m[2]}, {m[3]}" for m in kidneys), passed
 
 
+Row = tuple[str, str, bool]  # (gate, measured, passed)
+
+
 def _sample_gates(
     path: Path, presets: tuple[str, ...], label: str, floor: float = SAMPLE_PRESET_DICE
-) -> list:
+) -> list[Row]:
     rows = _sample(path)
     if len(rows) != 2:
         raise FileNotFoundError(f"{path} lacks the two preset lines")
@@ -87,80 +90,77 @@ def _sample_gates(
     ]  # fmt: skip
 
 
-def real_first_gates(candidate: Path) -> tuple[list, list]:
-    """(gates, reported-only rows) of the real-first rule; each row (name, measured, passed)."""
+def _rows(candidate: Path) -> dict[str, list[Row]]:
+    """Every row any rule uses, by name, each read off the candidate's files once."""
+    seen, unseen = _synthetic(candidate / "synthetic")
+    noisy_seen, noisy_unseen = _synthetic(candidate / "synthetic_scanner")
+    calibration = json.loads((candidate / "calibration.json").read_text())
     real = json.loads((candidate / "real" / "metrics.json").read_text())
+    macro, fp_within = real["macro_dice"], real["targets"]["fp_within_truth"]["value"]
     scored = {
         group: next(q for q in queries.values() if q["scored"])["dice"]
         for group, queries in real["groups"].items()
         if group in BUNDLE_REAL_GROUPS
     }
-    macro, fp_within = real["macro_dice"], real["targets"]["fp_within_truth"]["value"]
-    seen, unseen = _synthetic(candidate / "synthetic")
-    noisy_seen, noisy_unseen = _synthetic(candidate / "synthetic_scanner")
-    calibration = json.loads((candidate / "calibration.json").read_text())
     left_right, left_right_passed = _left_right(candidate / "left_right.txt")
     macro_floor = BUNDLE_REAL_MACRO + REAL_FIRST_MACRO_MARGIN
-    gated = [
-        (f"real validation macro >= {macro_floor:.3f}", f"{macro:.3f}", macro >= macro_floor),
-        *[(f"real {group} >= bundle's {floor:.3f}", f"{scored[group]:.3f}",
-           scored[group] >= floor) for group, floor in BUNDLE_REAL_GROUPS.items()],
-        (f"false positives within the true volume on >= {BUNDLE_FP_WITHIN_TRUTH} scans",
-         f"{fp_within}", fp_within >= BUNDLE_FP_WITHIN_TRUTH),
-        (f"synthetic seen >= {SYNTHETIC_TARGETS[0]}", f"{seen:.3f}", seen >= SYNTHETIC_TARGETS[0]),
-        (f"phantom-noise set >= {BUNDLE_PHANTOM_NOISE[0]} / {BUNDLE_PHANTOM_NOISE[1]}",
-         f"{noisy_seen:.3f} / {noisy_unseen:.3f}",
-         noisy_seen >= BUNDLE_PHANTOM_NOISE[0] and noisy_unseen >= BUNDLE_PHANTOM_NOISE[1]),
-        *_sample_gates(candidate / "sample_white.txt", ("renal cyst", "liver cancer"), "shipped",
-                       REAL_FIRST_SAMPLE_DICE),
-        ("kidney maps left / right (map > 0.3, covers > 0.5, 0 of the other)", left_right,
-         left_right_passed),
-    ]  # fmt: skip
-    reported = [
-        (f"synthetic unseen (issue: >= {SYNTHETIC_TARGETS[1]})", f"{unseen:.3f}",
-         unseen >= SYNTHETIC_TARGETS[1]),
-        (f"phantom calibration (bundle {BUNDLE_PHANTOM_CALIBRATION})",
-         f"{calibration['validation_dice']:.3f}",
-         calibration["validation_dice"] >= BUNDLE_PHANTOM_CALIBRATION),
-        (f"LIDC training ROI (bundle {BUNDLE_LIDC_TRAINING_ROI})", f"{calibration['roi_dice']:.3f}",
-         calibration["roi_dice"] >= BUNDLE_LIDC_TRAINING_ROI),
-        *_sample_gates(candidate / "sample_scanner.txt", ("renal cyst", "liver cancer"),
-                       "scan's noise"),
-    ]  # fmt: skip
-    return gated, reported
+    both, white, scanner = (
+        ("renal cyst", "liver cancer"), candidate / "sample_white.txt",
+        candidate / "sample_scanner.txt",
+    )  # fmt: skip
+    return {
+        "seen": [(f"synthetic seen >= {SYNTHETIC_TARGETS[0]}", f"{seen:.3f}",
+                  seen >= SYNTHETIC_TARGETS[0])],
+        "unseen": [(f"synthetic unseen >= {SYNTHETIC_TARGETS[1]}", f"{unseen:.3f}",
+                    unseen >= SYNTHETIC_TARGETS[1])],
+        "phantom noise": [
+            (f"phantom-noise set >= {BUNDLE_PHANTOM_NOISE[0]} / {BUNDLE_PHANTOM_NOISE[1]}",
+             f"{noisy_seen:.3f} / {noisy_unseen:.3f}",
+             noisy_seen >= BUNDLE_PHANTOM_NOISE[0] and noisy_unseen >= BUNDLE_PHANTOM_NOISE[1])],
+        "calibration": [(f"phantom calibration >= {BUNDLE_PHANTOM_CALIBRATION}",
+                         f"{calibration['validation_dice']:.3f}",
+                         calibration["validation_dice"] >= BUNDLE_PHANTOM_CALIBRATION)],
+        "roi": [(f"LIDC training ROI >= {BUNDLE_LIDC_TRAINING_ROI}",
+                 f"{calibration['roi_dice']:.3f}",
+                 calibration["roi_dice"] >= BUNDLE_LIDC_TRAINING_ROI)],
+        "macro": [(f"real validation macro >= {BUNDLE_REAL_MACRO}", f"{macro:.3f}",
+                   macro >= BUNDLE_REAL_MACRO)],
+        "macro + margin": [(f"real validation macro >= {macro_floor:.3f}", f"{macro:.3f}",
+                            macro >= macro_floor)],
+        "real groups": [(f"real {group} >= bundle's {floor:.3f}", f"{scored[group]:.3f}",
+                         scored[group] >= floor) for group, floor in BUNDLE_REAL_GROUPS.items()],
+        "fp within truth": [
+            (f"false positives within the true volume on >= {BUNDLE_FP_WITHIN_TRUTH} scans",
+             f"{fp_within}", fp_within >= BUNDLE_FP_WITHIN_TRUTH)],
+        "left/right": [("kidney maps left / right (map > 0.3, covers > 0.5, 0 of the other)",
+                        left_right, left_right_passed)],
+        "sample scan's noise": _sample_gates(scanner, both, "scan's noise"),
+        "sample scan's noise, liver": _sample_gates(scanner, ("liver cancer",), "scan's noise"),
+        "sample shipped": _sample_gates(white, both, "shipped"),
+        "sample shipped, found": _sample_gates(white, both, "shipped", REAL_FIRST_SAMPLE_DICE),
+    }  # fmt: skip
 
 
-def gates(candidate: Path, demo: str = "scan-noise") -> list[tuple[str, str, bool]]:
-    """(gate, measured, passed) for each gate of the rule."""
-    seen, unseen = _synthetic(candidate / "synthetic")
-    noisy_seen, noisy_unseen = _synthetic(candidate / "synthetic_scanner")
-    calibration = json.loads((candidate / "calibration.json").read_text())
-    macro = json.loads((candidate / "real" / "metrics.json").read_text())["macro_dice"]
-    both = ("renal cyst", "liver cancer")
-    if demo == "scan-noise":
-        demo_gates = _sample_gates(candidate / "sample_scanner.txt", both, "scan's noise")
-    else:
-        demo_gates = _sample_gates(candidate / "sample_white.txt", both, "shipped")
-        demo_gates += _sample_gates(
-            candidate / "sample_scanner.txt", ("liver cancer",), "scan's noise"
-        )
-    left_right, left_right_passed = _left_right(candidate / "left_right.txt")
-    return [
-        (f"synthetic seen >= {SYNTHETIC_TARGETS[0]}", f"{seen:.3f}", seen >= SYNTHETIC_TARGETS[0]),
-        (f"synthetic unseen >= {SYNTHETIC_TARGETS[1]}", f"{unseen:.3f}", unseen >= SYNTHETIC_TARGETS[1]),
-        (f"phantom-noise set >= {BUNDLE_PHANTOM_NOISE[0]} / {BUNDLE_PHANTOM_NOISE[1]}",
-         f"{noisy_seen:.3f} / {noisy_unseen:.3f}",
-         noisy_seen >= BUNDLE_PHANTOM_NOISE[0] and noisy_unseen >= BUNDLE_PHANTOM_NOISE[1]),
-        *demo_gates,
-        (f"phantom calibration >= {BUNDLE_PHANTOM_CALIBRATION}",
-         f"{calibration['validation_dice']:.3f}",
-         calibration["validation_dice"] >= BUNDLE_PHANTOM_CALIBRATION),
-        (f"LIDC training ROI >= {BUNDLE_LIDC_TRAINING_ROI}", f"{calibration['roi_dice']:.3f}",
-         calibration["roi_dice"] >= BUNDLE_LIDC_TRAINING_ROI),
-        (f"real validation macro >= {BUNDLE_REAL_MACRO}", f"{macro:.3f}", macro >= BUNDLE_REAL_MACRO),
-        ("kidney maps left / right (map > 0.3, covers > 0.5, 0 of the other)", left_right,
-         left_right_passed),
-    ]  # fmt: skip
+# Each rule: the rows that gate, in order, and the rows only reported.
+RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "phantom-gates/scan-noise": (
+        ("seen", "unseen", "phantom noise", "sample scan's noise", "calibration", "roi", "macro",
+         "left/right"), ()),
+    "phantom-gates/shipped": (
+        ("seen", "unseen", "phantom noise", "sample shipped", "sample scan's noise, liver",
+         "calibration", "roi", "macro", "left/right"), ()),
+    "real-first": (
+        ("macro + margin", "real groups", "fp within truth", "seen", "phantom noise",
+         "sample shipped, found", "left/right"),
+        ("unseen", "calibration", "roi", "sample scan's noise")),
+}  # fmt: skip
+
+
+def gates(candidate: Path, rule: str = "phantom-gates/scan-noise") -> tuple[list[Row], list[Row]]:
+    """(gating rows, reported-only rows) of ``rule`` for a scored candidate."""
+    rows = _rows(candidate)
+    gating, reported = RULES[rule]
+    return [r for name in gating for r in rows[name]], [r for name in reported for r in rows[name]]
 
 
 def main() -> int:
@@ -175,19 +175,16 @@ def main() -> int:
     parser.add_argument("--rule", choices=("phantom-gates", "real-first"),
                         default="phantom-gates", help="stages 26-29: phantom-gates")  # fmt: skip
     args = parser.parse_args()
-    reported = []
+    rule = args.rule if args.rule == "real-first" else f"{args.rule}/{args.demo}"
     try:
-        if args.rule == "real-first":
-            rows, reported = real_first_gates(args.candidate)
-        else:
-            rows = gates(args.candidate, args.demo)
+        rows, reported = gates(args.candidate, rule)
     except (FileNotFoundError, KeyError) as error:
         print(f"not fully scored yet: {error}", file=sys.stderr)
         return 2
     for gate, measured, passed in rows:
         print(f"{'pass' if passed else 'FAIL'}  {gate}: {measured}")
-    for name, measured, met in reported:
-        print(f"(reported; {'met' if met else 'not met'})  {name}: {measured}")
+    for gate, measured, met in reported:
+        print(f"(reported; {'met' if met else 'not met'})  {gate}: {measured}")
     verdict = all(passed for _, _, passed in rows)
     print("passes the rule" if verdict else "fails the rule")
     return 0 if verdict else 1
