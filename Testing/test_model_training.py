@@ -557,17 +557,13 @@ def test_every_shipped_training_config_loads_and_builds_its_model():
     from pathlib import Path
 
     from malenia.data.real_mix import RealMixDataset
+    from malenia.training.loop import model_config_of
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
     assert len(configs) >= 10
     for path in configs:
         config = TrainConfig.load(path)
-        model_config = (
-            MaleniaConfig.from_dict(config.model)
-            if isinstance(config.model, dict)
-            else getattr(MaleniaConfig, config.model)()
-        )
-        model = MaleniaNet(model_config)
+        model = MaleniaNet(model_config_of(config))
         assert count_parameters(model) > 1e6, path.name
         freeze_parameters(model, config.frozen)  # every frozen prefix names some layer
         types = ("synthetic", "real_anatomy") if config.task == "anatomy" else (
