@@ -30,9 +30,8 @@ archive="$here/docs/eval/bundled_$outgoing"
 [[ -e "$archive" ]] && { echo "$archive exists already; nothing moved" >&2; exit 1; }
 mkdir -p "$archive"
 cp "${weights%.safetensors}.json" "$archive/model_card.json"
-git -C "$here" mv docs/eval/calibration.json "docs/eval/bundled_$outgoing/calibration.json"
-for folder in real synthetic synthetic_scanner_noise; do
-    git -C "$here" mv "docs/eval/$folder" "docs/eval/bundled_$outgoing/$folder"
+for figures in calibration.json real synthetic synthetic_scanner_noise; do
+    git -C "$here" mv "docs/eval/$figures" "$archive/$figures"
 done
 cp "$candidate/weights/malenia-tiny.safetensors" "$weights"
 cp "$candidate/weights/malenia-tiny.json" "${weights%.safetensors}.json"
@@ -47,4 +46,4 @@ if [[ -f "$candidate/sample_scanner.txt" ]]; then
     cp "$candidate/sample_scanner.txt" \
         "$here/docs/eval/synthetic_scanner_noise/bundle_sample_ct_scanner_noise.txt"
 fi
-echo "bundled $candidate; the outgoing bundle's figures are in docs/eval/bundled_$outgoing/"
+echo "bundled $candidate; the outgoing bundle's figures are in $archive/"
