@@ -118,6 +118,21 @@ def test_calibration_uses_the_validation_set_of_seen_categories_only():
     assert result["validation_set"]["seed"] == VALIDATION_SET_SEED
 
 
+def test_calibration_tie_break_on_a_flat_curve_takes_nearest_half_or_lowest():
+    """A curve like stage 31's phantom one: 0.2 best, 0.15-0.3 within 0.01 of it.
+    The default rule took 0.3; ``--tie-break lowest`` takes 0.15; a clear winner wins both."""
+    from malenia.evaluation.calibrate import _choose
+
+    flat = {0.1: 0.7600, 0.15: 0.777, 0.2: 0.7794, 0.25: 0.7745, 0.3: 0.7774, 0.4: 0.7650,
+            0.5: 0.7689}  # fmt: skip
+    assert _choose(flat) == (0.3, 0.7794)
+    assert _choose(flat, "lowest") == (0.15, 0.7794)
+    peaked = {0.1: 0.60, 0.2: 0.70, 0.3: 0.80, 0.5: 0.65}
+    assert _choose(peaked) == _choose(peaked, "lowest") == (0.3, 0.80)
+    with pytest.raises(ValueError, match="tie_break"):
+        _choose(flat, "highest")
+
+
 def test_distractor_split_separates_volumes_holding_another_category():
     """The split the docs quote: a volume with a lesion of another category is counted
     apart from one holding only the target's category (two target lesions are not a

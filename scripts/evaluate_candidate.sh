@@ -8,13 +8,17 @@
 # 4. the location head's left/right kidney and spleen check on a phantom, with the bounds of
 #    test_bundled_location_head_tells_left_from_right (which checks only the bundled file).
 # About 20 minutes on 2 CPU cores. Nothing here reads a validation case before step 3.
+# CALIBRATE_ARGS: more options for step 1, as the candidate's config fixes them
+# (stage 32 on: CALIBRATE_ARGS="--tie-break lowest").
 set -euo pipefail
 checkpoint=$1 config=$2 out=$3 description=${4:-candidate}
 here=$(cd "$(dirname "$0")/.." && pwd)
 malenia="$here/.venv/bin/malenia"
 python="$here/.venv/bin/python"
 mkdir -p "$out/weights"
-"$malenia" calibrate --weights "$checkpoint" --out "$out/calibration.json" --roi 60
+# shellcheck disable=SC2086  # CALIBRATE_ARGS is a list of options
+"$malenia" calibrate --weights "$checkpoint" --out "$out/calibration.json" --roi 60 \
+    ${CALIBRATE_ARGS:-}
 "$python" "$here/scripts/publish_weights.py" "$checkpoint" --half --config "$config" \
     --calibration "$out/calibration.json" --description "$description" \
     --out "$out/weights/malenia-tiny.safetensors"

@@ -23,6 +23,11 @@ from malenia.evaluation.metrics import dice
 from malenia.evaluation.testset import held_out_cases
 
 TOLERANCE = 0.01
+# How a tie (thresholds within TOLERANCE of the best phantom Dice) is broken. "nearest-0.5":
+# every bundle so far. "lowest" (stage 32 on, configs/tiny_cpu_real28.json): real lesions get
+# lower probabilities than phantom ones (scripts/measure_noise_cue.py), so among thresholds
+# equally good on phantoms the lowest suits real anatomy.
+TIE_BREAKS = ("nearest-0.5", "lowest")
 THRESHOLDS: tuple[float, ...] = (0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
@@ -52,6 +57,13 @@ def register(subparsers) -> None:
         help="also calibrate the threshold of whole-scan answers in the lung on N training scans "
         "with a pasted LIDC training nodule (needs ../shared/data/real_ct)",
     )
+    parser.add_argument(
+        "--tie-break",
+        choices=TIE_BREAKS,
+        default="nearest-0.5",
+        help="among thresholds within 0.01 of the best phantom Dice, take the one nearest 0.5 "
+        "(default) or the lowest; the small-ROI and lung thresholds keep nearest-0.5",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -62,6 +74,7 @@ def calibrate(
     shape=(64, 64, 64),
     spacing_mm: float = 2.0,
     log=None,
+    tie_break: str = "nearest-0.5",
 ) -> dict:
     """Mean Dice per threshold (macro over the seen categories) and the chosen threshold."""
     from malenia.evaluation.run import _volume
@@ -85,10 +98,11 @@ def calibrate(
     mean_dice = {
         t: float(np.mean([np.mean(per[t]) for per in scores.values()])) for t in thresholds
     }
-    best, top = _choose(mean_dice)
+    best, top = _choose(mean_dice, tie_break)
+    which = "nearest 0.5" if tie_break == "nearest-0.5" else "lowest"
     return {
         "threshold": best,
-        "rule": f"the threshold nearest 0.5 whose mean Dice is within {TOLERANCE} of the best",
+        "rule": f"the {which} threshold whose mean Dice is within {TOLERANCE} of the best",
         "validation_dice": round(mean_dice[best], 4),
         "best_validation_dice": round(top, 4),
         "dice_at_0.5": round(mean_dice[0.5], 4) if 0.5 in mean_dice else None,
@@ -106,12 +120,16 @@ def calibrate(
     }
 
 
-def _choose(mean_dice: dict[float, float]) -> tuple[float, float]:
+def _choose(mean_dice: dict[float, float], tie_break: str = "nearest-0.5") -> tuple[float, float]:
     """(chosen threshold, best Dice). Among thresholds within TOLERANCE of the best Dice,
-    the one nearest 0.5: a lower cut also admits more false positives off the training
-    distribution (real CT)."""
+    the one nearest 0.5 (a lower cut also admits more false positives off the training
+    distribution) or, with ``tie_break="lowest"``, the lowest (see TIE_BREAKS)."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, not {tie_break!r}")
     top = max(mean_dice.values())
     near = [t for t, v in mean_dice.items() if v >= top - TOLERANCE]
+    if tie_break == "lowest":
+        return min(near), top
     return min(near, key=lambda t: (abs(t - 0.5), t)), top
 
 
@@ -198,7 +216,10 @@ def _run(args: argparse.Namespace) -> int:
 
     engine = Engine.load(args.weights, args.device)
     result = calibrate(
-        engine, args.n_per_category, log=lambda line: print(line, file=sys.stderr, flush=True)
+        engine,
+        args.n_per_category,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+        tie_break=args.tie_break,
     )
     if args.roi:
         result |= calibrate_roi(
