@@ -173,6 +173,31 @@ def test_contrast_loss_trains_the_prompt_path():
     assert torch.any(model.prompt_direct.weight.grad != 0)
 
 
+def test_empty_target_dice_can_be_left_out_of_the_mask_loss():
+    """A faint answer where nothing is to be found costs nearly the whole soft Dice term;
+    with ``dice_on_empty=False`` an empty target costs its BCE only, a lesion's target both."""
+    from malenia.losses import mask_loss
+
+    faint = torch.full((1, 8, 8, 8), -3.0)
+    faint[0, :2, :2, :2] = 0.0  # eight voxels at p 0.5
+    empty = torch.zeros_like(faint)
+    lesion = torch.zeros_like(faint)
+    lesion[0, :2, :2, :2] = 1.0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(faint, empty)
+    assert float(mask_loss(faint, empty)) > float(bce) + 0.4
+    assert torch.isclose(mask_loss(faint, empty, dice_on_empty=False), bce)
+    assert torch.isclose(mask_loss(faint, lesion, dice_on_empty=False), mask_loss(faint, lesion))
+    both = torch.cat([empty, lesion])
+    two = torch.cat([faint, faint])
+    assert float(mask_loss(two, both, dice_on_empty=False)) < float(mask_loss(two, both))
+    config = TrainConfig(negative_prompt_prob=0.0, empty_target_dice=False)
+    item = _two_category_item()
+    pool = {c: [d] for c, d in zip(item["categories"], item["descriptions"], strict=True)}
+    loss, _ = compute_loss(MaleniaNet(small_config()), [item], Vocabulary("cpu"), config, 0, pool,
+                           "cpu")  # fmt: skip
+    assert torch.isfinite(loss)
+
+
 @pytest.mark.slow
 def test_contrast_prompts_teach_the_model_to_read_the_description():
     """Same image, two descriptions: after training each prompt finds its own lesion."""

@@ -16,10 +16,18 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1 - (2 * intersection + eps) / (prob.sum(-1) + target.sum(-1) + eps)
 
 
-def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dice + BCE, averaged."""
+def mask_loss(
+    logits: torch.Tensor, target: torch.Tensor, dice_on_empty: bool = True
+) -> torch.Tensor:
+    """Dice + BCE, averaged over the maps. ``dice_on_empty=False``: the Dice term only for maps
+    whose target has a voxel, BCE for all. An empty target's soft Dice is 1 - 1/(sum p + 1):
+    a faint response of a few voxels already costs nearly the whole term, so every uncertain
+    region is pushed to zero (``organ_loss`` drops it for the same reason)."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(-3).mean(-1)
-    return (dice_loss(logits, target) + bce).mean()
+    dice = dice_loss(logits, target)
+    if not dice_on_empty:
+        dice = dice * (target.flatten(-3).sum(-1) > 0).to(dice.dtype)
+    return (dice + bce).mean()
 
 
 def organ_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

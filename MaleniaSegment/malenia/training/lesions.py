@@ -154,10 +154,11 @@ def compute_loss(
                 total = total + config.align_weight * align
                 parts["align"] += float(align.detach())
     target = torch.from_numpy(np.stack(prompt_targets)).to(device)
-    prompted = mask_loss(out["prompt_logits"]["ensemble"], target)
+    empty_dice = config.empty_target_dice
+    prompted = mask_loss(out["prompt_logits"]["ensemble"], target, empty_dice)
     branches = 0.5 * (
-        mask_loss(out["prompt_logits"]["mask"], target)
-        + mask_loss(out["prompt_logits"]["text"], target)
+        mask_loss(out["prompt_logits"]["mask"], target, empty_dice)
+        + mask_loss(out["prompt_logits"]["text"], target, empty_dice)
     )
     total = total + prompted + branches
     parts["prompt"] = float(prompted.detach())
@@ -169,7 +170,7 @@ def compute_loss(
     if config.contrast_prompt_weight > 0:
         contrast = _contrast_loss(
             core, out, batch, primaries, vocabulary, rng, prompt_pool, device,
-            config.prompt_attribute_dropout,
+            config.prompt_attribute_dropout, config.empty_target_dice,
         )  # fmt: skip
         total = total + config.contrast_prompt_weight * contrast
         parts["contrast"] = float(contrast.detach())
@@ -191,7 +192,7 @@ def compute_loss(
 
 
 def _contrast_loss(
-    core, out, batch, primaries, vocabulary, rng, pool, device, dropout=0.0
+    core, out, batch, primaries, vocabulary, rng, pool, device, dropout=0.0, empty_dice=True
 ) -> torch.Tensor:
     """Mask loss of the contrast prompts, through the shared image pass of ``out``."""
     losses = []
@@ -205,7 +206,8 @@ def _contrast_loss(
         vectors = core.prompt_vectors(tokens, attributes)
         f4 = out["features"].f4[b : b + 1].expand(count, -1, -1, -1, -1)
         logits = core.vector_logits(vectors["ensemble"], f4)
-        losses.append(mask_loss(logits, torch.from_numpy(np.stack(targets)).to(device)))
+        targets = torch.from_numpy(np.stack(targets)).to(device)
+        losses.append(mask_loss(logits, targets, empty_dice))
     return torch.stack(losses).mean() if losses else out["features"].f4.sum() * 0.0
 
 
