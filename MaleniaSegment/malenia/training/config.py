@@ -41,8 +41,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     align_weight: float = 0.5
     objectness_weight: float = 0.5
-    # False: prompted masks whose answer is empty (negative prompts, real negatives, absent
-    # locations) learn from BCE only, not from soft Dice (``losses.mask_loss``).
+    # False: prompted masks whose answer is empty (negative prompts, real negatives, contrast
+    # prompts of absent categories) learn from BCE only, not soft Dice (``losses.mask_loss``).
     empty_target_dice: bool = True
     data: dict = field(default_factory=lambda: {"type": "synthetic", "max_lesions": 2})
     init_from: str | None = None  # weights to start from when ``out`` has no checkpoint yet

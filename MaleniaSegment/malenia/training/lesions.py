@@ -206,8 +206,8 @@ def _contrast_loss(
         vectors = core.prompt_vectors(tokens, attributes)
         f4 = out["features"].f4[b : b + 1].expand(count, -1, -1, -1, -1)
         logits = core.vector_logits(vectors["ensemble"], f4)
-        targets = torch.from_numpy(np.stack(targets)).to(device)
-        losses.append(mask_loss(logits, targets, empty_dice))
+        target_maps = torch.from_numpy(np.stack(targets)).to(device)
+        losses.append(mask_loss(logits, target_maps, empty_dice))
     return torch.stack(losses).mean() if losses else out["features"].f4.sum() * 0.0
 
 
