@@ -65,17 +65,23 @@ def drawn_cases(n: int, seed: int):
             yield scan, ways
 
 
+def window_rows(lesion: np.ndarray) -> slice:
+    """The 70 slices around a drawn lesion that ``lesion_window`` encodes."""
+    centre = int(np.argwhere(lesion)[:, 0].mean())
+    return slice(max(centre - 35, 0), min(centre + 35, lesion.shape[0]))
+
+
 def lesion_window(scan, hu: np.ndarray, lesion: np.ndarray, way: str):
     """(CTVolume, lesion mask) of the 70 slices around a drawn lesion: the liver and its
     neighbours, encoded in seconds."""
     from malenia.io import CTVolume
 
-    centre = int(np.argwhere(lesion)[:, 0].mean())
-    z0, z1 = max(centre - 35, 0), min(centre + 35, hu.shape[0])
+    rows = window_rows(lesion)
+    z0 = rows.start
     oz, oy, ox = scan.origin_zyx
-    volume = CTVolume(hu[z0:z1].astype(np.int16), SPACING, (ox, oy, oz + SPACING[0] * z0),
+    volume = CTVolume(hu[rows].astype(np.int16), SPACING, (ox, oy, oz + SPACING[0] * z0),
                       tuple(np.eye(3).ravel()), f"{scan.name} {way}")  # fmt: skip
-    return volume, lesion[z0:z1]
+    return volume, lesion[rows]
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def main() -> None:
     from malenia.evaluation.real import score
     from malenia.inference import Engine
     from malenia.synth.anatomy import LOCATION_LABEL
-    from measure_noise_cue import drawn_cases, lesion_window
+    from measure_noise_cue import drawn_cases, lesion_window, window_rows
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=None, help="default: bundled weights")
@@ -48,9 +48,7 @@ def main() -> None:
     livers = [LOCATION_LABEL["right liver lobe"], LOCATION_LABEL["left liver lobe"]]
     for scan, ways in drawn_cases(1, args.seed):
         hu, blob = ways["blob -40"]
-        centre = int(np.argwhere(blob)[:, 0].mean())
-        z0, z1 = max(centre - 35, 0), min(centre + 35, hu.shape[0])
-        liver = np.isin(scan.labels[z0:z1], livers)
+        liver = np.isin(scan.labels[window_rows(blob)], livers)
         volume, inside = lesion_window(scan, hu, blob, "blob -40")
         encoded = engine.encode(volume)
         lesion_map = encoded.any_lesion[inside]
