@@ -214,6 +214,36 @@ def test_weight_average_interpolates_two_checkpoints_of_one_model(tmp_path):
     assert not (tmp_path / "bad.safetensors").exists()
 
 
+def test_weight_average_of_three_siblings_is_their_uniform_mean(tmp_path):
+    """scripts/average_weights.py with three files (seeds of one recipe): each tensor is the
+    mean of the three, the card names the other two; --alpha is refused for more than two."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from malenia.weights import load_weights, save_weights
+
+    torch.manual_seed(1)
+    siblings = [MaleniaNet(small_config(location_head=True)) for _ in range(3)]
+    paths = [tmp_path / f"seed{i}.safetensors" for i in range(3)]
+    for model, path in zip(siblings, paths, strict=True):
+        save_weights(model, path)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "average_weights.py"
+    out = tmp_path / "soup.safetensors"
+    subprocess.run([sys.executable, str(script), *map(str, paths), "--out", str(out)], check=True)
+    soup, card = load_weights(out)
+    assert [o["share"] for o in card["averaged_with"]["others"]] == [1 / 3, 1 / 3]
+    for key, value in soup.state_dict().items():
+        if value.is_floating_point():
+            expected = sum(m.state_dict()[key] for m in siblings) / 3
+            assert torch.allclose(value, expected, atol=1e-6), key
+    refused = subprocess.run([sys.executable, str(script), *map(str, paths), "--alpha", "0.5",
+                              "--out", str(tmp_path / "bad.safetensors")],
+                             capture_output=True, text=True)  # fmt: skip
+    assert refused.returncode != 0 and "uniformly" in refused.stderr
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
 def test_lesion_task_trains_the_location_head_on_items_with_organ_labels():
     """anatomy_weight > 0: items carrying organ labels also teach the location head, asked
     only for their known locations; a lesion-free item is always given a negative prompt."""
