@@ -133,6 +133,23 @@ def test_calibration_tie_break_on_a_flat_curve_takes_nearest_half_or_lowest():
         _choose(flat, "highest")
 
 
+def test_calibration_from_an_earlier_one_refuses_other_weights(tmp_path):
+    """``malenia calibrate --from JSON`` adds parts to an earlier calibration of the same
+    weights; one made for other weights is refused with what to do, and nothing is written."""
+    from malenia.cli import main
+    from malenia.inference import Engine
+
+    engine = Engine.load(device="cpu")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"model": "malenia-tiny@000000000000", "threshold": 0.3}))
+    out = tmp_path / "calibration.json"
+    assert main(["calibrate", "--from", str(earlier), "--out", str(out)]) == 2
+    assert not out.exists()
+    earlier.write_text(json.dumps({"model": engine.model_id, "threshold": 0.3}))
+    assert main(["calibrate", "--from", str(earlier), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"model": engine.model_id, "threshold": 0.3}
+
+
 def test_distractor_split_separates_volumes_holding_another_category():
     """The split the docs quote: a volume with a lesion of another category is counted
     apart from one holding only the target's category (two target lesions are not a

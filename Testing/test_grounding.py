@@ -9,6 +9,7 @@ from malenia.inference.grounding import (
     PLAUSIBLE_REGION_ML,
     SINGLE_PIECE_LOCATIONS,
     LesionComponents,
+    aligned_lesion_map,
     ellipsoid,
     fill_holes,
     grounded_probability,
@@ -118,3 +119,33 @@ def test_lesions_clear_of_the_envelope_are_named_and_touching_ones_kept():
     envelope[:6, :6, :6] = True
     assert lesions_clear_of(labels, 3, envelope) == [3]
     assert lesions_clear_of(labels, 3, np.zeros(labels.shape, bool)) == [1, 2, 3]
+
+
+def test_the_lesion_map_can_be_cut_at_its_own_calibrated_threshold():
+    """A faint lesion map (real lesions peak near p 0.3) is aligned so its calibrated cut
+    falls on the answer's threshold: monotone, 0 and 1 fixed, the cut onto the threshold, the
+    identity where both agree; a grounded answer then keeps the faint lesion in the organ
+    and still nothing of it outside the region."""
+    p = np.linspace(0.0, 1.0, 101, dtype=np.float32)
+    aligned = aligned_lesion_map(p, 0.1, 0.4)
+    assert np.all(np.diff(aligned) >= 0) and aligned[0] == 0.0 and aligned[-1] == 1.0
+    assert abs(float(aligned[10]) - 0.4) < 1e-6
+    np.testing.assert_allclose(aligned_lesion_map(p, 0.4, 0.4), p, atol=1e-6)
+    for bad in ((0.0, 0.4), (0.3, 1.0)):
+        try:
+            aligned_lesion_map(p, *bad)
+        except ValueError as error:
+            assert "(0, 1)" in str(error)
+        else:
+            raise AssertionError(f"cuts {bad} accepted")
+
+    shape = (30, 30, 30)
+    any_lesion = np.zeros(shape, np.float32)
+    any_lesion[5:10, 5:10, 5:10] = 0.25  # a faint lesion in the organ
+    any_lesion[20:25, 20:25, 20:25] = 0.25  # the same outside the region
+    region = np.zeros(shape, bool)
+    region[:15, :15, :15] = True
+    prompt = np.zeros(shape, np.float32)
+    assert not (grounded_probability(prompt, any_lesion, region) > 0.4).any()
+    answer = grounded_probability(prompt, aligned_lesion_map(any_lesion, 0.2, 0.4), region) > 0.4
+    assert answer[5:10, 5:10, 5:10].all() and answer.sum() == 125

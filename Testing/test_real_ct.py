@@ -152,6 +152,44 @@ def test_lung_threshold_is_calibrated_on_training_scans_with_pasted_training_nod
 
 
 @needs_data
+def test_organ_lesion_cut_is_calibrated_on_lesions_drawn_into_training_organs(engine):
+    """``malenia calibrate --organ-lesions``: lesions drawn into the liver, kidneys and
+    pancreas of the *training* scans (the same for the same seed, inside their organ, the
+    categories in turn); the chosen cut is one of the grid and does at least as well as
+    cutting the lesion map at the answer's own threshold. On an encoded volume a lower cut
+    only adds to a grounded answer, and the answer's threshold as cut changes nothing."""
+    from malenia.data.drawn_lesions import ORGAN_CATEGORIES, drawn_organ_lesions
+    from malenia.data.real_ct import HCC_VALIDATION
+    from malenia.evaluation.calibrate import THRESHOLDS, calibrate_organ_lesions
+
+    cases = list(drawn_organ_lesions(3, seed=11))
+    assert [name for name, *_ in drawn_organ_lesions(3, seed=11)] == [c[0] for c in cases]
+    assert [category for _, _, category, _ in cases] == list(ORGAN_CATEGORIES)
+    for name, volume, _, truth in cases:
+        assert truth.shape == volume.array.shape and truth.sum() >= 30
+        assert not any(case in name for case in HCC_VALIDATION)
+
+    name, volume, category, truth = cases[0]
+    encoded = engine.encode(volume)
+    threshold = encoded.default_threshold
+    encoded.set_organ_lesion_threshold(None)
+    plain = encoded.segment(category).labelmap > 0
+    encoded.set_organ_lesion_threshold(threshold)
+    np.testing.assert_array_equal(encoded.segment(category).labelmap > 0, plain)
+    encoded.set_organ_lesion_threshold(0.05)
+    lower = encoded.segment(category).labelmap > 0
+    assert lower.sum() >= plain.sum() and not (plain & ~lower).any()
+
+    result = calibrate_organ_lesions(engine, 3, threshold)
+    assert result["organ_lesion_threshold"] in THRESHOLDS
+    assert result["organ_lesion_set"]["n"] == 3
+    by_cut = result["organ_lesion_mean_dice_by_threshold"]
+    assert result["organ_lesion_best_dice"] == max(by_cut.values())
+    assert result["organ_lesion_dice"] >= by_cut[str(threshold)] - 1e-9
+    assert engine.card["postprocess"].get("organ_lesion_threshold") is None  # card restored
+
+
+@needs_data
 @pytest.mark.slow
 def test_lung_answers_on_the_chest_ct_stay_in_the_lungs(engine):
     """On lung2 the lung-cancer preset's probability has lesions outside the lungs

@@ -9,7 +9,8 @@
 #    test_bundled_location_head_tells_left_from_right (which checks only the bundled file).
 # About 20 minutes on 2 CPU cores. Nothing here reads a validation case before step 3.
 # CALIBRATE_ARGS: more options for step 1, as the candidate's config fixes them
-# (stage 32 on: CALIBRATE_ARGS="--tie-break lowest").
+# (stage 32 on: CALIBRATE_ARGS="--tie-break lowest"). CALIBRATION: a calibration JSON of this
+# checkpoint made already (e.g. by `malenia calibrate --from ... --organ-lesions 24`).
 set -euo pipefail
 checkpoint=$1 config=$2 out=$3 description=${4:-candidate}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,8 +18,12 @@ malenia="$here/.venv/bin/malenia"
 python="$here/.venv/bin/python"
 mkdir -p "$out/weights"
 # shellcheck disable=SC2086  # CALIBRATE_ARGS is a list of options
-"$malenia" calibrate --weights "$checkpoint" --out "$out/calibration.json" --roi 60 \
-    ${CALIBRATE_ARGS:-}
+if [[ -n "${CALIBRATION:-}" ]]; then  # a calibration of this checkpoint made already
+    cp "$CALIBRATION" "$out/calibration.json"
+else
+    "$malenia" calibrate --weights "$checkpoint" --out "$out/calibration.json" --roi 60 \
+        ${CALIBRATE_ARGS:-}
+fi
 "$python" "$here/scripts/publish_weights.py" "$checkpoint" --half --config "$config" \
     --calibration "$out/calibration.json" --description "$description" \
     --out "$out/weights/malenia-tiny.safetensors"

@@ -96,6 +96,10 @@ def main() -> None:
                 "lung_threshold",
                 "lung_dice",
                 "lung_set",
+                "organ_lesion_threshold",
+                "organ_lesion_dice",
+                "organ_lesion_dice_at_answer_threshold",
+                "organ_lesion_set",
             )  # fmt: skip
             if key in calibration
         } | {"calibrated_with": "malenia calibrate"}

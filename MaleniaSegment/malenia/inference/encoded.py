@@ -103,18 +103,18 @@ class EncodedVolume:
         self, engine: Engine, volume: CTVolume, model_image, shape, windows: list[Window], region,
         spacing_mm: tuple[float, float, float] | None = None,
     ) -> None:  # fmt: skip
-        self.engine, self.volume, self.shape, self.windows, self.region = (
-            engine,
-            volume,
-            shape,
-            windows,
-            region,
-        )
+        self.engine, self.volume, self.shape = engine, volume, shape
+        self.windows, self.region = windows, region
         self.model_reference = blank_like(model_image)
         self.input_reference = blank_like(volume.to_sitk())
         self._maps: OrderedDict[str, np.ndarray] = OrderedDict()  # see _cached
         self.any_lesion = np.zeros(shape, np.float32)  # prompt-free map (set by the encoder)
         self._lesion_components = None  # any_lesion's lesions (see lesion_components)
+        # Where grounded answers cut the prompt-free map (``grounding.aligned_lesion_map``);
+        # None: at the answer's own threshold. Set it through ``set_organ_lesion_threshold``.
+        self.organ_lesion_threshold = (engine.card.get("postprocess") or {}).get(
+            "organ_lesion_threshold"
+        )
         self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
         self.lungs: np.ndarray | None = None  # lungs from HU on the model grid (set at encoding)
         self._lung_envelope: np.ndarray | None = None  # see lung_envelope
@@ -182,15 +182,28 @@ class EncodedVolume:
             return self._prompt_probability(description)
         from malenia.inference.grounding import grounded_probability
 
-        return self._cached(
-            "grounded " + repr(description),
-            lambda: grounded_probability(
-                self._prompt_probability(description),
-                self.any_lesion,
-                self.location_region(description.location),
-                self.lesion_components(),
-            ),
-        )
+        def answer() -> np.ndarray:
+            lesion_map, lesions = self._grounding_lesion_map(description)
+            region = self.location_region(description.location)
+            prompt = self._prompt_probability(description)
+            return grounded_probability(prompt, lesion_map, region, lesions)
+
+        return self._cached("grounded " + repr(description), answer)
+
+    def _grounding_lesion_map(self, description: LesionDescription):
+        """(map, its lesions or None): the prompt-free map as grounded answers read it."""
+        from malenia.inference.grounding import aligned_lesion_map
+
+        if self.organ_lesion_threshold is None:
+            return self.any_lesion, self.lesion_components()
+        cut, answer_cut = float(self.organ_lesion_threshold), self.threshold_for(description)
+        return aligned_lesion_map(self.any_lesion, cut, answer_cut), None
+
+    def set_organ_lesion_threshold(self, cut: float | None) -> None:
+        """Cut grounded answers' lesion map at ``cut`` (None: at the answer's threshold);
+        the maps of earlier queries are forgotten (``malenia calibrate --organ-lesions``)."""
+        self.organ_lesion_threshold = cut
+        self._maps.clear()
 
     def lesion_components(self):
         """The prompt-free map's lesions (``grounding.LesionComponents``): labelled once, at

@@ -195,6 +195,24 @@ def _largest_piece(mask: np.ndarray) -> np.ndarray:
     return kept
 
 
+def aligned_lesion_map(any_lesion: np.ndarray, lesion_cut: float, answer_cut: float) -> np.ndarray:
+    """The prompt-free map with ``lesion_cut`` moved onto ``answer_cut``: piecewise linear,
+    monotone, 0 and 1 fixed, so one threshold still cuts the grounded union.
+
+    Why: the map is mask x objectness, and on real CT the objectness of a real-looking
+    lesion stays low (the lesion map peaks at p 0.25-0.38 in lesions drawn into the real
+    training livers and kidneys, where the prompt map reaches 0.8-0.99), so at a threshold
+    calibrated on phantoms a grounded answer of an unseen category, which rests on this map,
+    comes back empty. ``malenia calibrate --organ-lesions`` chooses ``lesion_cut`` on lesions
+    drawn into the organs of the real training scans."""
+    if not (0.0 < lesion_cut < 1.0 and 0.0 < answer_cut < 1.0):
+        raise ValueError(f"cuts must lie in (0, 1), not {lesion_cut} and {answer_cut}")
+    p = any_lesion.astype(np.float32, copy=False)
+    below = p * np.float32(answer_cut / lesion_cut)
+    above = answer_cut + (p - lesion_cut) * np.float32((1.0 - answer_cut) / (1.0 - lesion_cut))
+    return np.where(p <= lesion_cut, below, above).astype(np.float32)
+
+
 def grounded_probability(
     prompt_probability: np.ndarray,
     any_lesion: np.ndarray,

@@ -1,0 +1,80 @@
+"""Lesions drawn into the abdominal organs of the real *training* scans: whole-scan cases
+for calibrating how grounded answers read the prompt-free lesion map (``malenia calibrate
+--organ-lesions``). Each case is a 70-slice window of a training scan (2 mm grid) with one
+attribute-driven lesion rendered as training renders them (``real_mix``: the scan's own
+noise, a share of them subtle, liver cancers in every phase, blurred through the scan's
+slice profile). No validation case is read (``real_ct.load_training_scans``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+
+# The abdominal training categories and the organs they are drawn in (lung answers have a
+# threshold of their own, ``malenia calibrate --lung``).
+ORGAN_CATEGORIES = ("liver cancer", "renal cell carcinoma", "pancreatic cyst")
+WINDOW_SLICES = 70
+MIN_LESION_VOXELS = 30  # a lesion clipped to a sliver by its organ's edge is drawn again
+
+
+def drawn_organ_lesions(
+    n: int, seed: int = 11, spacing=(2.0, 2.0, 2.0)
+) -> Iterator[tuple[str, object, str, np.ndarray]]:
+    """``n`` cases (name, CTVolume, category, lesion mask on the volume's grid), the
+    categories in turn; the same ``seed`` gives the same cases."""
+    from malenia.data.real_ct import load_training_scans
+    from malenia.data.real_mix import (
+        CATEGORY_LOCATIONS,
+        draw_contrast,
+        liver_cancer_phase,
+        random_voxel,
+    )
+    from malenia.io import CTVolume
+    from malenia.synth.anatomy import LOCATION_LABEL
+    from malenia.synth.dataset import lesion_pool
+    from malenia.synth.lesions import LesionRecord, render_lesions
+    from malenia.synth.slice_profile import through_slices
+
+    scans = load_training_scans(spacing)
+    rng = np.random.default_rng(seed)
+    made = attempts = 0
+    while made < n:
+        attempts += 1
+        if attempts > 20 * n:
+            raise RuntimeError(f"only {made} of {n} lesions could be drawn")
+        category = ORGAN_CATEGORIES[made % len(ORGAN_CATEGORIES)]
+        options = [
+            (scan, location)
+            for scan in scans
+            for location in CATEGORY_LOCATIONS[category]
+            if (scan.labels == LOCATION_LABEL[location]).sum() > 500
+        ]
+        scan, location = options[int(rng.integers(len(options)))]
+        pool = lesion_pool(category)
+        record = pool[int(rng.integers(len(pool)))]
+        description = replace(record.description, location=location)
+        if category == "liver cancer":
+            description = liver_cancer_phase(description, rng)
+        lesion = LesionRecord(
+            category, description, record.report, record.size_mm, contrast=draw_contrast(rng)
+        )
+        centre = random_voxel(scan.labels == LOCATION_LABEL[location], rng)[0]
+        z0 = int(np.clip(centre - WINDOW_SLICES // 2, 0, max(scan.hu.shape[0] - WINDOW_SLICES, 0)))
+        rows = slice(z0, z0 + WINDOW_SLICES)
+        before = scan.hu[rows]
+        hu, instances, rendered = render_lesions(
+            before, scan.labels[rows], [lesion], rng, spacing, keep_scanner_noise=True
+        )
+        truth = instances == 1
+        if not rendered or truth.sum() < MIN_LESION_VOXELS:
+            continue
+        hu = through_slices(before, hu, spacing[0], scan.slice_mm, rng)
+        oz, oy, ox = scan.origin_zyx
+        name = f"{scan.name} {category} {made}"
+        volume = CTVolume(np.round(hu).astype(np.int16), tuple(spacing[::-1]),
+                          (ox, oy, oz + spacing[0] * z0), tuple(np.eye(3).ravel()), name)  # fmt: skip
+        yield name, volume, category, truth
+        made += 1
