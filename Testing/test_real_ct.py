@@ -179,6 +179,9 @@ def test_organ_lesion_cut_is_calibrated_on_lesions_drawn_into_training_organs(en
     encoded.set_organ_lesion_threshold(0.05)
     lower = encoded.segment(category).labelmap > 0
     assert lower.sum() >= plain.sum() and not (plain & ~lower).any()
+    lung = encoded.segment("lung cancer").labelmap > 0  # lung answers keep their own cut
+    encoded.set_organ_lesion_threshold(None)
+    np.testing.assert_array_equal(encoded.segment("lung cancer").labelmap > 0, lung)
 
     result = calibrate_organ_lesions(engine, 3, threshold)
     assert result["organ_lesion_threshold"] in THRESHOLDS

@@ -194,7 +194,8 @@ class EncodedVolume:
         """(map, its lesions or None): the prompt-free map as grounded answers read it."""
         from malenia.inference.grounding import aligned_lesion_map
 
-        if self.organ_lesion_threshold is None:
+        lung = organ_of_location(description.location) == "lung"  # calibrated in the abdomen
+        if self.organ_lesion_threshold is None or lung:
             return self.any_lesion, self.lesion_components()
         cut, answer_cut = float(self.organ_lesion_threshold), self.threshold_for(description)
         return aligned_lesion_map(self.any_lesion, cut, answer_cut), None
