@@ -74,14 +74,8 @@ def window_rows(lesion: np.ndarray) -> slice:
 def lesion_window(scan, hu: np.ndarray, lesion: np.ndarray, way: str):
     """(CTVolume, lesion mask) of the 70 slices around a drawn lesion: the liver and its
     neighbours, encoded in seconds."""
-    from malenia.io import CTVolume
-
     rows = window_rows(lesion)
-    z0 = rows.start
-    oz, oy, ox = scan.origin_zyx
-    volume = CTVolume(hu[rows].astype(np.int16), SPACING, (ox, oy, oz + SPACING[0] * z0),
-                      tuple(np.eye(3).ravel()), f"{scan.name} {way}")  # fmt: skip
-    return volume, lesion[rows]
+    return scan.slab(hu[rows], rows.start, f"{scan.name} {way}"), lesion[rows]
 
 
 def main() -> None:

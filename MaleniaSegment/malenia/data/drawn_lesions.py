@@ -32,7 +32,6 @@ def drawn_organ_lesions(
         liver_cancer_phase,
         random_voxel,
     )
-    from malenia.io import CTVolume
     from malenia.synth.anatomy import LOCATION_LABEL
     from malenia.synth.dataset import lesion_pool
     from malenia.synth.lesions import LesionRecord, render_lesions
@@ -71,10 +70,7 @@ def drawn_organ_lesions(
         truth = instances == 1
         if not rendered or truth.sum() < MIN_LESION_VOXELS:
             continue
-        hu = through_slices(before, hu, spacing[0], scan.slice_mm, rng)
-        oz, oy, ox = scan.origin_zyx
+        hu = np.round(through_slices(before, hu, spacing[0], scan.slice_mm, rng))
         name = f"{scan.name} {category} {made}"
-        volume = CTVolume(np.round(hu).astype(np.int16), tuple(spacing[::-1]),
-                          (ox, oy, oz + spacing[0] * z0), tuple(np.eye(3).ravel()), name)  # fmt: skip
-        yield name, volume, category, truth
+        yield name, scan.slab(hu, z0, name), category, truth
         made += 1

@@ -77,7 +77,6 @@ def pasted_lung_masses(n: int, seed: int = 7, diameter_mm=(20.0, 55.0)):
     training scan (2 mm grid), cropped to 70 slices around it. Yields (name, CTVolume, mass
     mask on the volume's grid); the same ``seed`` gives the same cases."""
     from malenia.data.real_mix import random_voxel
-    from malenia.io import CTVolume
     from malenia.synth.lesions import LUNG_LABELS
 
     rng = np.random.default_rng(seed)
@@ -95,9 +94,6 @@ def pasted_lung_masses(n: int, seed: int = 7, diameter_mm=(20.0, 55.0)):
         if mass.sum() < 200:  # mostly outside the lung: draw again
             continue
         z0, z1 = max(at[0] - 35, 0), min(at[0] + 35, pasted.shape[0])
-        oz, oy, ox = scan.origin_zyx
         name = f"{scan.name} + {nodule.uid}"
-        volume = CTVolume(pasted[z0:z1].astype(np.int16), spacing[::-1], (ox, oy, oz + 2.0 * z0),
-                          tuple(np.eye(3).ravel()), name)  # fmt: skip
-        yield name, volume, mass[z0:z1]
+        yield name, scan.slab(pasted[z0:z1], z0, name), mass[z0:z1]
         made += 1

@@ -109,6 +109,15 @@ class RealScan:
             o + i * d for o, i, d in zip(self.origin_zyx, index_zyx, self.spacing_zyx, strict=True)
         )
 
+    def slab(self, hu: np.ndarray, first_row: int, name: str):
+        """``hu``, slices of this scan's grid from ``first_row`` on (e.g. with a lesion drawn
+        in), as a CTVolume: a whole-scan case around one lesion, encoded in seconds."""
+        from malenia.io import CTVolume
+
+        oz, oy, ox = self.position_of((first_row, 0, 0))
+        return CTVolume(hu.astype(np.int16), tuple(self.spacing_zyx[::-1]), (ox, oy, oz),
+                        tuple(np.eye(3).ravel()), name)  # fmt: skip
+
 
 def _on_grid(image: sitk.Image, spacing_zyx) -> sitk.Image:
     from malenia.preprocessing import canonical_orientation, resample_to_spacing

@@ -137,17 +137,19 @@ def calibrate(
     }
 
 
-def _choose(mean_dice: dict[float, float], tie_break: str = "nearest-0.5") -> tuple[float, float]:
+def _choose(
+    mean_dice: dict[float, float], tie_break: str = "nearest-0.5", centre: float = 0.5
+) -> tuple[float, float]:
     """(chosen threshold, best Dice). Among thresholds within TOLERANCE of the best Dice,
-    the one nearest 0.5 (a lower cut also admits more false positives off the training
-    distribution) or, with ``tie_break="lowest"``, the lowest (see TIE_BREAKS)."""
+    the one nearest ``centre``, 0.5 (a lower cut also admits more false positives off the
+    training distribution) or, with ``tie_break="lowest"``, the lowest (see TIE_BREAKS)."""
     if tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {TIE_BREAKS}, not {tie_break!r}")
     top = max(mean_dice.values())
     near = [t for t, v in mean_dice.items() if v >= top - TOLERANCE]
     if tie_break == "lowest":
         return min(near), top
-    return min(near, key=lambda t: (abs(t - 0.5), t)), top
+    return min(near, key=lambda t: (abs(t - centre), t)), top
 
 
 def _recut_mean_dice(engine, cases, count: int, thresholds, log=None, tag="") -> dict:
@@ -257,9 +259,7 @@ def calibrate_organ_lesions(
     mean_dice = {
         t: float(np.mean([np.mean(per[t]) for per in per_category.values()])) for t in thresholds
     }
-    top = max(mean_dice.values())
-    near = [t for t, v in mean_dice.items() if v >= top - TOLERANCE]
-    best = min(near, key=lambda t: (abs(t - answer_threshold), t))
+    best, top = _choose(mean_dice, centre=answer_threshold)
     return {
         "organ_lesion_threshold": best,
         "organ_lesion_dice": round(mean_dice[best], 4),
