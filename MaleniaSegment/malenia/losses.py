@@ -40,6 +40,22 @@ def organ_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice_loss(logits[present], target[present]).mean()
 
 
+def lesion_map_logits(mask_logits: torch.Tensor, objectness_logits: torch.Tensor) -> torch.Tensor:
+    """Logits of the prompt-free lesion map that grounded answers rest on: per voxel the best
+    token's sigmoid(mask) x sigmoid(objectness), as ``Engine._run_batch`` forms it.
+    ``mask_logits`` [..., tokens, D, H, W], ``objectness_logits`` [..., tokens]; float32,
+    through log-probabilities (the product of two sigmoids has no stable logit otherwise)."""
+    log_p = (
+        F.logsigmoid(mask_logits.float())
+        + F.logsigmoid(objectness_logits.float())[..., None, None, None]
+    )
+    log_p = log_p.amax(dim=-4).clamp(max=-1e-6)
+    log_not = torch.where(  # log(1 - p), accurate on either side of p = 1/2
+        log_p > -0.6931, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p))
+    )
+    return log_p - log_not
+
+
 @torch.no_grad()
 def hungarian_match(
     token_logits: torch.Tensor, targets: torch.Tensor

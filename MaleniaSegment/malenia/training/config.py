@@ -41,6 +41,11 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     align_weight: float = 0.5
     objectness_weight: float = 0.5
+    # Weight of a loss on the prompt-free lesion map itself (``losses.lesion_map_logits``: the
+    # best token's mask x objectness, final block) against every lesion of the window. That
+    # map grounds each answer naming an organ, and the other losses teach it only through
+    # Hungarian-matched tokens: on real CT it stays faint inside lesions (p 0.25-0.38). 0 = off.
+    lesion_map_weight: float = 0.0
     # False: prompted masks whose answer is empty (negative prompts, real negatives, contrast
     # prompts of absent categories) learn from BCE only, not soft Dice (``losses.mask_loss``).
     empty_target_dice: bool = True

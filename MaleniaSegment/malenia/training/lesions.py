@@ -10,7 +10,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from malenia.attributes.schema import ATTRIBUTE_KEYS
-from malenia.losses import alignment_loss, hungarian_match, mask_loss
+from malenia.losses import alignment_loss, hungarian_match, lesion_map_logits, mask_loss
 from malenia.model import MaleniaNet
 from malenia.training.anatomy import joint_anatomy_loss
 from malenia.training.config import TrainConfig, step_rng
@@ -25,6 +25,7 @@ class LesionTask(Task):
     name = "lesions"
     log_columns = (
         "total", "mask", "objectness", "align", "prompt", "contrast", "anatomy", "distill",
+        "lesion_map",
     )  # fmt: skip
     headline = "prompt"
 
@@ -153,6 +154,16 @@ def compute_loss(
                 align = alignment_loss(key_logits, rows, value_targets)
                 total = total + config.align_weight * align
                 parts["align"] += float(align.detach())
+    if config.lesion_map_weight > 0:
+        every_lesion = np.stack([item["instance_mask"] > 0 for item in batch])
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            lesion_map = mask_loss(
+                lesion_map_logits(out["block_masks"][-1], out["block_objectness"][-1]),
+                torch.from_numpy(every_lesion).float().to(device),
+                config.empty_target_dice,
+            )
+        total = total + config.lesion_map_weight * lesion_map * len(batch)
+        parts["lesion_map"] = float(lesion_map.detach())
     target = torch.from_numpy(np.stack(prompt_targets)).to(device)
     empty_dice = config.empty_target_dice
     prompted = mask_loss(out["prompt_logits"]["ensemble"], target, empty_dice)
