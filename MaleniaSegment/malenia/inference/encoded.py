@@ -202,9 +202,11 @@ class EncodedVolume:
 
     def set_organ_lesion_threshold(self, cut: float | None) -> None:
         """Cut grounded answers' lesion map at ``cut`` (None: at the answer's threshold);
-        the maps of earlier queries are forgotten (``malenia calibrate --organ-lesions``)."""
+        earlier grounded answers are forgotten, prompt and organ maps kept (``malenia
+        calibrate --organ-lesions`` tries a dozen cuts on one encoding)."""
         self.organ_lesion_threshold = cut
-        self._maps.clear()
+        for key in [k for k in self._maps if k.startswith("grounded ")]:
+            del self._maps[key]
 
     def lesion_components(self):
         """The prompt-free map's lesions (``grounding.LesionComponents``): labelled once, at
