@@ -150,6 +150,21 @@ def test_calibration_from_an_earlier_one_refuses_other_weights(tmp_path):
     assert json.loads(out.read_text()) == {"model": engine.model_id, "threshold": 0.3}
 
 
+def test_calibration_on_real_scans_without_the_data_says_so_before_any_work(
+    tmp_path, monkeypatch, capsys
+):
+    """--roi / --lung / --organ-lesions need ../shared/data/real_ct: without it the user is
+    told where it is looked for at once, not after minutes of phantom calibration."""
+    from malenia.cli import main
+
+    monkeypatch.setenv("MALENIA_REAL_CT", str(tmp_path / "absent"))
+    out = tmp_path / "calibration.json"
+    for option in ("--roi", "--lung", "--organ-lesions"):
+        assert main(["calibrate", option, "3", "--out", str(out)]) == 1
+        assert "real-CT data folder" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_distractor_split_separates_volumes_holding_another_category():
     """The split the docs quote: a volume with a lesion of another category is counted
     apart from one holding only the target's category (two target lesions are not a

@@ -284,6 +284,10 @@ def _run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    if args.roi or args.lung or args.organ_lesions:  # said before minutes of phantom work
+        from malenia.data.real_ct import require_real_ct_root
+
+        require_real_ct_root()
     engine = Engine.load(args.weights, args.device)
     if args.start_from:  # an earlier calibration of these weights: add only what is asked
         result = json.loads(args.start_from.read_text(encoding="utf-8"))
