@@ -256,6 +256,13 @@ def test_missing_and_corrupt_weights_are_refused(weights, tmp_path):
     orphan.write_bytes(weights.read_bytes())
     with pytest.raises(WeightsError, match="card"):
         Engine.load(orphan)
+    edited = tmp_path / "edited.safetensors"  # intact tensors, a card edited by hand
+    edited.write_bytes(weights.read_bytes())
+    for key, value in (("threshold", 1.5), ("organ_lesion_threshold", "0.1"),
+                       ("lung_threshold", 0.0)):  # fmt: skip
+        edited.with_suffix(".json").write_text(json.dumps({**card, "postprocess": {key: value}}))
+        with pytest.raises(WeightsError, match=f"postprocess.{key} .* between 0 and 1"):
+            Engine.load(edited)
 
 
 def test_outputs_open_as_slicer_segmentation(engine, tmp_path, slicer_scene):

@@ -67,6 +67,27 @@ def read_card(path: Path) -> dict:
         ) from error
 
 
+# The card's calibrated cuts (``malenia calibrate``), each a probability when present.
+CARD_THRESHOLDS = ("threshold", "roi_threshold", "lung_threshold", "organ_lesion_threshold")
+
+
+def check_card_thresholds(card: dict, path: Path) -> None:
+    """Refuse a card whose calibrated cuts are not probabilities, at load rather than at the
+    first query (the sha256 guards the tensors, not the card's own fields)."""
+    postprocess = card.get("postprocess") or {}
+    for key in CARD_THRESHOLDS:
+        value = postprocess.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not 0.0 < float(value) < 1.0:
+            raise WeightsError(
+                f"The model card of {path} sets postprocess.{key} to {value!r}, but a threshold "
+                "lies strictly between 0 and 1: reinstall the weights, or calibrate them again "
+                "(`malenia calibrate`) and republish them."
+            )
+
+
 def load_weights(path: Path, device: str | torch.device = "cpu") -> tuple[MaleniaNet, dict]:
     """Load a model and its card; refuse missing, corrupt or tampered files."""
     path = Path(path)
@@ -76,6 +97,7 @@ def load_weights(path: Path, device: str | torch.device = "cpu") -> tuple[Maleni
             "train your own with `malenia train` or pass --weights PATH."
         )
     card = read_card(path)
+    check_card_thresholds(card, path)
     actual = sha256_of(path)
     if card.get("sha256") != actual:
         raise WeightsError(
