@@ -112,9 +112,9 @@ class EncodedVolume:
         self._lesion_components = None  # any_lesion's lesions (see lesion_components)
         # Where grounded answers cut the prompt-free map (``grounding.aligned_lesion_map``);
         # None: at the answer's own threshold. Set it through ``set_organ_lesion_threshold``.
-        self.organ_lesion_threshold = (engine.card.get("postprocess") or {}).get(
-            "organ_lesion_threshold"
-        )
+        postprocess = engine.card.get("postprocess") or {}
+        self.organ_lesion_threshold = postprocess.get("organ_lesion_threshold")
+        self._aligned_maps: dict = {}  # (cut, answer's cut) -> (map, its lesions), per volume
         self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
         self.lungs: np.ndarray | None = None  # lungs from HU on the model grid (set at encoding)
         self._lung_envelope: np.ndarray | None = None  # see lung_envelope
@@ -191,20 +191,24 @@ class EncodedVolume:
         return self._cached("grounded " + repr(description), answer)
 
     def _grounding_lesion_map(self, description: LesionDescription):
-        """(map, its lesions or None): the prompt-free map as grounded answers read it."""
-        from malenia.inference.grounding import aligned_lesion_map
+        """(map, its lesions): the prompt-free map as grounded answers read it, aligned and
+        labelled once per cut, as the plain map's lesions are once per encoding."""
+        from malenia.inference.grounding import LesionComponents, aligned_lesion_map
 
         lung = organ_of_location(description.location) == "lung"  # calibrated in the abdomen
         if self.organ_lesion_threshold is None or lung:
             return self.any_lesion, self.lesion_components()
-        cut, answer_cut = float(self.organ_lesion_threshold), self.threshold_for(description)
-        return aligned_lesion_map(self.any_lesion, cut, answer_cut), None
+        key = (float(self.organ_lesion_threshold), self.threshold_for(description))
+        if key not in self._aligned_maps:
+            aligned = aligned_lesion_map(self.any_lesion, *key)
+            self._aligned_maps[key] = (aligned, LesionComponents.of(aligned))
+        return self._aligned_maps[key]
 
     def set_organ_lesion_threshold(self, cut: float | None) -> None:
-        """Cut grounded answers' lesion map at ``cut`` (None: at the answer's threshold);
-        earlier grounded answers are forgotten, prompt and organ maps kept (``malenia
-        calibrate --organ-lesions`` tries a dozen cuts on one encoding)."""
+        """Cut grounded answers' lesion map at ``cut`` (None: the answer's threshold); earlier
+        grounded answers are forgotten, prompt and organ maps kept (for ``--organ-lesions``)."""
         self.organ_lesion_threshold = cut
+        self._aligned_maps.clear()
         for key in [k for k in self._maps if k.startswith("grounded ")]:
             del self._maps[key]
 
@@ -397,15 +401,10 @@ class EncodedVolume:
         """Every lesion the model sees (objectness-weighted tokens), with predicted attributes.
 
         The prompt-free map is not calibrated, so ``threshold`` None means 0.5 here."""
+        cut = 0.5 if threshold is None else threshold
         result = self._result(
-            self.any_lesion,
-            0.5 if threshold is None else threshold,
-            None,
-            "auto",
-            "all lesions",
-            None,
-            min_volume_ml,
-        )
+            self.any_lesion, cut, None, "auto", "all lesions", None, min_volume_ml
+        )  # fmt: skip
         for lesion in result.lesions:
             soft = self._predicted_attributes(lesion)
             lesion.attributes = {k: max(v, key=v.get) for k, v in soft.items() if v}
