@@ -193,6 +193,35 @@ def test_organ_lesion_cut_is_calibrated_on_lesions_drawn_into_training_organs(en
 
 
 @needs_data
+def test_lesion_rules_are_calibrated_on_training_scans(engine):
+    """``malenia calibrate --lung-keep / --organ-growth``: each rule's setting is one of its
+    grid (the first turns it off, written as None), within the tolerance of the best, on the
+    pasted training masses and the drawn training lesions; the engine's card and the cached
+    encodings are left as they were."""
+    from malenia.evaluation.calibrate import (
+        LUNG_KEEP_SHARES,
+        ORGAN_GROWTH_MM,
+        TOLERANCE,
+        calibrate_lung_keep,
+        calibrate_organ_growth,
+    )
+
+    postprocess = dict(engine.card.get("postprocess") or {})
+    threshold = engine.default_threshold
+    keep = calibrate_lung_keep(engine, 2, threshold)
+    grow = calibrate_organ_growth(engine, 3, {"threshold": threshold})
+    for setting, by_setting, grid in (
+        (keep["lung_keep_share"], keep["lung_keep_mean_dice_by_share"], LUNG_KEEP_SHARES),
+        (grow["organ_growth_mm"], grow["organ_growth_mean_dice_by_mm"], ORGAN_GROWTH_MM),
+    ):
+        assert [float(s) for s in by_setting] == list(grid)
+        assert setting is None or setting in grid[1:]
+        assert by_setting[str(setting or grid[0])] >= max(by_setting.values()) - TOLERANCE
+    assert keep["lung_keep_set"]["n"] == 2 and grow["organ_growth_set"]["n"] == 3
+    assert (engine.card.get("postprocess") or {}) == postprocess
+
+
+@needs_data
 @pytest.mark.slow
 def test_lung_answers_on_the_chest_ct_stay_in_the_lungs(engine):
     """On lung2 the lung-cancer preset's probability has lesions outside the lungs

@@ -100,6 +100,12 @@ def main() -> None:
                 "organ_lesion_dice",
                 "organ_lesion_dice_at_answer_threshold",
                 "organ_lesion_set",
+                "lung_keep_share",
+                "lung_keep_dice",
+                "lung_keep_set",
+                "organ_growth_mm",
+                "organ_growth_dice",
+                "organ_growth_set",
             )  # fmt: skip
             if key in calibration
         } | {"calibrated_with": "malenia calibrate"}

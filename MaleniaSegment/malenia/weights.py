@@ -71,20 +71,34 @@ def read_card(path: Path) -> dict:
 CARD_THRESHOLDS = ("threshold", "roi_threshold", "lung_threshold", "organ_lesion_threshold")
 
 
+# The card's calibrated lesion rules (``malenia.inference.lesion_rules``): (low, high] each.
+CARD_RULES = {"lung_keep_share": (0.0, 1.0), "organ_growth_mm": (0.0, 100.0)}
+
+
 def check_card_thresholds(card: dict, path: Path) -> None:
-    """Refuse a card whose calibrated cuts are not probabilities, at load rather than at the
-    first query (the sha256 guards the tensors, not the card's own fields)."""
+    """Refuse a card whose calibrated cuts are not probabilities, or whose lesion rules are
+    out of range, at load rather than at the first query (the sha256 guards the tensors, not
+    the card's own fields)."""
     postprocess = card.get("postprocess") or {}
-    for key in CARD_THRESHOLDS:
+    bounds = {key: (0.0, 1.0) for key in CARD_THRESHOLDS} | CARD_RULES
+    for key, (low, high) in bounds.items():
         value = postprocess.get(key)
         if value is None:
             continue
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not 0.0 < float(value) < 1.0:
+        closed = key in CARD_RULES  # a rule may take its highest setting, a cut not 1
+        inside = (
+            number
+            and low < float(value)
+            and (float(value) <= high if closed else float(value) < high)
+        )
+        if not inside:
+            kind = "a threshold lies strictly between 0 and 1" if key in CARD_THRESHOLDS else (
+                f"it lies in ({low:g}, {high:g}]")  # fmt: skip
             raise WeightsError(
-                f"The model card of {path} sets postprocess.{key} to {value!r}, but a threshold "
-                "lies strictly between 0 and 1: reinstall the weights, or calibrate them again "
-                "(`malenia calibrate`) and republish them."
+                f"The model card of {path} sets postprocess.{key} to {value!r}, but {kind}: "
+                "reinstall the weights, or calibrate them again (`malenia calibrate`) and "
+                "republish them."
             )
 
 

@@ -21,14 +21,13 @@ from malenia.errors import InvalidRequestError
 from malenia.inference.lesion_maps import (
     blank_like,
     components_in_box,
-    input_box,
+    input_maps,
     sub_grid,
     without_lesions,
 )
 from malenia.inference.naming import number_names, organ_of_location, segment_name
 from malenia.inference.postprocess import LesionInfo, foreground_box, longest_axial_diameter
 from malenia.io import CTVolume
-from malenia.preprocessing import to_input_grid
 
 if TYPE_CHECKING:
     from malenia.inference.engine import Engine
@@ -58,6 +57,9 @@ class SegmentationResult:
     # Free-text words the parser did not use, and its notes (what it inferred, conflicts).
     not_understood: list[str] = field(default_factory=list)
     query_notes: list[str] = field(default_factory=list)
+    # The probability before its lesions grew (``lesion_rules.grow_to_density``), which a
+    # re-cut grows again from; None when nothing grew.
+    grown_from: np.ndarray | None = field(default=None, repr=False)
     _labelmap: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -114,6 +116,10 @@ class EncodedVolume:
         # None: at the answer's own threshold. Set it through ``set_organ_lesion_threshold``.
         postprocess = engine.card.get("postprocess") or {}
         self.organ_lesion_threshold = postprocess.get("organ_lesion_threshold")
+        # The calibrated lesion rules (``lesion_rules``); None: off. Callers may set them.
+        self.lung_keep_share = postprocess.get("lung_keep_share")
+        self.organ_growth_mm = postprocess.get("organ_growth_mm")
+        self.hu: np.ndarray | None = None  # int16 HU on the model grid (set at encoding)
         self._aligned_maps: dict = {}  # (cut, answer's cut) -> (map, its lesions), per volume
         self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
         self.lungs: np.ndarray | None = None  # lungs from HU on the model grid (set at encoding)
@@ -347,9 +353,10 @@ class EncodedVolume:
         ranking = [(category, 1.0)] if category else self.engine.knowledge.rank(description)[:3]
         grounds = self._grounds(description, grounding)
         warning = self.grounding_warning(description.location) if grounds else None
+        organ = description.location if grounds and not warning else None
         result = self._result(
             probability, threshold, description, "prompt", readable, ranking, min_volume_ml,
-            self._organ_envelope(description.location if grounds and not warning else None),
+            self._organ_envelope(organ), grow_in=organ,
         )  # fmt: skip
         result.not_understood, result.query_notes = resolved.not_understood, resolved.notes
         if not category:
@@ -378,12 +385,15 @@ class EncodedVolume:
         return warning
 
     def recut(self, result: SegmentationResult, threshold: float) -> SegmentationResult:
-        """Same query, new threshold: numpy only, the network is not touched."""
+        """Same query, new threshold: numpy only, the network is not touched. A grown answer
+        grows again from the new cut."""
         if result.mode == "auto":
             return self.find_lesions(threshold, result.min_volume_ml)
+        source = result.probability if result.grown_from is None else result.grown_from
         recut = self._result(
-            result.probability, threshold, result.description, result.mode, result.query,
-            result.ranking, result.min_volume_ml, self._organ_envelope(result.grounded_in),
+            source, threshold, result.description, result.mode, result.query, result.ranking,
+            result.min_volume_ml, self._organ_envelope(result.grounded_in),
+            grow_in=result.grounded_in,
         )  # fmt: skip
         recut.grounded_in, recut.grounding_warning = result.grounded_in, result.grounding_warning
         recut.not_understood, recut.query_notes = result.not_understood, result.query_notes
@@ -451,21 +461,38 @@ class EncodedVolume:
     # ------------------------------------------------------------------ results
     def _result(
         self, probability, threshold, description, mode, query, ranking, min_volume_ml: float = 0.1,
-        organ_envelope: np.ndarray | None = None,
+        organ_envelope: np.ndarray | None = None, grow_in: str | None = None,
     ) -> SegmentationResult:  # fmt: skip
-        """The answer's lesions; ``organ_envelope``: keep only those touching it."""
+        """The answer's lesions; ``organ_envelope``: keep only those touching it; ``grow_in``:
+        the organ a grounded answer names, where its lesions grow (``lesion_rules``)."""
+        from malenia.inference import lesion_rules
+
         _check_threshold(threshold)
-        labels, boxes = components_in_box(
-            probability, threshold, max(1, int(round(min_volume_ml / self._model_voxel_ml)))
-        )
-        if boxes and self._in_lung(description):
-            probability, labels, boxes = self._keep_in_lungs(probability, labels, boxes)
-        elif boxes and organ_envelope is not None:
+        min_voxels = max(1, int(round(min_volume_ml / self._model_voxel_ml)))
+        labels, boxes = components_in_box(probability, threshold, min_voxels)
+        names_lung = self._names_lung(description)
+        if names_lung and self.lung_envelope() is not None:  # the lungs found from HU
+            organ_envelope = self.lung_envelope()
+        if boxes and organ_envelope is not None:
             probability, labels, boxes = self._keep_touching(
                 probability, labels, boxes, organ_envelope
             )
+        if boxes and names_lung and self.lung_keep_share and mode == "prompt" and not self.zoomed:
+            probability, labels, boxes = lesion_rules.keep_largest(
+                probability, labels, boxes, float(self.lung_keep_share)
+            )
         if len(boxes) > 1 and self.zoomed and mode == "prompt":
-            probability, labels, boxes = self._keep_central(probability, labels, boxes)
+            probability, labels, boxes = lesion_rules.keep_central(
+                probability, labels, boxes, self.spacing_mm
+            )
+        seeds = None  # the map before growth, which a re-cut grows again from
+        if boxes and self._grows_in(grow_in):
+            organ = self.location_probability(grow_in) > 0.5  # grounding.LOCATION_THRESHOLD
+            seeds, probability = probability, lesion_rules.grow_to_density(
+                probability, labels, boxes, self.hu, organ, self.spacing_mm,
+                float(self.organ_growth_mm),
+            )  # fmt: skip
+            labels, boxes = components_in_box(probability, threshold, min_voxels)
         spacing = self.spacing_mm
         lesions = []
         for index, box in enumerate(boxes, start=1):
@@ -489,18 +516,26 @@ class EncodedVolume:
                 )
             )
         number_names(lesions)
-        return SegmentationResult(
+        result = SegmentationResult(
             self, probability, labels, lesions, threshold, description, mode, query,
             min_volume_ml, ranking,
         )  # fmt: skip
+        result.grown_from = seeds
+        return result
 
-    def _in_lung(self, description: LesionDescription | None) -> bool:
-        """Whether the answer names a lung location and this scan's lungs were found."""
+    def _grows_in(self, location: str | None) -> bool:
+        """Whether an answer grounded in ``location`` grows to its lesions' density edge:
+        the card asks for it, the location is an abdominal organ's and the scan's HU is kept."""
+        if not (self.organ_growth_mm and location and self.hu is not None):
+            return False
+        return organ_of_location(location) != "lung"
+
+    @staticmethod
+    def _names_lung(description: LesionDescription | None) -> bool:
+        """Whether the answer names a lung location."""
         if description is None or not description.location:
             return False
-        return organ_of_location(description.location) == "lung" and (
-            self.lung_envelope() is not None
-        )
+        return organ_of_location(description.location) == "lung"
 
     def lung_envelope(self) -> np.ndarray | None:
         """[model grid] the lungs from HU grown by the grounding margin; None when this
@@ -514,10 +549,6 @@ class EncodedVolume:
             envelope[box] = grow_by_ellipsoid(self.lungs[box], radius)
             self._lung_envelope = envelope
         return self._lung_envelope
-
-    def _keep_in_lungs(self, probability, labels, boxes):
-        """Without the lesions that do not touch the lungs (``grounding.lesions_clear_of``)."""
-        return self._keep_touching(probability, labels, boxes, self.lung_envelope())
 
     def _keep_touching(self, probability, labels, boxes, envelope: np.ndarray):
         """Without the lesions that have no voxel in ``envelope`` (probability set to 0, so a
@@ -536,24 +567,6 @@ class EncodedVolume:
             return None
         return self.location_region(location)
 
-    def _keep_central(self, probability, labels, boxes):
-        """A small box in the lung (the zoomed ROI) is drawn around one nodule: its answer is
-        the lesion nearest the box's centre. Chosen on 120 LIDC nodules of the training
-        patients (``scripts/measure_nodule_box_rule.py``): Dice 0.737 -> 0.762, answers
-        marking no more than their nodule outside it 108 -> 114 (36 answers had several
-        lesions; keeping the largest instead: 0.733)."""
-        centre = (np.array(self.shape) - 1) / 2.0
-        distance = [
-            np.linalg.norm(
-                (np.argwhere(labels[box] == index).mean(0) + [s.start for s in box] - centre)
-                * self.spacing_mm
-            )
-            for index, box in enumerate(boxes, start=1)
-        ]
-        nearest = int(np.argmin(distance)) + 1
-        dropped = [i for i in range(1, len(boxes) + 1) if i != nearest]
-        return without_lesions(probability, labels, boxes, dropped)
-
     def to_input_labelmap(
         self, probability: np.ndarray, labels_model: np.ndarray, threshold: float
     ) -> np.ndarray:
@@ -570,26 +583,12 @@ class EncodedVolume:
         labelmap[box] = np.where(probability_in > threshold, ids_in, 0)
         return labelmap
 
-    def input_maps(
-        self, probability: np.ndarray, labels_model: np.ndarray, cover: np.ndarray
-    ) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray] | None:
-        """(box, probability, lesion ids) on the input voxels (k, j, i slices) around the
-        model-grid voxels ``cover``: probability resampled linearly (float32), ids from the
-        nearest model voxel of ``labels_model`` grown by one voxel. None when ``cover`` is
-        empty or misses the input grid. ``to_input_labelmap`` cuts these; the browser viewer
-        re-cuts them at other thresholds."""
-        from scipy import ndimage
-
-        if not cover.any():
-            return None
-        box = input_box(cover, self.model_reference, self.input_reference)
-        if box is None:
-            return None
-        reference = sub_grid(self.input_reference, box)
-        ids = ndimage.grey_dilation(labels_model, size=(3, 3, 3)).astype(np.int16)
-        probability_in = to_input_grid(probability, self.model_reference, reference)
-        ids_in = to_input_grid(ids, self.model_reference, reference, nearest=True)
-        return box, probability_in, ids_in
+    def input_maps(self, probability: np.ndarray, labels_model: np.ndarray, cover: np.ndarray):
+        """``lesion_maps.input_maps`` between this volume's model and input grids: what
+        ``to_input_labelmap`` cuts and the browser viewer re-cuts at other thresholds."""
+        return input_maps(
+            probability, labels_model, cover, self.model_reference, self.input_reference
+        )
 
 
 def _check_threshold(threshold: float) -> None:

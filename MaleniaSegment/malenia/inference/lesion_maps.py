@@ -71,6 +71,27 @@ def input_box(mask: np.ndarray, model_image, input_image, margin_vox: int = 2):
     return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
 
 
+def input_maps(probability, labels_model, cover, model_image, input_image):
+    """(box, probability, lesion ids) on the input voxels (k, j, i slices) around the
+    model-grid voxels ``cover``: probability resampled linearly (float32), ids from the
+    nearest model voxel of ``labels_model`` grown by one voxel. None when ``cover`` is
+    empty or misses the input grid."""
+    from scipy import ndimage
+
+    from malenia.preprocessing import to_input_grid
+
+    if not cover.any():
+        return None
+    box = input_box(cover, model_image, input_image)
+    if box is None:
+        return None
+    reference = sub_grid(input_image, box)
+    ids = ndimage.grey_dilation(labels_model, size=(3, 3, 3)).astype(np.int16)
+    probability_in = to_input_grid(probability, model_image, reference)
+    ids_in = to_input_grid(ids, model_image, reference, nearest=True)
+    return box, probability_in, ids_in
+
+
 def sub_grid(image: sitk.Image, box) -> sitk.Image:
     """A blank image on the part ``box`` (k, j, i slices) of ``image``'s grid."""
     size = [b.stop - b.start for b in box[::-1]]

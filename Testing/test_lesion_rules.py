@@ -1,0 +1,135 @@
+"""The calibrated lesion rules (``malenia.inference.lesion_rules``): a whole-scan lung answer
+keeps its largest lesions, a lesion in an organ grows to its density edge and no further; and
+the engine applies them only where the card asks and only to the answers they are for."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from malenia.inference.lesion_maps import components_in_box
+from malenia.inference.lesion_rules import GROWTH_CONTRAST_HU, grow_to_density, keep_largest
+from malenia.weights import WeightsError, card_path
+
+SPACING = (2.0, 2.0, 2.0)
+
+
+def ball(shape, centre, radius) -> np.ndarray:
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= radius**2
+
+
+def answer(probability, threshold=0.3):
+    labels, boxes = components_in_box(probability, threshold, 1)
+    return probability, labels, boxes
+
+
+def test_keep_largest_drops_lesions_smaller_than_the_share_and_zeroes_them():
+    shape = (30, 40, 40)
+    probability = np.zeros(shape, np.float32)
+    probability[ball(shape, (15, 12, 12), 6)] = 0.8  # ~900 voxels
+    probability[ball(shape, (15, 30, 30), 3)] = 0.6  # ~120 voxels
+    kept, labels, boxes = keep_largest(*answer(probability), share=0.5)
+    assert len(boxes) == 1 and labels[15, 12, 12] == 1 and labels[15, 30, 30] == 0
+    assert kept[15, 30, 30] == 0.0  # a re-cut or the slider does not bring it back
+    assert probability[15, 30, 30] == 0.6  # the caller's map is not changed
+    both = keep_largest(*answer(probability), share=0.1)
+    assert len(both[2]) == 2
+
+
+def organ_with_a_dark_lesion(lesion_hu: float, seed=0):
+    """A 60 HU organ with a 10-voxel-radius lesion; the model marked a radius-4 core."""
+    rng = np.random.default_rng(seed)
+    shape = (40, 48, 48)
+    organ = ball(shape, (20, 24, 24), 19)
+    hu = np.full(shape, -100.0, np.float32)  # fat around the organ
+    hu[organ] = 60.0
+    lesion = ball(shape, (20, 24, 24), 10)
+    hu[lesion] = lesion_hu
+    hu += rng.normal(0, 12, shape)  # the scan's grain
+    probability = np.where(ball(shape, (20, 24, 24), 4), 0.5, 0.05).astype(np.float32)
+    return hu, organ, lesion, probability
+
+
+def test_a_dark_lesion_grows_to_its_density_edge_and_stays_in_it():
+    hu, organ, lesion, probability = organ_with_a_dark_lesion(lesion_hu=10.0)
+    grown = grow_to_density(*answer(probability), hu, organ, SPACING, max_mm=30.0)
+    marked = grown > 0.3
+    assert (marked & lesion).sum() / lesion.sum() > 0.9
+    assert (marked & ~lesion).sum() < 0.1 * lesion.sum()
+    assert np.allclose(grown[marked & ~(probability > 0.3)], 0.5)  # the lesion's own score
+    assert not (probability > grown).any()  # growth only adds
+    near = grow_to_density(*answer(probability), hu, organ, SPACING, max_mm=4.0)
+    assert (near > 0.3).sum() < 0.6 * lesion.sum()  # the reach bounds it
+
+
+def test_growth_keeps_an_isodense_lesion_and_stays_in_the_organ():
+    hu, organ, lesion, probability = organ_with_a_dark_lesion(60.0 - GROWTH_CONTRAST_HU / 2)
+    same = grow_to_density(*answer(probability), hu, organ, SPACING, max_mm=30.0)
+    np.testing.assert_array_equal(same, probability)  # no density edge to grow to
+    hu, organ, lesion, probability = organ_with_a_dark_lesion(lesion_hu=10.0)
+    half = organ.copy()
+    half[:, :, 24:] = False  # the organ map misses half the lesion
+    grown = grow_to_density(*answer(probability), hu, half, SPACING, max_mm=30.0)
+    added = (grown > 0.3) & ~(probability > 0.3)
+    assert added.any() and not added[:, :, 26:].any()  # one voxel of slack at the map's edge
+
+
+def card_with(tmp_path, **rules):
+    """A copy of the bundled weights whose card sets ``rules`` in its postprocess."""
+    from malenia.inference.engine import default_weights_path
+
+    weights = default_weights_path()
+    copy = tmp_path / "rules.safetensors"
+    shutil.copy(weights, copy)
+    card = json.loads(card_path(weights).read_text(encoding="utf-8"))
+    card["postprocess"] = (card.get("postprocess") or {}) | rules
+    card_path(copy).write_text(json.dumps(card))
+    return copy
+
+
+def test_the_engine_grows_grounded_organ_answers_only_where_the_card_asks(tmp_path):
+    """With postprocess.organ_growth_mm the bundled engine grows a grounded liver answer's
+    lesion to the dark lesion drawn into the liver (a re-cut keeps it grown); without it, or
+    for an answer without a location, the answer is the marked core alone. Out-of-range rule
+    settings are refused at load."""
+    from malenia.attributes import LesionDescription
+    from malenia.inference import Engine
+    from malenia.io import CTVolume
+    from malenia.synth.anatomy import organ_mask
+    from malenia.synth.phantom import make_phantom
+
+    phantom = make_phantom(
+        2, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
+    )
+    oz, oy, ox = phantom.origin_mm
+    volume = CTVolume(phantom.ct, (2.0,) * 3, (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
+    engine = Engine.load(card_with(tmp_path, organ_growth_mm=20.0), device="cpu")
+    encoded = engine.encode(volume)
+    assert encoded.organ_growth_mm == 20.0 and encoded.hu is not None
+    liver = organ_mask(phantom.labels, "right liver lobe")
+    centre = tuple(int(c) for c in np.median(np.argwhere(liver), axis=0))
+    lesion = ball(liver.shape, centre, 6) & liver
+    encoded.hu[lesion] = int(np.median(encoded.hu[liver])) - 50  # a dark lesion in the liver
+    query = LesionDescription(location="right liver lobe", density="hypodense")
+    core = ball(liver.shape, centre, 2)
+    plain = LesionDescription(density="hypodense")
+    for probability in (encoded.probability(query), encoded.probability(plain)):
+        probability[...] = 0.0  # the cached maps the answers read: only the core is marked
+        probability[core] = 0.9
+
+    grown = encoded.segment(query, threshold=0.5)
+    assert grown.grounded_in == "right liver lobe" and len(grown.lesions) == 1
+    marked = grown.labels_model > 0
+    assert (marked & lesion).sum() > 0.8 * lesion.sum() and (marked & ~lesion).sum() < 30
+    assert np.array_equal(encoded.recut(grown, 0.6).labels_model > 0, marked)
+    no_location = encoded.segment(plain, threshold=0.5)
+    assert np.array_equal(no_location.labels_model > 0, core)
+    encoded.organ_growth_mm = None
+    assert np.array_equal(encoded.segment(query, threshold=0.5).labels_model > 0, core)
+    for key, value in (("organ_growth_mm", 0), ("organ_growth_mm", 500.0),
+                       ("lung_keep_share", 1.5), ("lung_keep_share", "all")):  # fmt: skip
+        with pytest.raises(WeightsError, match=f"postprocess.{key}"):
+            Engine.load(card_with(tmp_path, **{key: value}), device="cpu")
