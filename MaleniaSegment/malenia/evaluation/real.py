@@ -43,6 +43,8 @@ GROUPS = ("hcc", "lidc", "lung2", "sarcoma")  # the scored groups (macro mean)
 DEMO_GROUPS = ("sample",)  # reported, never scored: the sample CT's scan is in training
 SAMPLE_LESIONS = (("renal cyst", 1), ("liver cancer", 2))  # preset, instance id
 TARGETS = {"macro_dice": 0.50, "hcc_large_tumour": 0.50, "lidc": 0.60}
+# The card's run-time rules beside its thresholds, recorded with every run.
+LESION_RULE_KEYS = ("organ_lesion_threshold", "lung_keep_share", "organ_growth_mm")
 ORGAN_CHECKS = {"hcc": ("right liver lobe", "left liver lobe"), "lung2": None}
 
 
@@ -212,6 +214,7 @@ def evaluate_real(engine, out: Path, groups=GROUPS, limit=None, threshold=None, 
                            "threshold": threshold or engine.default_threshold,
                            "roi_threshold": threshold or postprocess.get("roi_threshold"),
                            "lung_threshold": threshold or postprocess.get("lung_threshold"),
+                           **{key: postprocess.get(key) for key in LESION_RULE_KEYS},
                            "seconds": round(time.time() - started, 1), "groups": list(groups),
                            "limit_per_group": limit}  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
@@ -265,11 +268,13 @@ def summarise(rows: list[dict]) -> dict:
 
 def summary_markdown(summary: dict) -> str:
     s = summary.get("settings", {})
+    rules = ", ".join(str(s.get(key)) for key in LESION_RULE_KEYS)
     lines = [
         f"Model `{s.get('model')}`, threshold {s.get('threshold')} (small ROIs: "
         f"{s.get('roi_threshold') or s.get('threshold')}, whole-scan lung answers: "
         f"{s.get('lung_threshold') or s.get('threshold')}), organ maps: "
         f"{s.get('organ_maps', 'location head')}, {s.get('seconds')} s. "
+        f"Lesion-map cut of organ answers, lung answers' kept share, organ growth (mm): {rules}. "
         "Validation cases only; the first query of each group is the scored one.",
         "",
         "| group | query | n | Dice | NSD@2mm | found | predicted ml | true ml | FP ml | FP <= true |",
