@@ -6,7 +6,8 @@ threshold that maximises mean Dice on a validation set: the test-set generator w
 seed (``VALIDATION_SET_SEED``), the training (seen) categories only, distractors drawn from
 those categories only. The test set and the unseen categories are never looked at. The
 result goes into the model card (``postprocess.threshold``), which the engine uses whenever a
-caller does not pass a threshold.
+caller does not pass a threshold. The run-time rules it can add (``--organ-lesions``,
+``--lung-keep``, ``--organ-growth``) are chosen on real training scans: ``calibrate_rules``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import json
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -247,151 +247,6 @@ def calibrate_lung(engine, n_masses: int = 12, thresholds=THRESHOLDS, log=None) 
     }
 
 
-# The settings of the lesion rules (``malenia.inference.lesion_rules``) tried on training
-# scans; the first of each turns its rule off.
-LUNG_KEEP_SHARES: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
-ORGAN_GROWTH_MM: tuple[float, ...] = (0.0, 10.0, 20.0, 30.0)
-
-
-@contextmanager
-def _answer_threshold(engine, threshold: float):
-    """The engine's card says ``threshold`` while calibrating: a grounded answer aligns its
-    lesion-map cut onto the threshold the card gives (``EncodedVolume.threshold_for``)."""
-    postprocess = dict(engine.card.get("postprocess") or {})
-    engine.card["postprocess"] = postprocess | {"threshold": threshold}
-    try:
-        yield
-    finally:
-        engine.card["postprocess"] = postprocess
-
-
-def _rule_mean_dice(engine, cases, count: int, settings, apply, threshold, log=None, tag=""):
-    """Mean Dice per setting of a lesion rule over ``count`` ``cases`` of (name, volume,
-    query, truth), each encoded once and answered at ``threshold`` under every setting
-    (``apply(encoded, setting)``); with categories in the query, the macro mean over them."""
-    scores: dict[str, dict[float, list[float]]] = {}
-    for number, (name, volume, query, truth) in enumerate(cases, 1):
-        encoded = engine.encode(volume)
-        per_setting = scores.setdefault(query, {s: [] for s in settings})
-        for setting in settings:
-            apply(encoded, setting)
-            per_setting[setting].append(dice(encoded.segment(query, threshold).labelmap > 0, truth))
-        engine._cache.clear()
-        if log:
-            log(f"[{tag} {number}/{count}] {name}")
-    return {s: float(np.mean([np.mean(per[s]) for per in scores.values()])) for s in settings}
-
-
-def _smallest_change(mean_dice: dict[float, float]) -> float:
-    """The smallest setting within TOLERANCE of the best (the first turns the rule off)."""
-    top = max(mean_dice.values())
-    return min(s for s, v in mean_dice.items() if v >= top - TOLERANCE)
-
-
-def calibrate_lung_keep(engine, n_masses: int, lung_threshold: float, log=None) -> dict:
-    """Which lesions a whole-scan lung answer keeps (``lesion_rules.keep_largest``): mean
-    Dice of the "lung cancer" preset at ``lung_threshold`` per share of the largest lesion's
-    volume, over the pasted training masses of ``calibrate_lung`` (no validation case)."""
-    from malenia.data.nodule_paste import pasted_lung_masses
-
-    def keep(encoded, share):
-        encoded.lung_keep_share = share or None
-
-    cases = ((n, v, "lung cancer", mass) for n, v, mass in pasted_lung_masses(n_masses))
-    mean_dice = _rule_mean_dice(
-        engine, cases, n_masses, LUNG_KEEP_SHARES, keep, lung_threshold, log, "lung keep"
-    )
-    share = _smallest_change(mean_dice)
-    return {
-        "lung_keep_share": share or None,
-        "lung_keep_dice": round(mean_dice[share], 4),
-        "lung_keep_mean_dice_by_share": {str(s): round(v, 4) for s, v in mean_dice.items()},
-        "lung_keep_set": {
-            "source": "the pasted LIDC training masses of lung_set (seed 7); no validation case",
-            "n": n_masses,
-            "query": f"lung cancer, cut at {lung_threshold}",
-        },
-    }
-
-
-def calibrate_organ_growth(engine, n_lesions: int, calibration: dict, log=None) -> dict:
-    """How far grounded answers in abdominal organs grow to their lesions' density edge
-    (``lesion_rules.grow_to_density``): macro mean Dice over categories of each preset per
-    reach, over the lesions drawn into the training organs (``malenia.data.drawn_lesions``,
-    no validation case), answered as ``calibration`` says (threshold, lesion-map cut)."""
-    from malenia.data.drawn_lesions import drawn_organ_lesions
-
-    cut = calibration.get("organ_lesion_threshold")
-
-    def grow(encoded, reach_mm):
-        if encoded.organ_lesion_threshold != cut:  # a new cut forgets grounded answers
-            encoded.set_organ_lesion_threshold(cut)
-        encoded.organ_growth_mm = reach_mm or None
-
-    threshold = calibration["threshold"]
-    cases = ((n, v, category, t) for n, v, category, t in drawn_organ_lesions(n_lesions))
-    with _answer_threshold(engine, threshold):
-        mean_dice = _rule_mean_dice(
-            engine, cases, n_lesions, ORGAN_GROWTH_MM, grow, threshold, log, "organ growth"
-        )
-    reach = _smallest_change(mean_dice)
-    return {
-        "organ_growth_mm": reach or None,
-        "organ_growth_dice": round(mean_dice[reach], 4),
-        "organ_growth_mean_dice_by_mm": {str(s): round(v, 4) for s, v in mean_dice.items()},
-        "organ_growth_set": {
-            "source": "lesions drawn into the liver, kidneys and pancreas of the real training "
-            "scans (malenia.data.drawn_lesions, seed 11); no validation case",
-            "n": n_lesions,
-            "query": f"each category's preset, grounded, cut at {threshold} (lesion map at {cut})",
-        },
-    }
-
-
-def calibrate_organ_lesions(
-    engine, n_lesions: int, answer_threshold: float, thresholds=THRESHOLDS, log=None
-) -> dict:
-    """Where grounded answers cut the prompt-free lesion map (``grounding.aligned_lesion_map``):
-    mean Dice per cut (macro over categories) of each category's preset, answered at
-    ``answer_threshold`` (this calibration's own), over ``n_lesions`` lesions drawn into the
-    organs of the real training scans (``malenia.data.drawn_lesions``; no validation case).
-    Ties go to the cut nearest ``answer_threshold``: the smallest change that does as well."""
-    from malenia.data.drawn_lesions import ORGAN_CATEGORIES, drawn_organ_lesions
-
-    scores = {c: {t: [] for t in thresholds} for c in ORGAN_CATEGORIES}
-    with _answer_threshold(engine, answer_threshold):
-        for number, (name, volume, category, truth) in enumerate(drawn_organ_lesions(n_lesions), 1):
-            encoded = engine.encode(volume)
-            for cut in thresholds:
-                encoded.set_organ_lesion_threshold(cut)
-                answer = encoded.segment(category, answer_threshold)
-                scores[category][cut].append(dice(answer.labelmap > 0, truth))
-            engine._cache.clear()
-            if log:
-                log(f"[organ {number}/{n_lesions}] {name}")
-    per_category = {c: per for c, per in scores.items() if per[thresholds[0]]}
-    mean_dice = {
-        t: float(np.mean([np.mean(per[t]) for per in per_category.values()])) for t in thresholds
-    }
-    best, top = _choose(mean_dice, centre=answer_threshold)
-    return {
-        "organ_lesion_threshold": best,
-        "organ_lesion_dice": round(mean_dice[best], 4),
-        "organ_lesion_best_dice": round(top, 4),
-        "organ_lesion_dice_at_answer_threshold": round(mean_dice[answer_threshold], 4)
-        if answer_threshold in mean_dice
-        else None,
-        "organ_lesion_mean_dice_by_threshold": {str(t): round(v, 4) for t, v in mean_dice.items()},
-        "organ_lesion_set": {
-            "source": "lesions drawn into the liver, kidneys and pancreas of the real training "
-            "scans (malenia.data.drawn_lesions, seed 11) as training draws them; no "
-            "validation case",
-            "n": n_lesions,
-            "query": "each category's preset, grounded, cut at this calibration's threshold",
-        },
-    }
-
-
 def _run(args: argparse.Namespace) -> int:
     from malenia.inference import Engine
 
@@ -416,13 +271,22 @@ def _run(args: argparse.Namespace) -> int:
         result |= calibrate_roi(engine, args.roi, log=log)
     if args.lung:
         result |= calibrate_lung(engine, args.lung, log=log)
+    from malenia.evaluation import calibrate_rules as rules
+
+    phantom_n = args.n_per_category  # the phantom check of each rule: this validation set
     if args.organ_lesions:
-        result |= calibrate_organ_lesions(engine, args.organ_lesions, result["threshold"], log=log)
+        result |= rules.calibrate_organ_lesions(
+            engine, args.organ_lesions, result["threshold"], log=log, phantom_n=phantom_n
+        )
     if args.lung_keep:
         lung_threshold = result.get("lung_threshold") or result["threshold"]
-        result |= calibrate_lung_keep(engine, args.lung_keep, lung_threshold, log=log)
+        result |= rules.calibrate_lung_keep(
+            engine, args.lung_keep, lung_threshold, log=log, phantom_n=phantom_n
+        )
     if args.organ_growth:
-        result |= calibrate_organ_growth(engine, args.organ_growth, result, log=log)
+        result |= rules.calibrate_organ_growth(
+            engine, args.organ_growth, result, log=log, phantom_n=phantom_n
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     keys = ("threshold", "validation_dice", "dice_at_0.5", "roi_threshold", "roi_dice",
