@@ -85,6 +85,19 @@ def _rounded(mean_dice: dict[float, float]) -> dict[str, float]:
     return {str(s): round(v, 4) for s, v in mean_dice.items()}
 
 
+def _setting_chosen(prefix: str, unit: str, mean_dice, allowed, phantom, case_set: dict) -> dict:
+    """The calibration's part for one rule: the setting ``_smallest_change`` picks (None for
+    the first, the rule off), its Dice, every setting's Dice on the cases and the phantoms."""
+    setting = _smallest_change(mean_dice, allowed)
+    return {
+        f"{prefix}_{unit}": setting or None,
+        f"{prefix}_dice": round(mean_dice[setting], 4),
+        f"{prefix}_mean_dice_by_{unit}": _rounded(mean_dice),
+        f"{prefix}_phantom_dice_by_{unit}": _rounded(phantom),
+        f"{prefix}_set": case_set,
+    }
+
+
 def _drawn_cases(n_lesions: int):
     from malenia.data.drawn_lesions import drawn_organ_lesions
 
@@ -154,20 +167,15 @@ def calibrate_lung_keep(
     allowed, phantom = _phantom_allowed(
         engine, LUNG_KEEP_SHARES, keep, lung_threshold, phantom_n, log, "lung keep"
     )
-    share = _smallest_change(mean_dice, allowed)
-    return {
-        "lung_keep_share": share or None,
-        "lung_keep_dice": round(mean_dice[share], 4),
-        "lung_keep_mean_dice_by_share": _rounded(mean_dice),
-        "lung_keep_phantom_dice_by_share": _rounded(phantom),
-        "lung_keep_set": {
-            "source": "LIDC training nodules enlarged to 20-55 mm and pasted into the lungs of the "
-            "real training scans (malenia.data.nodule_paste, seed 7); no validation case",
-            "n": n_masses,
-            "query": f"lung cancer, cut at {lung_threshold}",
-            "phantom_check": f"{phantom_n} per seen category of the validation set",
-        },
-    }
+    source = (
+        "LIDC training nodules enlarged to 20-55 mm and pasted into the lungs of the real "
+        "training scans (malenia.data.nodule_paste, seed 7); no validation case"
+    )
+    return _setting_chosen(
+        "lung_keep", "share", mean_dice, allowed, phantom,
+        {"source": source, "n": n_masses, "query": f"lung cancer, cut at {lung_threshold}",
+         "phantom_check": f"{phantom_n} per seen category of the validation set"},
+    )  # fmt: skip
 
 
 def calibrate_organ_growth(
@@ -192,16 +200,9 @@ def calibrate_organ_growth(
         allowed, phantom = _phantom_allowed(
             engine, ORGAN_GROWTH_MM, grow, threshold, phantom_n, log, "growth"
         )
-    reach = _smallest_change(mean_dice, allowed)
-    return {
-        "organ_growth_mm": reach or None,
-        "organ_growth_dice": round(mean_dice[reach], 4),
-        "organ_growth_mean_dice_by_mm": _rounded(mean_dice),
-        "organ_growth_phantom_dice_by_mm": _rounded(phantom),
-        "organ_growth_set": {
-            "source": DRAWN_SOURCE,
-            "n": n_lesions,
-            "query": f"each category's preset, grounded, cut at {threshold} (lesion map at {cut})",
-            "phantom_check": f"{phantom_n} per seen category of the validation set",
-        },
-    }
+    query = f"each category's preset, grounded, cut at {threshold} (lesion map at {cut})"
+    return _setting_chosen(
+        "organ_growth", "mm", mean_dice, allowed, phantom,
+        {"source": DRAWN_SOURCE, "n": n_lesions, "query": query,
+         "phantom_check": f"{phantom_n} per seen category of the validation set"},
+    )  # fmt: skip
