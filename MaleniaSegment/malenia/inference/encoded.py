@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from malenia.attributes import LesionDescription, resolve_query
 from malenia.attributes.locations import sub_locations
-from malenia.attributes.schema import ATTRIBUTE_KEYS
 from malenia.errors import InvalidRequestError
+from malenia.inference.lesion_attributes import predicted_attributes
 from malenia.inference.lesion_maps import (
     blank_like,
     components_in_box,
@@ -119,7 +120,7 @@ class EncodedVolume:
         # The calibrated lesion rules (``lesion_rules``); None: off. Callers may set them.
         self.lung_keep_share = postprocess.get("lung_keep_share")
         self.organ_growth_mm = postprocess.get("organ_growth_mm")
-        self.hu: np.ndarray | None = None  # int16 HU on the model grid (set at encoding)
+        self._hu: np.ndarray | None = None  # see hu
         self._aligned_maps: dict = {}  # (cut, answer's cut) -> (map, its lesions), per volume
         self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
         self.lungs: np.ndarray | None = None  # lungs from HU on the model grid (set at encoding)
@@ -416,7 +417,7 @@ class EncodedVolume:
             self.any_lesion, cut, None, "auto", "all lesions", None, min_volume_ml
         )  # fmt: skip
         for lesion in result.lesions:
-            soft = self._predicted_attributes(lesion)
+            soft = predicted_attributes(self.engine, self.windows, lesion.bbox_model)
             lesion.attributes = {k: max(v, key=v.get) for k, v in soft.items() if v}
             lesion.category_ranking = self.engine.knowledge.rank(soft)[:3]
             lesion.name = (
@@ -427,37 +428,6 @@ class EncodedVolume:
         number_names(result.lesions)
         return result
 
-    @torch.no_grad()
-    def _predicted_attributes(self, lesion: LesionInfo) -> dict[str, dict[str, float]]:
-        """Attribute probabilities of the token whose mask covers the lesion best."""
-        model, table = self.engine.model, self.engine.table
-        best, best_score = None, -1.0
-        centre = tuple((s.start + s.stop) // 2 for s in lesion.bbox_model)
-        for w in self.windows:
-            if all(sl.start <= c < sl.stop for sl, c in zip(w.slices, centre, strict=True)):
-                local = tuple(c - sl.start for sl, c in zip(w.slices, centre, strict=True))
-                scores = torch.sigmoid(
-                    model.mask_head(w.tokens) @ w.f4.float()[(slice(None), *local)]
-                ) * torch.sigmoid(w.objectness)
-                index = int(scores.argmax())
-                if float(scores[index]) > best_score:
-                    best, best_score = w.tokens[index], float(scores[index])
-        if best is None:
-            return {}
-        vocab = [table.vocabulary_matrix(k)[1] for k in ATTRIBUTE_KEYS]
-        logits = model.attribute_logits(best[None], vocab)
-        soft = {}
-        for key, key_logits in zip(ATTRIBUTE_KEYS, logits, strict=True):
-            probs = torch.softmax(key_logits[0], dim=-1)
-            phrases = table.vocabulary_matrix(key)[0]
-            if key == "specific_features":
-                soft[key] = {
-                    p: float(v) for p, v in zip(phrases, probs, strict=True) if float(v) > 0.5
-                }
-            else:
-                soft[key] = {p: float(v) for p, v in zip(phrases, probs, strict=True)}
-        return soft
-
     # ------------------------------------------------------------------ results
     def _result(
         self, probability, threshold, description, mode, query, ranking, min_volume_ml: float = 0.1,
@@ -466,6 +436,7 @@ class EncodedVolume:
         """The answer's lesions; ``organ_envelope``: keep only those touching it; ``grow_in``:
         the organ a grounded answer names, where its lesions grow (``lesion_rules``)."""
         from malenia.inference import lesion_rules
+        from malenia.inference.grounding import LOCATION_THRESHOLD
 
         _check_threshold(threshold)
         min_voxels = max(1, int(round(min_volume_ml / self._model_voxel_ml)))
@@ -487,7 +458,7 @@ class EncodedVolume:
             )
         seeds = None  # the map before growth, which a re-cut grows again from
         if boxes and self._grows_in(grow_in):
-            organ = self.location_probability(grow_in) > 0.5  # grounding.LOCATION_THRESHOLD
+            organ = self.location_probability(grow_in) > LOCATION_THRESHOLD
             seeds, probability = probability, lesion_rules.grow_to_density(
                 probability, labels, boxes, self.hu, organ, self.spacing_mm,
                 float(self.organ_growth_mm),
@@ -525,10 +496,21 @@ class EncodedVolume:
 
     def _grows_in(self, location: str | None) -> bool:
         """Whether an answer grounded in ``location`` grows to its lesions' density edge:
-        the card asks for it, the location is an abdominal organ's and the scan's HU is kept."""
-        if not (self.organ_growth_mm and location and self.hu is not None):
+        the card asks for it and the location is an abdominal organ's."""
+        if not (self.organ_growth_mm and location) or self.zoomed:
             return False
         return organ_of_location(location) != "lung"
+
+    @property
+    def hu(self) -> np.ndarray:
+        """int16 HU on the model grid, resampled on first use (only organ growth reads it, so
+        an encoding does not carry a copy of the scan otherwise)."""
+        if self._hu is None:
+            from malenia.preprocessing import to_model_grid
+
+            image = to_model_grid(self.volume, self.spacing_mm)
+            self._hu = np.clip(sitk.GetArrayFromImage(image), -32768, 32767).astype(np.int16)
+        return self._hu
 
     @staticmethod
     def _names_lung(description: LesionDescription | None) -> bool:

@@ -189,7 +189,6 @@ class Engine:
         )
         encoded = EncodedVolume(self, volume, model_image, hu.shape, windows, region, spacing)
         encoded.any_lesion = any_lesion
-        encoded.hu = np.clip(hu, -32768, 32767).astype(np.int16)  # read by lesion_rules
         if not zoomed:  # where a lung answer may lie (``EncodedVolume.lung_envelope``)
             encoded.lungs = lungs_from_hu(hu, spacing, origin_zyx, region)
         if self.anatomy_grounding:  # labelled here, not in the first (interactive) query
