@@ -149,3 +149,25 @@ def test_the_lesion_map_can_be_cut_at_its_own_calibrated_threshold():
     assert not (grounded_probability(prompt, any_lesion, region) > 0.4).any()
     answer = grounded_probability(prompt, aligned_lesion_map(any_lesion, 0.2, 0.4), region) > 0.4
     assert answer[5:10, 5:10, 5:10].all() and answer.sum() == 125
+
+
+def test_hysteresis_reads_only_sure_lesions_at_the_lower_cut():
+    """With hysteresis a lesion whose map reaches the answer's threshold is read out to the
+    lower cut, and a lesion that never reaches it adds nothing at the answer's threshold;
+    below that threshold (the slider) it shows whole, never as a ring of its rim."""
+    shape = (30, 30, 30)
+    any_lesion = np.zeros(shape, np.float32)
+    any_lesion[4:12, 4:12, 4:12] = 0.15  # the edge of a sure lesion
+    any_lesion[6:10, 6:10, 6:10] = 0.6  # its core
+    any_lesion[18:26, 18:26, 18:26] = 0.05  # the rim of a faint one
+    any_lesion[20:24, 20:24, 20:24] = 0.3  # its peak, under the answer's 0.4
+    plain = aligned_lesion_map(any_lesion, 0.1, 0.4)
+    hysteresis = aligned_lesion_map(any_lesion, 0.1, 0.4, hysteresis=True)
+    assert (plain > 0.4)[20:24, 20:24, 20:24].all()  # the plain cut adds the faint lesion
+    sure = hysteresis > 0.4
+    assert sure[4:12, 4:12, 4:12].all() and sure.sum() == 8**3
+    faint = hysteresis[18:26, 18:26, 18:26]
+    assert faint.max() < 0.4 and (faint[2:6, 2:6, 2:6] >= faint.max()).all()
+    np.testing.assert_array_equal(hysteresis[:15], plain[:15])
+    np.testing.assert_array_equal(aligned_lesion_map(any_lesion, 0.4, 0.4, hysteresis=True),
+                                  aligned_lesion_map(any_lesion, 0.4, 0.4))  # fmt: skip

@@ -39,6 +39,22 @@ def test_keep_largest_drops_lesions_smaller_than_the_share_and_zeroes_them():
     assert len(both[2]) == 2
 
 
+def test_keep_largest_by_mass_keeps_a_sure_lesion_over_a_larger_faint_one():
+    """Sized by probability mass, a lung answer's sure mass outweighs a larger faint
+    answer (vessels, an effusion's rim); sized by volume the faint one would win."""
+    shape = (30, 40, 40)
+    probability = np.zeros(shape, np.float32)
+    probability[ball(shape, (15, 12, 12), 6)] = 0.32  # ~900 voxels, barely over the cut
+    probability[ball(shape, (15, 30, 30), 5)] = 0.95  # ~520 voxels, sure
+    by_volume = keep_largest(*answer(probability), share=1.0)
+    by_mass = keep_largest(*answer(probability), share=1.0, by="mass")
+    assert by_volume[1][15, 12, 12] > 0 and by_volume[1][15, 30, 30] == 0
+    assert by_mass[1][15, 30, 30] > 0 and by_mass[1][15, 12, 12] == 0
+    assert by_mass[0][15, 12, 12] == 0.0
+    with pytest.raises(ValueError, match="sized by one of"):
+        keep_largest(*answer(probability), share=1.0, by="area")
+
+
 def organ_with_a_dark_lesion(lesion_hu: float, seed=0):
     """A 60 HU organ with a 10-voxel-radius lesion; the model marked a radius-4 core."""
     rng = np.random.default_rng(seed)
@@ -130,6 +146,8 @@ def test_the_engine_grows_grounded_organ_answers_only_where_the_card_asks(tmp_pa
     encoded.organ_growth_mm = None
     assert np.array_equal(encoded.segment(query, threshold=0.5).labels_model > 0, core)
     for key, value in (("organ_growth_mm", 0), ("organ_growth_mm", 500.0),
-                       ("lung_keep_share", 1.5), ("lung_keep_share", "all")):  # fmt: skip
+                       ("lung_keep_share", 1.5), ("lung_keep_share", "all"),
+                       ("lung_keep_by", "area"), ("organ_lesion_hysteresis", 1),
+                       ("organ_lesion_hysteresis", "yes")):  # fmt: skip
         with pytest.raises(WeightsError, match=f"postprocess.{key}"):
             Engine.load(card_with(tmp_path, **{key: value}), device="cpu")

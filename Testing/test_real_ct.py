@@ -180,12 +180,18 @@ def test_organ_lesion_cut_is_calibrated_on_lesions_drawn_into_training_organs(en
     encoded.set_organ_lesion_threshold(0.05)
     lower = encoded.segment(category).labelmap > 0
     assert lower.sum() >= plain.sum() and not (plain & ~lower).any()
+    encoded.set_organ_lesion_threshold(0.05, hysteresis=True)  # only sure lesions reach lower
+    sure_only = encoded.segment(category).labelmap > 0
+    assert not (plain & ~sure_only).any() and not (sure_only & ~lower).any()
     lung = encoded.segment("lung cancer").labelmap > 0  # lung answers keep their own cut
     encoded.set_organ_lesion_threshold(None)
     np.testing.assert_array_equal(encoded.segment("lung cancer").labelmap > 0, lung)
 
-    result = calibrate_organ_lesions(engine, 3, threshold, phantom_n=1)
+    result = calibrate_organ_lesions(engine, 3, threshold, phantom_n=1, budget=0.005)
     assert result["organ_lesion_threshold"] in THRESHOLDS
+    assert result["organ_lesion_phantom_cost"] <= 0.005  # within the budget it was given
+    if result["organ_lesion_hysteresis"]:
+        assert result["organ_lesion_threshold"] < threshold
     assert result["organ_lesion_set"]["n"] == 3
     by_cut = result["organ_lesion_mean_dice_by_threshold"]
     assert result["organ_lesion_best_dice"] == max(by_cut.values())
@@ -206,25 +212,27 @@ def test_lesion_rules_are_calibrated_on_training_scans(engine):
         calibrate_lung_keep,
         calibrate_organ_growth,
     )
+    from malenia.inference.lesion_rules import KEEP_MEASURES
 
     postprocess = dict(engine.card.get("postprocess") or {})
     threshold = engine.default_threshold
     keep = calibrate_lung_keep(engine, 2, threshold, phantom_n=1)
-    grow = calibrate_organ_growth(engine, 3, {"threshold": threshold}, phantom_n=1)
-    for setting, by_setting, phantom, grid in (
-        (keep["lung_keep_share"], keep["lung_keep_mean_dice_by_share"],
-         keep["lung_keep_phantom_dice_by_share"], LUNG_KEEP_SHARES),
+    grow = calibrate_organ_growth(engine, 3, {"threshold": threshold}, phantom_n=1, budget=0.004)
+    by_mass = keep["lung_keep_by"] == "mass"
+    for setting, by_setting, phantom, grid, budget in (
+        (keep["lung_keep_share"], keep[f"lung_keep{'_mass' * by_mass}_mean_dice_by_share"],
+         keep[f"lung_keep{'_mass' * by_mass}_phantom_dice_by_share"], LUNG_KEEP_SHARES,
+         TOLERANCE),
         (grow["organ_growth_mm"], grow["organ_growth_mean_dice_by_mm"],
-         grow["organ_growth_phantom_dice_by_mm"], ORGAN_GROWTH_MM),
+         grow["organ_growth_phantom_dice_by_mm"], ORGAN_GROWTH_MM, 0.004),
     ):  # fmt: skip
         assert [float(s) for s in by_setting] == [float(s) for s in phantom] == list(grid)
         assert setting is None or setting in grid[1:]
         chosen = str(setting or grid[0])
-        assert phantom[chosen] >= phantom[str(grid[0])] - TOLERANCE  # costs phantoms nothing
-        allowed = [
-            v for s, v in by_setting.items() if phantom[s] >= phantom[str(grid[0])] - TOLERANCE
-        ]
-        assert by_setting[chosen] >= max(allowed) - TOLERANCE
+        assert phantom[chosen] >= phantom[str(grid[0])] - budget  # within the phantom budget
+        allowed = [v for s, v in by_setting.items() if phantom[s] >= phantom[str(grid[0])] - budget]
+        assert by_mass or by_setting[chosen] >= max(allowed) - TOLERANCE
+    assert keep["lung_keep_by"] in ((None,) if keep["lung_keep_share"] is None else KEEP_MEASURES)
     assert keep["lung_keep_set"]["n"] == 2 and grow["organ_growth_set"]["n"] == 3
     assert (engine.card.get("postprocess") or {}) == postprocess
 

@@ -73,6 +73,8 @@ CARD_THRESHOLDS = ("threshold", "roi_threshold", "lung_threshold", "organ_lesion
 
 # The card's calibrated lesion rules (``malenia.inference.lesion_rules``): (low, high] each.
 CARD_RULES = {"lung_keep_share": (0.0, 1.0), "organ_growth_mm": (0.0, 100.0)}
+# The card's rule options that are a choice, not a number: the choices of each.
+CARD_CHOICES = {"lung_keep_by": ("volume", "mass"), "organ_lesion_hysteresis": (True, False)}
 
 
 def check_card_thresholds(card: dict, path: Path) -> None:
@@ -80,6 +82,15 @@ def check_card_thresholds(card: dict, path: Path) -> None:
     out of range, at load rather than at the first query (the sha256 guards the tensors, not
     the card's own fields)."""
     postprocess = card.get("postprocess") or {}
+    for key, choices in CARD_CHOICES.items():
+        value = postprocess.get(key)
+        same_kind = isinstance(value, bool) == isinstance(choices[0], bool)  # 1 is not True
+        if value is not None and not (same_kind and value in choices):
+            raise WeightsError(
+                f"The model card of {path} sets postprocess.{key} to {value!r}, but it is one "
+                f"of {list(choices)}: reinstall the weights, or calibrate them again "
+                "(`malenia calibrate`) and republish them."
+            )
     bounds = {key: (0.0, 1.0) for key in CARD_THRESHOLDS} | CARD_RULES
     for key, (low, high) in bounds.items():
         value = postprocess.get(key)

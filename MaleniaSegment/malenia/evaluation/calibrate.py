@@ -24,6 +24,7 @@ from malenia.evaluation.metrics import dice
 from malenia.evaluation.testset import held_out_cases
 
 TOLERANCE = 0.01
+PHANTOM_CHECK_N = 40  # phantoms per seen category that check the run-time rules (calibrate_rules)
 # How a tie (thresholds within TOLERANCE of the best phantom Dice) is broken. "nearest-0.5":
 # every bundle so far. "lowest" (stage 32 on, configs/tiny_cpu_real28.json): real lesions get
 # lower probabilities than phantom ones (scripts/measure_noise_cue.py), so among thresholds
@@ -81,6 +82,14 @@ def register(subparsers) -> None:
         metavar="N",
         help="also calibrate how far grounded answers in abdominal organs grow to their "
         "lesions' density edge, on N lesions drawn into the training organs",
+    )
+    parser.add_argument(
+        "--phantom-check",
+        type=int,
+        default=PHANTOM_CHECK_N,
+        metavar="N",
+        help="phantoms per seen category that check the --organ-lesions / --lung-keep / "
+        "--organ-growth rules: together they may cost them no more than 0.01",
     )
     parser.add_argument(
         "--from",
@@ -273,24 +282,28 @@ def _run(args: argparse.Namespace) -> int:
         result |= calibrate_lung(engine, args.lung, log=log)
     from malenia.evaluation import calibrate_rules as rules
 
-    phantom_n = args.n_per_category  # the phantom check of each rule: this validation set
+    check = {"log": log, "phantom_n": args.phantom_check}
+    spent = 0.0  # of the phantom check's TOLERANCE, shared by the rules in turn
     if args.organ_lesions:
         result |= rules.calibrate_organ_lesions(
-            engine, args.organ_lesions, result["threshold"], log=log, phantom_n=phantom_n
+            engine, args.organ_lesions, result["threshold"], budget=TOLERANCE - spent, **check
         )
+        spent += result["organ_lesion_phantom_cost"]
     if args.lung_keep:
         lung_threshold = result.get("lung_threshold") or result["threshold"]
         result |= rules.calibrate_lung_keep(
-            engine, args.lung_keep, lung_threshold, log=log, phantom_n=phantom_n
+            engine, args.lung_keep, lung_threshold, budget=TOLERANCE - spent, **check
         )
+        spent += result["lung_keep_phantom_cost"]
     if args.organ_growth:
         result |= rules.calibrate_organ_growth(
-            engine, args.organ_growth, result, log=log, phantom_n=phantom_n
+            engine, args.organ_growth, result, budget=TOLERANCE - spent, **check
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     keys = ("threshold", "validation_dice", "dice_at_0.5", "roi_threshold", "roi_dice",
-            "lung_threshold", "lung_dice", "organ_lesion_threshold", "organ_lesion_dice",
-            "lung_keep_share", "lung_keep_dice", "organ_growth_mm", "organ_growth_dice")  # fmt: skip
+            "lung_threshold", "lung_dice", "organ_lesion_threshold", "organ_lesion_hysteresis",
+            "organ_lesion_dice", "lung_keep_share", "lung_keep_by", "lung_keep_dice",
+            "organ_growth_mm", "organ_growth_dice")  # fmt: skip
     print(json.dumps({k: result[k] for k in keys if k in result}))
     return 0

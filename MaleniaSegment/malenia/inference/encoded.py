@@ -117,11 +117,13 @@ class EncodedVolume:
         # None: at the answer's own threshold. Set it through ``set_organ_lesion_threshold``.
         postprocess = engine.card.get("postprocess") or {}
         self.organ_lesion_threshold = postprocess.get("organ_lesion_threshold")
+        self.organ_lesion_hysteresis = bool(postprocess.get("organ_lesion_hysteresis"))
         # The calibrated lesion rules (``lesion_rules``); None: off. Callers may set them.
         self.lung_keep_share = postprocess.get("lung_keep_share")
+        self.lung_keep_by = postprocess.get("lung_keep_by") or "volume"
         self.organ_growth_mm = postprocess.get("organ_growth_mm")
         self._hu: np.ndarray | None = None  # see hu
-        self._aligned_maps: dict = {}  # (cut, answer's cut) -> (map, its lesions), per volume
+        self._aligned_maps: dict = {}  # (cut, answer's cut, hysteresis) -> (map, lesions)
         self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
         self.lungs: np.ndarray | None = None  # lungs from HU on the model grid (set at encoding)
         self._lung_envelope: np.ndarray | None = None  # see lung_envelope
@@ -205,16 +207,21 @@ class EncodedVolume:
         lung = organ_of_location(description.location) == "lung"  # calibrated in the abdomen
         if self.organ_lesion_threshold is None or lung:
             return self.any_lesion, self.lesion_components()
-        key = (float(self.organ_lesion_threshold), self.threshold_for(description))
+        key = (
+            float(self.organ_lesion_threshold),
+            self.threshold_for(description),
+            self.organ_lesion_hysteresis,
+        )
         if key not in self._aligned_maps:
             aligned = aligned_lesion_map(self.any_lesion, *key)
             self._aligned_maps[key] = (aligned, LesionComponents.of(aligned))
         return self._aligned_maps[key]
 
-    def set_organ_lesion_threshold(self, cut: float | None) -> None:
-        """Cut grounded answers' lesion map at ``cut`` (None: the answer's threshold); earlier
-        grounded answers are forgotten, prompt and organ maps kept (for ``--organ-lesions``)."""
-        self.organ_lesion_threshold = cut
+    def set_organ_lesion_threshold(self, cut: float | None, hysteresis: bool = False) -> None:
+        """Cut grounded answers' lesion map at ``cut`` (None: the answer's threshold; see
+        ``aligned_lesion_map`` for ``hysteresis``); earlier grounded answers are forgotten,
+        prompt and organ maps kept (for ``--organ-lesions``)."""
+        self.organ_lesion_threshold, self.organ_lesion_hysteresis = cut, hysteresis
         self._aligned_maps.clear()
         for key in [k for k in self._maps if k.startswith("grounded ")]:
             del self._maps[key]
@@ -450,7 +457,7 @@ class EncodedVolume:
             )
         if boxes and names_lung and self.lung_keep_share and mode == "prompt" and not self.zoomed:
             probability, labels, boxes = lesion_rules.keep_largest(
-                probability, labels, boxes, float(self.lung_keep_share)
+                probability, labels, boxes, float(self.lung_keep_share), self.lung_keep_by
             )
         if len(boxes) > 1 and self.zoomed and mode == "prompt":
             probability, labels, boxes = lesion_rules.keep_central(

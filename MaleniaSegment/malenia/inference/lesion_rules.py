@@ -22,11 +22,22 @@ GROWTH_CONTRAST_HU = 15.0
 MIN_HOST_VOXELS = 200  # an organ with fewer voxels in a lesion's box says nothing of density
 
 
-def keep_largest(probability, labels, boxes, share: float):
-    """Keep the lesions whose volume is at least ``share`` of the largest one's (1.0: the
-    largest alone). Calibrated for whole-scan lung answers (``malenia calibrate --lung-keep``):
-    a lung cancer is one mass, and the prompt map also lights vessels and fissures around it."""
-    sizes = [int(np.count_nonzero(labels[box] == i)) for i, box in enumerate(boxes, start=1)]
+KEEP_MEASURES = ("volume", "mass")  # how ``keep_largest`` sizes a lesion
+
+
+def keep_largest(probability, labels, boxes, share: float, by: str = "volume"):
+    """Keep the lesions at least ``share`` the size of the largest one (1.0: the largest
+    alone), sized by their ``volume`` or by their probability ``mass`` (the sum of their
+    probabilities: a large faint answer weighs less than a smaller sure one). Calibrated for
+    whole-scan lung answers (``malenia calibrate --lung-keep``): a lung cancer is one mass,
+    and the prompt map also lights vessels and fissures around it."""
+    if by not in KEEP_MEASURES:
+        raise ValueError(f"lesions are sized by one of {KEEP_MEASURES}, not {by!r}")
+    sizes = [
+        float(probability[box][labels[box] == i].sum() if by == "mass" else
+              np.count_nonzero(labels[box] == i))
+        for i, box in enumerate(boxes, start=1)
+    ]  # fmt: skip
     if len(sizes) < 2:
         return probability, labels, boxes
     dropped = [i for i, size in enumerate(sizes, start=1) if size < share * max(sizes)]
