@@ -151,23 +151,27 @@ def test_the_lesion_map_can_be_cut_at_its_own_calibrated_threshold():
     assert answer[5:10, 5:10, 5:10].all() and answer.sum() == 125
 
 
-def test_hysteresis_reads_only_sure_lesions_at_the_lower_cut():
-    """With hysteresis a lesion whose map reaches the answer's threshold is read out to the
-    lower cut, and a lesion that never reaches it adds nothing at the answer's threshold;
-    below that threshold (the slider) it shows whole, never as a ring of its rim."""
+def test_faint_only_reads_faint_lesions_at_the_lower_cut_and_keeps_sure_edges():
+    """With ``faint_only`` a lesion the map never calls sure (real-looking lesions peak near
+    p 0.3) is read out to the lower cut as with the plain cut, while a sure lesion keeps the
+    edge the answer's threshold gives it; below that threshold (the slider) the sure lesion
+    grows from its edge outwards, never as a ring around an unmarked rim."""
     shape = (30, 30, 30)
     any_lesion = np.zeros(shape, np.float32)
-    any_lesion[4:12, 4:12, 4:12] = 0.15  # the edge of a sure lesion
-    any_lesion[6:10, 6:10, 6:10] = 0.6  # its core
-    any_lesion[18:26, 18:26, 18:26] = 0.05  # the rim of a faint one
-    any_lesion[20:24, 20:24, 20:24] = 0.3  # its peak, under the answer's 0.4
+    any_lesion[4:12, 4:12, 4:12] = 0.15  # the rim of a sure lesion
+    any_lesion[6:10, 6:10, 6:10] = 0.9  # its core
+    any_lesion[16:28, 16:28, 16:28] = 0.05  # the halo of a faint one
+    any_lesion[18:26, 18:26, 18:26] = 0.15  # its edge
+    any_lesion[20:24, 20:24, 20:24] = 0.3  # its peak, under the map's own cut 0.5
     plain = aligned_lesion_map(any_lesion, 0.1, 0.4)
-    hysteresis = aligned_lesion_map(any_lesion, 0.1, 0.4, hysteresis=True)
-    assert (plain > 0.4)[20:24, 20:24, 20:24].all()  # the plain cut adds the faint lesion
-    sure = hysteresis > 0.4
-    assert sure[4:12, 4:12, 4:12].all() and sure.sum() == 8**3
-    faint = hysteresis[18:26, 18:26, 18:26]
-    assert faint.max() < 0.4 and (faint[2:6, 2:6, 2:6] >= faint.max()).all()
-    np.testing.assert_array_equal(hysteresis[:15], plain[:15])
-    np.testing.assert_array_equal(aligned_lesion_map(any_lesion, 0.4, 0.4, hysteresis=True),
+    faint_only = aligned_lesion_map(any_lesion, 0.1, 0.4, faint_only=True)
+    assert (plain > 0.4)[4:12, 4:12, 4:12].all()  # the plain cut widens the sure lesion
+    marked = faint_only > 0.4
+    assert marked[18:26, 18:26, 18:26].all() and marked[6:10, 6:10, 6:10].all()
+    assert marked.sum() == 8**3 + 4**3  # the faint lesion to its edge, the sure one its core
+    np.testing.assert_array_equal(faint_only[15:], plain[15:])
+    sure = faint_only[:15, :15, :15]
+    rim = (any_lesion[:15, :15, :15] > 0) & (any_lesion[:15, :15, :15] < 0.4)
+    assert (sure[rim] < 0.4).all() and (sure[rim] >= sure[~rim & (sure < 0.4)].max()).all()
+    np.testing.assert_array_equal(aligned_lesion_map(any_lesion, 0.4, 0.4, faint_only=True),
                                   aligned_lesion_map(any_lesion, 0.4, 0.4))  # fmt: skip

@@ -147,7 +147,7 @@ def test_the_engine_grows_grounded_organ_answers_only_where_the_card_asks(tmp_pa
     assert np.array_equal(encoded.segment(query, threshold=0.5).labels_model > 0, core)
     for key, value in (("organ_growth_mm", 0), ("organ_growth_mm", 500.0),
                        ("lung_keep_share", 1.5), ("lung_keep_share", "all"),
-                       ("lung_keep_by", "area"), ("organ_lesion_hysteresis", 1),
-                       ("organ_lesion_hysteresis", "yes")):  # fmt: skip
+                       ("lung_keep_by", "area"), ("organ_lesion_faint_only", 1),
+                       ("organ_lesion_faint_only", "yes")):  # fmt: skip
         with pytest.raises(WeightsError, match=f"postprocess.{key}"):
             Engine.load(card_with(tmp_path, **{key: value}), device="cpu")

@@ -97,7 +97,7 @@ def main() -> None:
                 "lung_dice",
                 "lung_set",
                 "organ_lesion_threshold",
-                "organ_lesion_hysteresis",
+                "organ_lesion_faint_only",
                 "organ_lesion_dice",
                 "organ_lesion_dice_at_answer_threshold",
                 "organ_lesion_set",

@@ -302,7 +302,7 @@ def _run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     keys = ("threshold", "validation_dice", "dice_at_0.5", "roi_threshold", "roi_dice",
-            "lung_threshold", "lung_dice", "organ_lesion_threshold", "organ_lesion_hysteresis",
+            "lung_threshold", "lung_dice", "organ_lesion_threshold", "organ_lesion_faint_only",
             "organ_lesion_dice", "lung_keep_share", "lung_keep_by", "lung_keep_dice",
             "organ_growth_mm", "organ_growth_dice")  # fmt: skip
     print(json.dumps({k: result[k] for k in keys if k in result}))

@@ -130,11 +130,11 @@ def calibrate_organ_lesions(
     phantom_n: int = PHANTOM_CHECK_N, budget: float = TOLERANCE,
 ) -> dict:  # fmt: skip
     """Where grounded answers cut the prompt-free lesion map (``grounding.aligned_lesion_map``),
-    plainly or with hysteresis (below the answer's threshold only): macro mean Dice per cut of
-    each category's preset, answered at ``answer_threshold`` (this calibration's own), over
-    ``n_lesions`` lesions drawn into the training organs. Among the cuts within TOLERANCE of
-    the best allowed one, the nearest ``answer_threshold`` (the identity), with hysteresis
-    before without: the smallest change that does as well (hysteresis adds no lesion)."""
+    for every lesion or, below the answer's threshold, for faint ones only: macro mean Dice per
+    cut of each category's preset, answered at ``answer_threshold`` (this calibration's own),
+    over ``n_lesions`` lesions drawn into the training organs. Among the cuts within TOLERANCE of
+    the best allowed one, the nearest ``answer_threshold`` (the identity), faint lesions only
+    before every lesion: the smallest change that does as well (sure lesions keep their edge)."""
     settings = [(answer_threshold, False)]
     settings += [(t, False) for t in thresholds if t != answer_threshold]
     settings += [(t, True) for t in thresholds if t < answer_threshold]
@@ -153,20 +153,20 @@ def calibrate_organ_lesions(
     near = [s for s in allowed if mean_dice[s] >= top - TOLERANCE]
     best = min(near, key=lambda s: (abs(s[0] - answer_threshold), not s[1], s[0]))
 
-    def by_threshold(scores: dict, hysteresis: bool) -> dict[str, float]:
-        return _rounded({t: v for (t, h), v in sorted(scores.items()) if h == hysteresis})
+    def by_threshold(scores: dict, faint_only: bool) -> dict[str, float]:
+        return _rounded({t: v for (t, f), v in sorted(scores.items()) if f == faint_only})
 
     return {
         "organ_lesion_threshold": best[0],
-        "organ_lesion_hysteresis": best[1],
+        "organ_lesion_faint_only": best[1],
         "organ_lesion_dice": round(mean_dice[best], 4),
         "organ_lesion_best_dice": round(top, 4),
         "organ_lesion_dice_at_answer_threshold": round(mean_dice[settings[0]], 4),
         "organ_lesion_phantom_cost": _phantom_cost(phantom, best),
         "organ_lesion_mean_dice_by_threshold": by_threshold(mean_dice, False),
-        "organ_lesion_hysteresis_mean_dice_by_threshold": by_threshold(mean_dice, True),
+        "organ_lesion_faint_only_mean_dice_by_threshold": by_threshold(mean_dice, True),
         "organ_lesion_phantom_dice_by_threshold": by_threshold(phantom, False),
-        "organ_lesion_hysteresis_phantom_dice_by_threshold": by_threshold(phantom, True),
+        "organ_lesion_faint_only_phantom_dice_by_threshold": by_threshold(phantom, True),
         "organ_lesion_set": {
             "source": DRAWN_SOURCE,
             "n": n_lesions,
@@ -236,11 +236,11 @@ def calibrate_organ_growth(
     reach, over lesions drawn into the training organs, answered as ``calibration`` says
     (its threshold and lesion-map cut)."""
     threshold, cut = calibration["threshold"], calibration.get("organ_lesion_threshold")
-    hysteresis = bool(calibration.get("organ_lesion_hysteresis"))
+    faint_only = bool(calibration.get("organ_lesion_faint_only"))
 
     def grow(encoded, reach_mm):
-        if (encoded.organ_lesion_threshold, encoded.organ_lesion_hysteresis) != (cut, hysteresis):
-            encoded.set_organ_lesion_threshold(cut, hysteresis)  # forgets grounded answers
+        if (encoded.organ_lesion_threshold, encoded.organ_lesion_faint_only) != (cut, faint_only):
+            encoded.set_organ_lesion_threshold(cut, faint_only)  # forgets grounded answers
         encoded.organ_growth_mm = reach_mm or None
 
     with _answer_threshold(engine, threshold):

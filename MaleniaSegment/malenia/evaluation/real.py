@@ -44,7 +44,7 @@ DEMO_GROUPS = ("sample",)  # reported, never scored: the sample CT's scan is in 
 SAMPLE_LESIONS = (("renal cyst", 1), ("liver cancer", 2))  # preset, instance id
 TARGETS = {"macro_dice": 0.50, "hcc_large_tumour": 0.50, "lidc": 0.60}
 # The card's run-time rules beside its thresholds, recorded with every run.
-LESION_RULE_KEYS = ("organ_lesion_threshold", "organ_lesion_hysteresis", "lung_keep_share",
+LESION_RULE_KEYS = ("organ_lesion_threshold", "organ_lesion_faint_only", "lung_keep_share",
                     "lung_keep_by", "organ_growth_mm")  # fmt: skip
 ORGAN_CHECKS = {"hcc": ("right liver lobe", "left liver lobe"), "lung2": None}
 

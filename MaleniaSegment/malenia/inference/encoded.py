@@ -117,13 +117,13 @@ class EncodedVolume:
         # None: at the answer's own threshold. Set it through ``set_organ_lesion_threshold``.
         postprocess = engine.card.get("postprocess") or {}
         self.organ_lesion_threshold = postprocess.get("organ_lesion_threshold")
-        self.organ_lesion_hysteresis = bool(postprocess.get("organ_lesion_hysteresis"))
+        self.organ_lesion_faint_only = bool(postprocess.get("organ_lesion_faint_only"))
         # The calibrated lesion rules (``lesion_rules``); None: off. Callers may set them.
         self.lung_keep_share = postprocess.get("lung_keep_share")
         self.lung_keep_by = postprocess.get("lung_keep_by") or "volume"
         self.organ_growth_mm = postprocess.get("organ_growth_mm")
         self._hu: np.ndarray | None = None  # see hu
-        self._aligned_maps: dict = {}  # (cut, answer's cut, hysteresis) -> (map, lesions)
+        self._aligned_maps: dict = {}  # (cut, answer's cut, faint only) -> (map, lesions)
         self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
         self.lungs: np.ndarray | None = None  # lungs from HU on the model grid (set at encoding)
         self._lung_envelope: np.ndarray | None = None  # see lung_envelope
@@ -210,18 +210,18 @@ class EncodedVolume:
         key = (
             float(self.organ_lesion_threshold),
             self.threshold_for(description),
-            self.organ_lesion_hysteresis,
+            self.organ_lesion_faint_only,
         )
         if key not in self._aligned_maps:
             aligned = aligned_lesion_map(self.any_lesion, *key)
             self._aligned_maps[key] = (aligned, LesionComponents.of(aligned))
         return self._aligned_maps[key]
 
-    def set_organ_lesion_threshold(self, cut: float | None, hysteresis: bool = False) -> None:
+    def set_organ_lesion_threshold(self, cut: float | None, faint_only: bool = False) -> None:
         """Cut grounded answers' lesion map at ``cut`` (None: the answer's threshold; see
-        ``aligned_lesion_map`` for ``hysteresis``); earlier grounded answers are forgotten,
+        ``aligned_lesion_map`` for ``faint_only``); earlier grounded answers are forgotten,
         prompt and organ maps kept (for ``--organ-lesions``)."""
-        self.organ_lesion_threshold, self.organ_lesion_hysteresis = cut, hysteresis
+        self.organ_lesion_threshold, self.organ_lesion_faint_only = cut, faint_only
         self._aligned_maps.clear()
         for key in [k for k in self._maps if k.startswith("grounded ")]:
             del self._maps[key]
