@@ -250,7 +250,8 @@ def calibrate_organ_growth(
         allowed, phantom = _phantom_allowed(
             engine, ORGAN_GROWTH_MM, grow, threshold, phantom_n, budget, log, "growth"
         )
-    query = f"each category's preset, grounded, cut at {threshold} (lesion map at {cut})"
+    lesions = "faint lesions of the lesion map" if faint_only else "lesion map"
+    query = f"each category's preset, grounded, cut at {threshold} ({lesions} at {cut})"
     return _setting_chosen(
         "organ_growth", "mm", mean_dice, allowed, phantom,
         {"source": DRAWN_SOURCE, "n": n_lesions, "query": query,
