@@ -22,7 +22,8 @@ presets of the shipped sample found (Dice >= 0.25) with no warning, the left/rig
 Reported only: white-noise unseen, phantom calibration, LIDC training ROIs, the sample redrawn
 with the scan's noise. ``--rule real-first-27`` (stage 31 on, configs/tiny_cpu_real27.json): the
 same rows with the floors of stage 27, the bundle since session 18: macro + 0.03, each real group
-and the phantom-noise set within 0.02 below it. Exit status 0
+and the phantom-noise set within 0.02 below it. ``--rule real-first-27f`` (candidates scored
+after session 23): the same with the floors of the stage 27f card, bundled then. Exit status 0
 when every gate passes, 1 otherwise, 2 when a figure is missing (a step not run yet).
 
 The rule lives here so that the verdict is read off files, not off a person reading tables.
@@ -71,6 +72,15 @@ FLOORS_EC1B83 = Floors(
     real_groups={"hcc": 0.175, "lidc": 0.728, "lung2": 0.301, "sarcoma": 0.185},
     fp_within_truth=164,
     phantom_noise=(0.614, 0.276),
+)
+# Candidates scored after session 23: the bundle's card of stage 27f (the same weights with the
+# faint-lesion cut and the lung rule); macro + 0.03, each real group and the phantom-noise set
+# within 0.02 below it.
+FLOORS_27F = Floors(
+    real_macro=0.410,
+    real_groups={"hcc": 0.228, "lidc": 0.728, "lung2": 0.420, "sarcoma": 0.185},
+    fp_within_truth=164,
+    phantom_noise=(0.623, 0.282),
 )
 
 LEFT_RIGHT = re.compile(r"map in own kidney ([0-9.]+) \(>0.3\), region covers ([0-9.]+) of it "
@@ -187,6 +197,7 @@ RULES: dict[str, Rule] = {
          "calibration", "roi", "macro", "left/right"), ()),
     "real-first": Rule(_REAL_FIRST_GATING, _PHANTOM_REPORTED, FLOORS_C2706, 0.05),
     "real-first-27": Rule(_REAL_FIRST_GATING, _PHANTOM_REPORTED, FLOORS_EC1B83, 0.03),
+    "real-first-27f": Rule(_REAL_FIRST_GATING, _PHANTOM_REPORTED, FLOORS_27F, 0.03),
 }  # fmt: skip
 
 
@@ -207,7 +218,8 @@ def main() -> int:
         default="scan-noise",
         help="which sample gates the demo (see above)",
     )
-    parser.add_argument("--rule", choices=("phantom-gates", "real-first", "real-first-27"),
+    parser.add_argument("--rule", choices=("phantom-gates", "real-first", "real-first-27",
+                                           "real-first-27f"),
                         default="phantom-gates", help="stages 26-29: phantom-gates")  # fmt: skip
     args = parser.parse_args()
     rule = f"{args.rule}/{args.demo}" if args.rule == "phantom-gates" else args.rule
