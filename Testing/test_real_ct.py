@@ -187,6 +187,7 @@ def test_organ_lesion_cut_is_calibrated_on_lesions_drawn_into_training_organs(en
     encoded.set_organ_lesion_threshold(None)
     np.testing.assert_array_equal(encoded.segment("lung cancer").labelmap > 0, lung)
 
+    card = dict(engine.card.get("postprocess") or {})
     result = calibrate_organ_lesions(engine, 3, threshold, phantom_n=1, budget=0.005)
     assert result["organ_lesion_threshold"] in THRESHOLDS
     assert result["organ_lesion_phantom_cost"] <= 0.005  # within the budget it was given
@@ -196,7 +197,7 @@ def test_organ_lesion_cut_is_calibrated_on_lesions_drawn_into_training_organs(en
     by_cut = result["organ_lesion_mean_dice_by_threshold"]
     assert result["organ_lesion_best_dice"] == max(by_cut.values())
     assert result["organ_lesion_dice"] >= by_cut[str(threshold)] - 1e-9
-    assert engine.card["postprocess"].get("organ_lesion_threshold") is None  # card restored
+    assert engine.card.get("postprocess") == card  # the card is left as it was
 
 
 @needs_data
