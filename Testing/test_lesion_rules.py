@@ -151,3 +151,37 @@ def test_the_engine_grows_grounded_organ_answers_only_where_the_card_asks(tmp_pa
                        ("organ_lesion_faint_only", "yes")):  # fmt: skip
         with pytest.raises(WeightsError, match=f"postprocess.{key}"):
             Engine.load(card_with(tmp_path, **{key: value}), device="cpu")
+
+
+def test_the_bundled_card_reads_faint_organ_lesions_at_its_cut_from_encoding_on():
+    """The bundled card (stage 27f) cuts the prompt-free map at 0.1 for faint lesions only:
+    a grounded answer is the union of the prompt map and that aligned map in the organ, the
+    aligned map is made while encoding (not in the first interactive query), and a lung
+    answer keeps the map as it is."""
+    from malenia.inference import Engine
+    from malenia.inference.grounding import aligned_lesion_map, grounded_probability
+    from malenia.io import CTVolume
+    from malenia.synth.phantom import make_phantom
+
+    engine = Engine.load(device="cpu")
+    postprocess = engine.card["postprocess"]
+    assert postprocess["organ_lesion_threshold"] == 0.1 and postprocess["organ_lesion_faint_only"]
+    phantom = make_phantom(
+        3, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
+    )
+    oz, oy, ox = phantom.origin_mm
+    volume = CTVolume(phantom.ct, (2.0,) * 3, (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
+    encoded = engine.encode(volume)
+    threshold = encoded.default_threshold
+    assert (0.1, threshold, True) in encoded._aligned_maps  # ready before any query
+    expected_map = aligned_lesion_map(encoded.any_lesion, 0.1, threshold, faint_only=True)
+    query = "liver cancer"
+    description = encoded.resolve(query)[0]
+    assert encoded.grounding_warning(description.location) is None  # the liver was found
+    region = encoded.location_region(description.location)
+    expected = grounded_probability(
+        encoded.probability(description, grounding=False), expected_map, region
+    )
+    np.testing.assert_allclose(encoded.probability(description), expected, atol=1e-6)
+    lung = encoded.resolve("lung cancer")[0]
+    assert encoded._grounding_lesion_map(lung)[0] is encoded.any_lesion

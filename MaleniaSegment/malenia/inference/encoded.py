@@ -202,16 +202,17 @@ class EncodedVolume:
     def _grounding_lesion_map(self, description: LesionDescription):
         """(map, its lesions): the prompt-free map as grounded answers read it, aligned and
         labelled once per cut, as the plain map's lesions are once per encoding."""
-        from malenia.inference.grounding import LesionComponents, aligned_lesion_map
-
         lung = organ_of_location(description.location) == "lung"  # calibrated in the abdomen
         if self.organ_lesion_threshold is None or lung:
             return self.any_lesion, self.lesion_components()
-        key = (
-            float(self.organ_lesion_threshold),
-            self.threshold_for(description),
-            self.organ_lesion_faint_only,
-        )
+        return self._aligned_lesion_map(self.threshold_for(description))
+
+    def _aligned_lesion_map(self, answer_threshold: float):
+        """(map, its lesions) of the card's cut aligned onto ``answer_threshold``, made once."""
+        from malenia.inference.grounding import LesionComponents, aligned_lesion_map
+
+        cut, faint_only = float(self.organ_lesion_threshold), self.organ_lesion_faint_only
+        key = (cut, answer_threshold, faint_only)
         if key not in self._aligned_maps:
             aligned = aligned_lesion_map(self.any_lesion, *key)
             self._aligned_maps[key] = (aligned, LesionComponents.of(aligned))
@@ -225,6 +226,13 @@ class EncodedVolume:
         self._aligned_maps.clear()
         for key in [k for k in self._maps if k.startswith("grounded ")]:
             del self._maps[key]
+
+    def prepare_grounding(self) -> None:
+        """Label the prompt-free map's lesions, and align it at the card's cut for the default
+        threshold, at encoding rather than in the first (interactive) grounded query."""
+        self.lesion_components()
+        if self.organ_lesion_threshold is not None:
+            self._aligned_lesion_map(self.default_threshold)
 
     def lesion_components(self):
         """The prompt-free map's lesions (``grounding.LesionComponents``): labelled once, at

@@ -192,7 +192,7 @@ class Engine:
         if not zoomed:  # where a lung answer may lie (``EncodedVolume.lung_envelope``)
             encoded.lungs = lungs_from_hu(hu, spacing, origin_zyx, region)
         if self.anatomy_grounding:  # labelled here, not in the first (interactive) query
-            encoded.lesion_components()
+            encoded.prepare_grounding()
         self._cache[key] = encoded
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

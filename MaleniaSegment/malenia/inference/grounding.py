@@ -222,8 +222,10 @@ def aligned_lesion_map(
     if faint_only and lesion_cut < answer_cut:
         labels, count = ndimage.label(p > lesion_cut, structure=np.ones((3, 3, 3), bool))
         if count:
-            peaks = np.asarray(ndimage.maximum(p, labels, np.arange(1, count + 1)))
-            sure = np.concatenate([[False], peaks >= LESION_THRESHOLD])[labels]
+            is_sure = np.zeros(count + 1, bool)  # per label: reaches the map's own cut
+            is_sure[labels[p >= LESION_THRESHOLD]] = True  # (ndimage.maximum sorts: ~10x slower)
+            is_sure[0] = False
+            sure = is_sure[labels]
             # a sure lesion as the plain map has it; its rim (below the answer's cut) just
             # under that cut, so a lower cut (the browser's slider) never shows a ring
             rim = np.nextafter(np.float32(answer_cut), np.float32(0.0))
