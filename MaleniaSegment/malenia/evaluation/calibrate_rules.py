@@ -94,6 +94,11 @@ def _rounded(mean_dice: dict[float, float]) -> dict[str, float]:
     return {str(s): round(v, 4) for s, v in mean_dice.items()}
 
 
+def _of_mode(scores: dict, mode, off=None) -> dict[str, float]:
+    """Of settings (value, mode): the values of one mode (and ``off``, the rule off), sorted."""
+    return _rounded({v: d for (v, m), d in sorted(scores.items()) if m == mode or (v, m) == off})
+
+
 def _setting_chosen(prefix: str, unit: str, mean_dice, allowed, phantom, case_set: dict) -> dict:
     """The calibration's part for one rule: the setting ``_smallest_change`` picks (None for
     the first, the rule off), its Dice and phantom cost, every setting's Dice on the cases and
@@ -153,9 +158,6 @@ def calibrate_organ_lesions(
     near = [s for s in allowed if mean_dice[s] >= top - TOLERANCE]
     best = min(near, key=lambda s: (abs(s[0] - answer_threshold), not s[1], s[0]))
 
-    def by_threshold(scores: dict, faint_only: bool) -> dict[str, float]:
-        return _rounded({t: v for (t, f), v in sorted(scores.items()) if f == faint_only})
-
     return {
         "organ_lesion_threshold": best[0],
         "organ_lesion_faint_only": best[1],
@@ -163,10 +165,10 @@ def calibrate_organ_lesions(
         "organ_lesion_best_dice": round(top, 4),
         "organ_lesion_dice_at_answer_threshold": round(mean_dice[settings[0]], 4),
         "organ_lesion_phantom_cost": _phantom_cost(phantom, best),
-        "organ_lesion_mean_dice_by_threshold": by_threshold(mean_dice, False),
-        "organ_lesion_faint_only_mean_dice_by_threshold": by_threshold(mean_dice, True),
-        "organ_lesion_phantom_dice_by_threshold": by_threshold(phantom, False),
-        "organ_lesion_faint_only_phantom_dice_by_threshold": by_threshold(phantom, True),
+        "organ_lesion_mean_dice_by_threshold": _of_mode(mean_dice, False),
+        "organ_lesion_faint_only_mean_dice_by_threshold": _of_mode(mean_dice, True),
+        "organ_lesion_phantom_dice_by_threshold": _of_mode(phantom, False),
+        "organ_lesion_faint_only_phantom_dice_by_threshold": _of_mode(phantom, True),
         "organ_lesion_set": {
             "source": DRAWN_SOURCE,
             "n": n_lesions,
@@ -208,18 +210,15 @@ def calibrate_lung_keep(
         "training scans (malenia.data.nodule_paste, seed 7); no validation case"
     )
 
-    def by_share(scores: dict, wanted: str) -> dict[str, float]:
-        return _rounded({s: v for (s, m), v in scores.items() if m == wanted or s == 0.0})
-
     return {
         "lung_keep_share": chosen[0] or None,
         "lung_keep_by": chosen[1] if chosen[0] else None,
         "lung_keep_dice": round(mean_dice[chosen], 4),
         "lung_keep_phantom_cost": _phantom_cost(phantom, chosen),
-        "lung_keep_mean_dice_by_share": by_share(mean_dice, "volume"),
-        "lung_keep_mass_mean_dice_by_share": by_share(mean_dice, "mass"),
-        "lung_keep_phantom_dice_by_share": by_share(phantom, "volume"),
-        "lung_keep_mass_phantom_dice_by_share": by_share(phantom, "mass"),
+        "lung_keep_mean_dice_by_share": _of_mode(mean_dice, "volume"),
+        "lung_keep_mass_mean_dice_by_share": _of_mode(mean_dice, "mass", settings[0]),
+        "lung_keep_phantom_dice_by_share": _of_mode(phantom, "volume"),
+        "lung_keep_mass_phantom_dice_by_share": _of_mode(phantom, "mass", settings[0]),
         "lung_keep_set": {
             "source": source, "n": n_masses, "query": f"lung cancer, cut at {lung_threshold}",
             "phantom_check": _phantom_check_note(phantom_n, budget),
