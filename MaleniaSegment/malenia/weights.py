@@ -87,7 +87,7 @@ def check_card_thresholds(card: dict, path: Path) -> None:
         same_kind = isinstance(value, bool) == isinstance(choices[0], bool)  # 1 is not True
         if value is not None and not (same_kind and value in choices):
             raise WeightsError(
-                f"The model card of {path} sets postprocess.{key} to {value!r}, but it is one "
+                f"The model card of {path} sets postprocess.{key} to {value!r}, but it must be one "
                 f"of {list(choices)}: reinstall the weights, or calibrate them again "
                 "(`malenia calibrate`) and republish them."
             )
