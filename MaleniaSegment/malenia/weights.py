@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from malenia.errors import WeightsError
+from malenia.inference.lesion_rules import KEEP_MEASURES
 from malenia.model import MaleniaConfig, MaleniaNet
 
 
@@ -74,7 +75,7 @@ CARD_THRESHOLDS = ("threshold", "roi_threshold", "lung_threshold", "organ_lesion
 # The card's calibrated lesion rules (``malenia.inference.lesion_rules``): (low, high] each.
 CARD_RULES = {"lung_keep_share": (0.0, 1.0), "organ_growth_mm": (0.0, 100.0)}
 # The card's rule options that are a choice, not a number: the choices of each.
-CARD_CHOICES = {"lung_keep_by": ("volume", "mass"), "organ_lesion_faint_only": (True, False)}
+CARD_CHOICES = {"lung_keep_by": KEEP_MEASURES, "organ_lesion_faint_only": (True, False)}
 
 
 def check_card_thresholds(card: dict, path: Path) -> None:

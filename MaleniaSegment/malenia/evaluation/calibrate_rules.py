@@ -188,9 +188,9 @@ def calibrate_lung_keep(
     TOLERANCE at the chosen share), over LIDC training nodules enlarged and pasted into the
     training scans' lungs (those of ``malenia calibrate --lung``)."""
     from malenia.data.nodule_paste import pasted_lung_masses
+    from malenia.inference.lesion_rules import KEEP_MEASURES
 
-    measures = ("volume", "mass")
-    settings = [(0.0, "volume")] + [(s, m) for m in measures for s in LUNG_KEEP_SHARES[1:]]
+    settings = [(0.0, "volume")] + [(s, m) for m in KEEP_MEASURES for s in LUNG_KEEP_SHARES[1:]]
 
     def keep(encoded, setting):
         encoded.lung_keep_share, encoded.lung_keep_by = setting[0] or None, setting[1]
