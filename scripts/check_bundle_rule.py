@@ -218,8 +218,8 @@ def main() -> int:
         default="scan-noise",
         help="which sample gates the demo (see above)",
     )
-    parser.add_argument("--rule", choices=("phantom-gates", "real-first", "real-first-27",
-                                           "real-first-27f"),
+    rule_names = tuple(dict.fromkeys(name.split("/")[0] for name in RULES))
+    parser.add_argument("--rule", choices=rule_names,
                         default="phantom-gates", help="stages 26-29: phantom-gates")  # fmt: skip
     args = parser.parse_args()
     rule = f"{args.rule}/{args.demo}" if args.rule == "phantom-gates" else args.rule
