@@ -1,6 +1,7 @@
 """The calibrated lesion rules (``malenia.inference.lesion_rules``): a whole-scan lung answer
-keeps its largest lesions, a lesion in an organ grows to its density edge and no further; and
-the engine applies them only where the card asks and only to the answers they are for."""
+keeps its largest lesions, an organ answer drops lesions of fat density, a lesion in an organ
+grows to its density edge and no further; and the engine applies them only where the card
+asks and only to the answers they are for."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import shutil
 import numpy as np
 import pytest
 from malenia.inference.lesion_maps import components_in_box
-from malenia.inference.lesion_rules import GROWTH_CONTRAST_HU, grow_to_density, keep_largest
+from malenia.inference.lesion_rules import (
+    FAT_HU,
+    GROWTH_CONTRAST_HU,
+    drop_fat,
+    grow_to_density,
+    keep_largest,
+)
 from malenia.weights import WeightsError, card_path
 
 SPACING = (2.0, 2.0, 2.0)
@@ -53,6 +60,23 @@ def test_keep_largest_by_mass_keeps_a_sure_lesion_over_a_larger_faint_one():
     assert by_mass[0][15, 12, 12] == 0.0
     with pytest.raises(ValueError, match="sized by one of"):
         keep_largest(*answer(probability), share=1.0, by="area")
+
+
+def test_drop_fat_drops_fat_lesions_and_keeps_fluid_and_soft_tissue_ones():
+    """Renal sinus fat (-80 HU with grain) goes; a cyst (5 HU) and a soft-tissue mass (40 HU)
+    with the same grain stay, renumbered; the dropped one's probability is 0."""
+    rng = np.random.default_rng(3)
+    shape = (30, 40, 90)
+    hu = rng.normal(0, 15, shape).astype(np.float32) + 40.0
+    probability = np.zeros(shape, np.float32)
+    for x, level in ((15, -80.0), (45, 5.0), (75, 40.0)):
+        lesion = ball(shape, (15, 20, x), 5)
+        hu[lesion] += level - 40.0
+        probability[lesion] = 0.6
+    kept, labels, boxes = drop_fat(*answer(probability), hu, FAT_HU)
+    assert len(boxes) == 2 and set(np.unique(labels)) == {0, 1, 2}
+    assert labels[15, 20, 15] == 0 and kept[15, 20, 15] == 0.0
+    assert labels[15, 20, 45] > 0 and labels[15, 20, 75] > 0
 
 
 def organ_with_a_dark_lesion(lesion_hu: float, seed=0):
@@ -185,3 +209,46 @@ def test_the_bundled_card_reads_faint_organ_lesions_at_its_cut_from_encoding_on(
     np.testing.assert_allclose(encoded.probability(description), expected, atol=1e-6)
     lung = encoded.resolve("lung cancer")[0]
     assert encoded._grounding_lesion_map(lung)[0] is encoded.any_lesion
+
+
+def test_the_engine_drops_fat_from_organ_answers_only_where_the_card_asks(tmp_path):
+    """With postprocess.organ_fat_hu an answer naming the kidney loses a lesion lying in fat
+    and keeps the one in the kidney; a description with fat (an angiomyolipoma's) and a lung
+    answer keep both, as does the same answer without the card's rule."""
+    from malenia.attributes import LesionDescription
+    from malenia.inference import Engine
+    from malenia.io import CTVolume
+    from malenia.synth.anatomy import organ_mask
+    from malenia.synth.phantom import make_phantom
+
+    phantom = make_phantom(
+        2, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
+    )
+    oz, oy, ox = phantom.origin_mm
+    volume = CTVolume(phantom.ct, (2.0,) * 3, (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
+    engine = Engine.load(card_with(tmp_path, organ_fat_hu=FAT_HU), device="cpu")
+    encoded = engine.encode(volume)
+    kidney = organ_mask(phantom.labels, "left kidney")
+    in_kidney = tuple(int(c) for c in np.median(np.argwhere(kidney), axis=0))
+    fat = np.argwhere(encoded.hu < -80)
+    in_fat = tuple(int(c) for c in fat[len(fat) // 2])
+    marks = ball(kidney.shape, in_kidney, 2) | ball(kidney.shape, in_fat, 2)
+    encoded.hu[ball(kidney.shape, in_fat, 4)] = -100  # the fat around the mark is fat
+    kidney_mass = LesionDescription(location="left kidney", density="isodense")
+    with_fat = LesionDescription(location="left kidney", specific_features=("fat",))
+    lung = LesionDescription(location="left lower lobe")
+    queries = (kidney_mass, with_fat, lung)
+    for query in queries:
+        encoded.probability(query)[...] = np.where(marks, 0.9, 0.0)  # the cached maps
+
+    def marked(query):
+        return encoded.segment(query, threshold=0.5).labels_model > 0
+
+    assert marked(kidney_mass)[in_kidney] and not marked(kidney_mass)[in_fat]
+    for query in (with_fat, lung):
+        assert marked(query)[in_kidney] and marked(query)[in_fat]
+    encoded.organ_fat_hu = None
+    assert marked(kidney_mass)[in_fat]
+    for value in (0.5, -600.0, "fat"):
+        with pytest.raises(WeightsError, match="postprocess.organ_fat_hu"):
+            Engine.load(card_with(tmp_path, organ_fat_hu=value), device="cpu")

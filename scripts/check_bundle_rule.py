@@ -23,8 +23,11 @@ Reported only: white-noise unseen, phantom calibration, LIDC training ROIs, the 
 with the scan's noise. ``--rule real-first-27`` (stage 31 on, configs/tiny_cpu_real27.json): the
 same rows with the floors of stage 27, the bundle since session 18: macro + 0.03, each real group
 and the phantom-noise set within 0.02 below it. ``--rule real-first-27f`` (candidates scored
-after session 23): the same with the floors of the stage 27f card, bundled then. Exit status 0
-when every gate passes, 1 otherwise, 2 when a figure is missing (a step not run yet).
+after session 23): the same with the floors of the stage 27f card, bundled then.
+``--rule rules-only-27f`` (session 24: a new run-time rule on the bundle's own weights, where no
+training seed moves the figures): no margin; macro at least 27f's, each real group and the
+phantom-noise set within 0.005 below it. Exit status 0 when every gate passes, 1 otherwise, 2
+when a figure is missing (a step not run yet).
 
 The rule lives here so that the verdict is read off files, not off a person reading tables.
 """
@@ -81,6 +84,14 @@ FLOORS_27F = Floors(
     real_groups={"hcc": 0.228, "lidc": 0.728, "lung2": 0.420, "sarcoma": 0.185},
     fp_within_truth=164,
     phantom_noise=(0.623, 0.282),
+)
+# Session 24 on, a run-time rule on the bundle's own weights (the same file, the card alone
+# changes): nothing random moves the figures, so no margin; within 0.005 below stage 27f's.
+FLOORS_27F_SAME_WEIGHTS = Floors(
+    real_macro=0.410,
+    real_groups={"hcc": 0.243, "lidc": 0.743, "lung2": 0.435, "sarcoma": 0.200},
+    fp_within_truth=164,
+    phantom_noise=(0.638, 0.297),
 )
 
 LEFT_RIGHT = re.compile(r"map in own kidney ([0-9.]+) \(>0.3\), region covers ([0-9.]+) of it "
@@ -198,6 +209,7 @@ RULES: dict[str, Rule] = {
     "real-first": Rule(_REAL_FIRST_GATING, _PHANTOM_REPORTED, FLOORS_C2706, 0.05),
     "real-first-27": Rule(_REAL_FIRST_GATING, _PHANTOM_REPORTED, FLOORS_EC1B83, 0.03),
     "real-first-27f": Rule(_REAL_FIRST_GATING, _PHANTOM_REPORTED, FLOORS_27F, 0.03),
+    "rules-only-27f": Rule(_REAL_FIRST_GATING, _PHANTOM_REPORTED, FLOORS_27F_SAME_WEIGHTS, 0.0),
 }  # fmt: skip
 
 

@@ -108,6 +108,9 @@ def main() -> None:
                 "organ_growth_mm",
                 "organ_growth_dice",
                 "organ_growth_set",
+                "organ_fat_hu",
+                "organ_fat_dice",
+                "organ_fat_set",
             )  # fmt: skip
             if key in calibration
         } | {"calibrated_with": "malenia calibrate"}

@@ -7,7 +7,8 @@ seed (``VALIDATION_SET_SEED``), the training (seen) categories only, distractors
 those categories only. The test set and the unseen categories are never looked at. The
 result goes into the model card (``postprocess.threshold``), which the engine uses whenever a
 caller does not pass a threshold. The run-time rules it can add (``--organ-lesions``,
-``--lung-keep``, ``--organ-growth``) are chosen on real training scans: ``calibrate_rules``.
+``--lung-keep``, ``--organ-fat``, ``--organ-growth``) are chosen on real training scans:
+``calibrate_rules``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ def register(subparsers) -> None:
         "largest one's volume), on N training scans with a pasted training nodule",
     )
     parser.add_argument(
+        "--organ-fat",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also calibrate whether answers naming an abdominal organ drop lesions of fat "
+        "density, on N lesions drawn into the training organs",
+    )
+    parser.add_argument(
         "--organ-growth",
         type=int,
         default=0,
@@ -89,7 +98,7 @@ def register(subparsers) -> None:
         default=PHANTOM_CHECK_N,
         metavar="N",
         help="phantoms per seen category that check the --organ-lesions / --lung-keep / "
-        "--organ-growth rules: together they may cost them no more than 0.01",
+        "--organ-fat / --organ-growth rules: together they may cost them no more than 0.01",
     )
     parser.add_argument(
         "--from",
@@ -98,7 +107,8 @@ def register(subparsers) -> None:
         default=None,
         metavar="JSON",
         help="keep an earlier calibration of the same weights (its phantom threshold) and "
-        "add only the --roi / --lung / --organ-lesions / --lung-keep / --organ-growth parts",
+        "add only the --roi / --lung / --organ-lesions / --lung-keep / --organ-fat / "
+        "--organ-growth parts",
     )
     parser.add_argument(
         "--tie-break",
@@ -262,7 +272,8 @@ def _run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    real_parts = (args.roi, args.lung, args.organ_lesions, args.lung_keep, args.organ_growth)
+    real_parts = (args.roi, args.lung, args.organ_lesions, args.lung_keep, args.organ_fat,
+                  args.organ_growth)  # fmt: skip
     if any(real_parts):  # said before minutes of phantom work
         from malenia.data.real_ct import require_real_ct_root
 
@@ -283,7 +294,11 @@ def _run(args: argparse.Namespace) -> int:
     from malenia.evaluation import calibrate_rules as rules
 
     check = {"log": log, "phantom_n": args.phantom_check}
-    spent = 0.0  # of the phantom check's TOLERANCE, shared by the rules in turn
+    asked = {"organ_lesion": args.organ_lesions, "lung_keep": args.lung_keep,
+             "organ_fat": args.organ_fat, "organ_growth": args.organ_growth}  # fmt: skip
+    # Of the phantom check's TOLERANCE, shared by the rules in turn: what the rules kept from
+    # an earlier calibration (--from) spent is spent.
+    spent = sum(result.get(f"{rule}_phantom_cost") or 0.0 for rule in asked if not asked[rule])
     if args.organ_lesions:
         result |= rules.calibrate_organ_lesions(
             engine, args.organ_lesions, result["threshold"], budget=TOLERANCE - spent, **check
@@ -295,6 +310,11 @@ def _run(args: argparse.Namespace) -> int:
             engine, args.lung_keep, lung_threshold, budget=TOLERANCE - spent, **check
         )
         spent += result["lung_keep_phantom_cost"]
+    if args.organ_fat:
+        result |= rules.calibrate_organ_fat(
+            engine, args.organ_fat, result, budget=TOLERANCE - spent, **check
+        )
+        spent += result["organ_fat_phantom_cost"]
     if args.organ_growth:
         result |= rules.calibrate_organ_growth(
             engine, args.organ_growth, result, budget=TOLERANCE - spent, **check
@@ -304,6 +324,6 @@ def _run(args: argparse.Namespace) -> int:
     keys = ("threshold", "validation_dice", "dice_at_0.5", "roi_threshold", "roi_dice",
             "lung_threshold", "lung_dice", "organ_lesion_threshold", "organ_lesion_faint_only",
             "organ_lesion_dice", "lung_keep_share", "lung_keep_by", "lung_keep_dice",
-            "organ_growth_mm", "organ_growth_dice")  # fmt: skip
+            "organ_fat_hu", "organ_fat_dice", "organ_growth_mm", "organ_growth_dice")  # fmt: skip
     print(json.dumps({k: result[k] for k in keys if k in result}))
     return 0

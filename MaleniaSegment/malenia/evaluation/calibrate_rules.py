@@ -1,4 +1,4 @@
-"""`malenia calibrate --organ-lesions / --lung-keep / --organ-growth`: the run-time rules of a
+"""`malenia calibrate --organ-lesions / --lung-keep / --organ-fat / --organ-growth`: the run-time rules of a
 set of weights, each chosen on real *training* scans (lesions drawn into their organs, LIDC
 training nodules pasted into their lungs; never a validation case), among the settings that do
 not cost a phantom validation set (seen categories, ``calibrate``'s own seed, ``PHANTOM_CHECK_N``
@@ -79,9 +79,9 @@ def _phantom_allowed(
     return allowed, mean
 
 
-def _phantom_cost(phantom: dict, chosen) -> float:
-    """What the chosen setting costs the phantom check against the rule off (its first)."""
-    return round(max(0.0, phantom[next(iter(phantom))] - phantom[chosen]), 4)
+def _phantom_cost(phantom: dict, chosen, off) -> float:
+    """What the chosen setting costs the phantom check against ``off``, the rule off."""
+    return round(max(0.0, phantom[off] - phantom[chosen]), 4)
 
 
 def _smallest_change(mean_dice: dict[float, float], allowed) -> float:
@@ -99,15 +99,17 @@ def _of_mode(scores: dict, mode, off=None) -> dict[str, float]:
     return _rounded({v: d for (v, m), d in sorted(scores.items()) if m == mode or (v, m) == off})
 
 
-def _setting_chosen(prefix: str, unit: str, mean_dice, allowed, phantom, case_set: dict) -> dict:
+def _setting_chosen(
+    prefix: str, unit: str, mean_dice, allowed, phantom, off, case_set: dict
+) -> dict:  # fmt: skip
     """The calibration's part for one rule: the setting ``_smallest_change`` picks (None for
-    the first, the rule off), its Dice and phantom cost, every setting's Dice on the cases and
+    ``off``, the rule off), its Dice and phantom cost, every setting's Dice on the cases and
     the phantoms."""
     setting = _smallest_change(mean_dice, allowed)
     return {
         f"{prefix}_{unit}": setting or None,
         f"{prefix}_dice": round(mean_dice[setting], 4),
-        f"{prefix}_phantom_cost": _phantom_cost(phantom, setting),
+        f"{prefix}_phantom_cost": _phantom_cost(phantom, setting, off),
         f"{prefix}_mean_dice_by_{unit}": _rounded(mean_dice),
         f"{prefix}_phantom_dice_by_{unit}": _rounded(phantom),
         f"{prefix}_set": case_set,
@@ -164,7 +166,7 @@ def calibrate_organ_lesions(
         "organ_lesion_dice": round(mean_dice[best], 4),
         "organ_lesion_best_dice": round(top, 4),
         "organ_lesion_dice_at_answer_threshold": round(mean_dice[settings[0]], 4),
-        "organ_lesion_phantom_cost": _phantom_cost(phantom, best),
+        "organ_lesion_phantom_cost": _phantom_cost(phantom, best, settings[0]),
         "organ_lesion_mean_dice_by_threshold": _of_mode(mean_dice, False),
         "organ_lesion_faint_only_mean_dice_by_threshold": _of_mode(mean_dice, True),
         "organ_lesion_phantom_dice_by_threshold": _of_mode(phantom, False),
@@ -214,7 +216,7 @@ def calibrate_lung_keep(
         "lung_keep_share": chosen[0] or None,
         "lung_keep_by": chosen[1] if chosen[0] else None,
         "lung_keep_dice": round(mean_dice[chosen], 4),
-        "lung_keep_phantom_cost": _phantom_cost(phantom, chosen),
+        "lung_keep_phantom_cost": _phantom_cost(phantom, chosen, settings[0]),
         "lung_keep_mean_dice_by_share": _of_mode(mean_dice, "volume"),
         "lung_keep_mass_mean_dice_by_share": _of_mode(mean_dice, "mass", settings[0]),
         "lung_keep_phantom_dice_by_share": _of_mode(phantom, "volume"),
@@ -252,7 +254,52 @@ def calibrate_organ_growth(
     lesions = "faint lesions of the lesion map" if faint_only else "lesion map"
     query = f"each category's preset, grounded, cut at {threshold} ({lesions} at {cut})"
     return _setting_chosen(
-        "organ_growth", "mm", mean_dice, allowed, phantom,
+        "organ_growth", "mm", mean_dice, allowed, phantom, ORGAN_GROWTH_MM[0],
         {"source": DRAWN_SOURCE, "n": n_lesions, "query": query,
          "phantom_check": _phantom_check_note(phantom_n, budget)},
     )  # fmt: skip
+
+
+def calibrate_organ_fat(
+    engine, n_lesions: int, calibration: dict, log=None,
+    phantom_n: int = PHANTOM_CHECK_N, budget: float = TOLERANCE,
+) -> dict:  # fmt: skip
+    """Whether answers naming an abdominal organ drop lesions of fat density
+    (``lesion_rules.drop_fat`` at ``FAT_HU``): macro mean Dice over categories of each preset
+    with the rule off and on, over lesions drawn into the training organs, answered as
+    ``calibration`` says (its threshold and lesion-map cut). Fat is no answer to a description
+    without fat, so the rule needs no gain to be switched on, only no loss: on where the
+    phantom check allows it and the drawn lesions do at least as well."""
+    from malenia.inference.lesion_rules import FAT_HU
+
+    threshold, cut = calibration["threshold"], calibration.get("organ_lesion_threshold")
+    faint_only = bool(calibration.get("organ_lesion_faint_only"))
+    settings = (None, FAT_HU)
+
+    def fat_rule(encoded, below_hu):
+        if (encoded.organ_lesion_threshold, encoded.organ_lesion_faint_only) != (cut, faint_only):
+            encoded.set_organ_lesion_threshold(cut, faint_only)  # forgets grounded answers
+        encoded.organ_fat_hu = below_hu
+
+    with _answer_threshold(engine, threshold):
+        mean_dice = _rule_mean_dice(
+            engine, _drawn_cases(n_lesions), settings, fat_rule, threshold, log, "fat"
+        )
+        allowed, phantom = _phantom_allowed(
+            engine, settings, fat_rule, threshold, phantom_n, budget, log, "fat"
+        )
+    on = FAT_HU in allowed and mean_dice[FAT_HU] >= mean_dice[None]
+    chosen = FAT_HU if on else None
+    lesions = "faint lesions of the lesion map" if faint_only else "lesion map"
+    return {
+        "organ_fat_hu": chosen,
+        "organ_fat_dice": round(mean_dice[chosen], 4),
+        "organ_fat_phantom_cost": _phantom_cost(phantom, chosen, None),
+        "organ_fat_mean_dice": {"off": round(mean_dice[None], 4), "on": round(mean_dice[FAT_HU], 4)},
+        "organ_fat_phantom_dice": {"off": round(phantom[None], 4), "on": round(phantom[FAT_HU], 4)},
+        "organ_fat_set": {
+            "source": DRAWN_SOURCE, "n": n_lesions,
+            "query": f"each category's preset, grounded, cut at {threshold} ({lesions} at {cut})",
+            "phantom_check": _phantom_check_note(phantom_n, budget),
+        },
+    }  # fmt: skip

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,68 +26,13 @@ from malenia.inference.lesion_maps import (
     without_lesions,
 )
 from malenia.inference.naming import number_names, organ_of_location, segment_name
-from malenia.inference.postprocess import LesionInfo, foreground_box, longest_axial_diameter
+from malenia.inference.postprocess import foreground_box, measured_lesion
+from malenia.inference.result import SegmentationResult
 from malenia.io import CTVolume
 
 if TYPE_CHECKING:
     from malenia.inference.engine import Engine
     from malenia.inference.windows import Window
-
-
-@dataclass
-class SegmentationResult:
-    """Probabilities and lesions of one query; the labelmap on the input grid is made on
-    first access (so that a re-cut stays cheap)."""
-
-    encoded: EncodedVolume
-    probability: np.ndarray  # model grid, float32
-    labels_model: np.ndarray  # model grid, int16
-    lesions: list[LesionInfo]
-    threshold: float
-    description: LesionDescription | None
-    mode: str  # "prompt" or "auto"
-    query: str = ""
-    min_volume_ml: float = 0.1
-    ranking: list | None = None  # category ranking of a prompt (kept for re-cuts)
-    # The location the answer was grounded in (``malenia.inference.grounding``), or None
-    # when the prompt branch answered alone.
-    grounded_in: str | None = None
-    # Set when the grounding region is larger than its organ can be (``region_warning``).
-    grounding_warning: str | None = None
-    # Free-text words the parser did not use, and its notes (what it inferred, conflicts).
-    not_understood: list[str] = field(default_factory=list)
-    query_notes: list[str] = field(default_factory=list)
-    # The probability before its lesions grew (``lesion_rules.grow_to_density``), which a
-    # re-cut grows again from; None when nothing grew.
-    grown_from: np.ndarray | None = field(default=None, repr=False)
-    _labelmap: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def labelmap(self) -> np.ndarray:
-        """int16 [k, j, i] on the input grid: 0 background, lesion i = i."""
-        if self._labelmap is None:
-            self._labelmap = self.encoded.to_input_labelmap(
-                self.probability, self.labels_model, self.threshold
-            )
-        return self._labelmap
-
-    @property
-    def volume(self) -> CTVolume:
-        return self.encoded.volume
-
-    def to_dict(self) -> dict:
-        return {
-            "mode": self.mode,
-            "query": self.query,
-            "threshold": self.threshold,
-            "grounded_in": self.grounded_in,
-            "grounding_warning": self.grounding_warning,
-            "not_understood": list(self.not_understood),
-            "query_notes": list(self.query_notes),
-            "description": self.description.to_dict() if self.description else None,
-            "model": self.encoded.engine.model_id,
-            "lesions": [lesion.to_dict() for lesion in self.lesions],
-        }
 
 
 class EncodedVolume:
@@ -122,6 +66,7 @@ class EncodedVolume:
         self.lung_keep_share = postprocess.get("lung_keep_share")
         self.lung_keep_by = postprocess.get("lung_keep_by") or "volume"
         self.organ_growth_mm = postprocess.get("organ_growth_mm")
+        self.organ_fat_hu = postprocess.get("organ_fat_hu")
         self._hu: np.ndarray | None = None  # see hu
         self._aligned_maps: dict = {}  # (cut, answer's cut, faint only) -> (map, lesions)
         self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
@@ -448,20 +393,62 @@ class EncodedVolume:
         self, probability, threshold, description, mode, query, ranking, min_volume_ml: float = 0.1,
         organ_envelope: np.ndarray | None = None, grow_in: str | None = None,
     ) -> SegmentationResult:  # fmt: skip
-        """The answer's lesions; ``organ_envelope``: keep only those touching it; ``grow_in``:
-        the organ a grounded answer names, where its lesions grow (``lesion_rules``)."""
-        from malenia.inference import lesion_rules
-        from malenia.inference.grounding import LOCATION_THRESHOLD
-
+        """The answer's lesions, in named stages: cut the map into lesions, keep those the
+        rules keep (``_kept``), grow them in ``grow_in`` (the organ a grounded answer names;
+        ``lesion_rules.grow_to_density``), describe each. ``organ_envelope``: keep only the
+        lesions touching it."""
         _check_threshold(threshold)
         min_voxels = max(1, int(round(min_volume_ml / self._model_voxel_ml)))
         labels, boxes = components_in_box(probability, threshold, min_voxels)
+        probability, labels, boxes = self._kept(
+            probability, labels, boxes, description, mode, organ_envelope
+        )
+        seeds = None  # the map before growth, which a re-cut grows again from
+        if boxes and self._grows_in(grow_in):
+            from malenia.inference.grounding import LOCATION_THRESHOLD
+            from malenia.inference.lesion_rules import grow_to_density
+
+            organ = self.location_probability(grow_in) > LOCATION_THRESHOLD
+            seeds, probability = probability, grow_to_density(
+                probability, labels, boxes, self.hu, organ, self.spacing_mm,
+                float(self.organ_growth_mm),
+            )  # fmt: skip
+            labels, boxes = components_in_box(probability, threshold, min_voxels)
+        category = ranking[0][0] if ranking else None
+        name = category[0].upper() + category[1:] if category else "Lesion"
+        attributes = description.to_dict() if description else {}
+        to_lps = self.model_reference.TransformContinuousIndexToPhysicalPoint
+        lesions = [
+            measured_lesion(index, box, labels[box] == index, probability[box], self.spacing_mm,
+                            self.voxel_ml, to_lps, name, ranking, attributes)
+            for index, box in enumerate(boxes, start=1)
+        ]  # fmt: skip
+        number_names(lesions)
+        result = SegmentationResult(
+            self, probability, labels, lesions, threshold, description, mode, query,
+            min_volume_ml, ranking,
+        )  # fmt: skip
+        result.grown_from = seeds
+        return result
+
+    def _kept(self, probability, labels, boxes, description, mode, organ_envelope):
+        """(probability, labels, boxes) without the lesions the rules drop: those clear of
+        the lungs (a lung answer) or of ``organ_envelope``; of fat density in an organ answer
+        (``lesion_rules.drop_fat``); in a whole-scan lung answer all but the largest
+        (``lesion_rules.keep_largest``); in a small box all but the central one
+        (``lesion_rules.keep_central``)."""
+        from malenia.inference import lesion_rules
+
         names_lung = self._names_lung(description)
         if names_lung and self.lung_envelope() is not None:  # the lungs found from HU
             organ_envelope = self.lung_envelope()
         if boxes and organ_envelope is not None:
             probability, labels, boxes = self._keep_touching(
                 probability, labels, boxes, organ_envelope
+            )
+        if boxes and self._drops_fat(description, mode):
+            probability, labels, boxes = lesion_rules.drop_fat(
+                probability, labels, boxes, self.hu, float(self.organ_fat_hu)
             )
         if boxes and names_lung and self.lung_keep_share and mode == "prompt" and not self.zoomed:
             probability, labels, boxes = lesion_rules.keep_largest(
@@ -471,43 +458,15 @@ class EncodedVolume:
             probability, labels, boxes = lesion_rules.keep_central(
                 probability, labels, boxes, self.spacing_mm
             )
-        seeds = None  # the map before growth, which a re-cut grows again from
-        if boxes and self._grows_in(grow_in):
-            organ = self.location_probability(grow_in) > LOCATION_THRESHOLD
-            seeds, probability = probability, lesion_rules.grow_to_density(
-                probability, labels, boxes, self.hu, organ, self.spacing_mm,
-                float(self.organ_growth_mm),
-            )  # fmt: skip
-            labels, boxes = components_in_box(probability, threshold, min_voxels)
-        spacing = self.spacing_mm
-        lesions = []
-        for index, box in enumerate(boxes, start=1):
-            mask = labels[box] == index
-            centroid = np.array([s.start for s in box]) + np.argwhere(mask).mean(0)
-            lps = self.model_reference.TransformContinuousIndexToPhysicalPoint(
-                tuple(float(c) for c in centroid[::-1])
-            )
-            category = ranking[0][0] if ranking else None
-            lesions.append(
-                LesionInfo(
-                    index=index,
-                    name=category[0].upper() + category[1:] if category else "Lesion",
-                    category_ranking=list(ranking or []),
-                    score=round(float(probability[box][mask].mean()), 4),
-                    volume_ml=round(float(mask.sum()) * self.voxel_ml, 3),
-                    diameter_mm=round(longest_axial_diameter(mask, spacing), 1),
-                    centroid_ras=(-lps[0], -lps[1], lps[2]),
-                    attributes=description.to_dict() if description else {},
-                    bbox_model=box,
-                )
-            )
-        number_names(lesions)
-        result = SegmentationResult(
-            self, probability, labels, lesions, threshold, description, mode, query,
-            min_volume_ml, ranking,
-        )  # fmt: skip
-        result.grown_from = seeds
-        return result
+        return probability, labels, boxes
+
+    def _drops_fat(self, description: LesionDescription | None, mode: str) -> bool:
+        """Whether the card's fat rule applies: a whole-scan answer naming an abdominal
+        organ, whose description has no fat."""
+        if self.organ_fat_hu is None or mode != "prompt" or self.zoomed or description is None:
+            return False
+        organ = organ_of_location(description.location)
+        return organ not in (None, "lung") and "fat" not in (description.specific_features or ())
 
     def _grows_in(self, location: str | None) -> bool:
         """Whether an answer grounded in ``location`` grows to its lesions' density edge:

@@ -1,6 +1,7 @@
 """Rules that shape an answer's lesions after the cut, each calibrated on training scans
 (``malenia calibrate``) and switched on by the weights' card: which lesions a whole-scan lung
-answer keeps, which one a small box keeps, and how far a lesion in an organ reaches.
+answer keeps, which one a small box keeps, whether an organ answer keeps lesions of fat
+density, and how far a lesion in an organ reaches.
 
 Each takes and returns (probability, labels, boxes) on the model grid, as
 ``lesion_maps.without_lesions`` does, so that a re-cut and the browser's slider see the same
@@ -23,6 +24,9 @@ MIN_HOST_VOXELS = 200  # an organ with fewer voxels in a lesion's box says nothi
 
 
 KEEP_MEASURES = ("volume", "mass")  # how ``keep_largest`` sizes a lesion
+# Below any fluid (water 0 +- 20 HU, a cyst's noise and partial volume included) and above fat
+# (-50 to -120 HU, partial volume with its neighbours included): where ``drop_fat`` cuts.
+FAT_HU = -30.0
 
 
 def keep_largest(probability, labels, boxes, share: float, by: str = "volume"):
@@ -60,6 +64,19 @@ def keep_central(probability, labels, boxes, spacing_mm):
     ]
     nearest = int(np.argmin(distance)) + 1
     dropped = [i for i in range(1, len(boxes) + 1) if i != nearest]
+    return without_lesions(probability, labels, boxes, dropped)
+
+
+def drop_fat(probability, labels, boxes, hu: np.ndarray, below_hu: float):
+    """Without the lesions whose median density (smoothed) is below ``below_hu``. Calibrated
+    for answers naming an abdominal organ whose description has no fat (``malenia calibrate
+    --organ-fat``): there the prompt-free map also lights renal sinus and peripancreatic fat
+    on real CT, and no such description is answered by fat."""
+    dropped = []
+    for index, box in enumerate(boxes, start=1):
+        smooth = ndimage.gaussian_filter(hu[box].astype(np.float32), SMOOTHING_VOXELS)
+        if float(np.median(smooth[labels[box] == index])) < below_hu:
+            dropped.append(index)
     return without_lesions(probability, labels, boxes, dropped)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from malenia.display import lesion_color
-from malenia.inference.encoded import SegmentationResult
+from malenia.inference.result import SegmentationResult
 
 
 def segment_tags(result: SegmentationResult, lesion) -> dict[str, str]:

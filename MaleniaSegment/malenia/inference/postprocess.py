@@ -37,6 +37,28 @@ class LesionInfo:
         return out
 
 
+def measured_lesion(
+    index: int, box, mask: np.ndarray, probability: np.ndarray, spacing_zyx, voxel_ml: float,
+    to_lps, name: str, ranking, attributes: dict,
+) -> LesionInfo:  # fmt: skip
+    """Lesion ``index``, ``mask`` inside ``box`` of the model grid (``probability``: the
+    map inside ``box``), measured: mean probability, volume, longest axial diameter and
+    centre in RAS (``to_lps``: continuous (i, j, k) index -> LPS point of the grid)."""
+    centroid = np.array([s.start for s in box]) + np.argwhere(mask).mean(0)
+    lps = to_lps(tuple(float(c) for c in centroid[::-1]))
+    return LesionInfo(
+        index=index,
+        name=name,
+        category_ranking=list(ranking or []),
+        score=round(float(probability[mask].mean()), 4),
+        volume_ml=round(float(mask.sum()) * voxel_ml, 3),
+        diameter_mm=round(longest_axial_diameter(mask, spacing_zyx), 1),
+        centroid_ras=(-lps[0], -lps[1], lps[2]),
+        attributes=attributes,
+        bbox_model=box,
+    )
+
+
 def foreground_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
     """The box holding every True voxel of ``mask``, grown by ``margin`` voxels and clipped
     to the array; None when the mask is empty."""
