@@ -213,8 +213,9 @@ def test_the_bundled_card_reads_faint_organ_lesions_at_its_cut_from_encoding_on(
 
 def test_the_engine_drops_fat_from_organ_answers_only_where_the_card_asks(tmp_path):
     """With postprocess.organ_fat_hu an answer naming the kidney loses a lesion lying in fat
-    and keeps the one in the kidney; a description with fat (an angiomyolipoma's) and a lung
-    answer keep both, as does the same answer without the card's rule."""
+    and keeps the one in the kidney; a description with fat (an angiomyolipoma's), a lung
+    answer and a colon answer (its lesions lie against gas) keep both, as does the same
+    answer without the card's rule."""
     from malenia.attributes import LesionDescription
     from malenia.inference import Engine
     from malenia.io import CTVolume
@@ -237,15 +238,14 @@ def test_the_engine_drops_fat_from_organ_answers_only_where_the_card_asks(tmp_pa
     kidney_mass = LesionDescription(location="left kidney", density="isodense")
     with_fat = LesionDescription(location="left kidney", specific_features=("fat",))
     lung = LesionDescription(location="left lower lobe")
-    queries = (kidney_mass, with_fat, lung)
-    for query in queries:
-        encoded.probability(query)[...] = np.where(marks, 0.9, 0.0)  # the cached maps
+    colon = LesionDescription(location="descending colon")
 
     def marked(query):
+        encoded.probability(query)[...] = np.where(marks, 0.9, 0.0)  # the map the answer reads
         return encoded.segment(query, threshold=0.5).labels_model > 0
 
     assert marked(kidney_mass)[in_kidney] and not marked(kidney_mass)[in_fat]
-    for query in (with_fat, lung):
+    for query in (with_fat, lung, colon):
         assert marked(query)[in_kidney] and marked(query)[in_fat]
     encoded.organ_fat_hu = None
     assert marked(kidney_mass)[in_fat]

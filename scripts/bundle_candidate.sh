@@ -5,7 +5,9 @@
 # (weights/, calibration.json, real/, synthetic/, synthetic_scanner/, sample_scanner.txt,
 # rule.txt); its rule.txt must end "passes the rule" (scripts/check_bundle_rule.py), so a
 # candidate that failed the rule fixed before its training cannot be bundled by accident.
-# 1. the outgoing bundle's card, calibration and figures move to docs/eval/bundled_<sha12>/;
+# 1. the outgoing bundle's card, calibration and figures move to docs/eval/bundled_<sha12>/
+#    (ARCHIVE_SUFFIX=<name>: to bundled_<sha12>_<name>/, for a candidate that changes only the
+#    card of weights whose earlier card is archived under that name already);
 # 2. the candidate's fp16 file is copied unchanged (same bytes, so the same model id that its
 #    figures name) and only its card gains the evaluation summary (scripts/publish_weights.py);
 # 3. its figures become docs/eval/{calibration.json,real,synthetic,synthetic_scanner_noise}.
@@ -26,8 +28,12 @@ if [[ "$(tail -n 1 "$candidate/rule.txt")" != "passes the rule" ]]; then
 fi
 outgoing=$("$python" -c "import json,sys; print(json.load(open(sys.argv[1]))['sha256'][:12])" \
     "${weights%.safetensors}.json")
-archive="$here/docs/eval/bundled_$outgoing"
-[[ -e "$archive" ]] && { echo "$archive exists already; nothing moved" >&2; exit 1; }
+archive="$here/docs/eval/bundled_$outgoing${ARCHIVE_SUFFIX:+_$ARCHIVE_SUFFIX}"
+[[ -e "$archive" ]] && {
+    echo "$archive exists already (an earlier card of these weights?): nothing moved; set" \
+        "ARCHIVE_SUFFIX to name the outgoing card" >&2
+    exit 1
+}
 mkdir -p "$archive"
 cp "${weights%.safetensors}.json" "$archive/model_card.json"
 for figures in calibration.json real synthetic synthetic_scanner_noise; do

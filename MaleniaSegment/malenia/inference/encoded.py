@@ -433,7 +433,7 @@ class EncodedVolume:
 
     def _kept(self, probability, labels, boxes, description, mode, organ_envelope):
         """(probability, labels, boxes) without the lesions the rules drop: those clear of
-        the lungs (a lung answer) or of ``organ_envelope``; of fat density in an organ answer
+        the lungs (a lung answer) or of ``organ_envelope``; of fat density in a solid organ's
         (``lesion_rules.drop_fat``); in a whole-scan lung answer all but the largest
         (``lesion_rules.keep_largest``); in a small box all but the central one
         (``lesion_rules.keep_central``)."""
@@ -461,12 +461,14 @@ class EncodedVolume:
         return probability, labels, boxes
 
     def _drops_fat(self, description: LesionDescription | None, mode: str) -> bool:
-        """Whether the card's fat rule applies: a whole-scan answer naming an abdominal
-        organ, whose description has no fat."""
+        """Whether the card's fat rule applies: a whole-scan answer naming a solid organ
+        (``lesion_rules.SOLID_ORGANS``), whose description has no fat."""
+        from malenia.inference.lesion_rules import SOLID_ORGANS
+
         if self.organ_fat_hu is None or mode != "prompt" or self.zoomed or description is None:
             return False
         organ = organ_of_location(description.location)
-        return organ not in (None, "lung") and "fat" not in (description.specific_features or ())
+        return organ in SOLID_ORGANS and "fat" not in (description.specific_features or ())
 
     def _grows_in(self, location: str | None) -> bool:
         """Whether an answer grounded in ``location`` grows to its lesions' density edge:
@@ -475,10 +477,17 @@ class EncodedVolume:
             return False
         return organ_of_location(location) != "lung"
 
+    def keep_model_hu(self, hu: np.ndarray) -> None:
+        """Keep the encoder's HU on the model grid where the card's rules read it (fat, growth):
+        the first organ answer then does not resample the scan again."""
+        if self.organ_fat_hu is not None or self.organ_growth_mm:
+            self._hu = np.clip(hu, -32768, 32767).astype(np.int16)
+
     @property
     def hu(self) -> np.ndarray:
-        """int16 HU on the model grid, resampled on first use (only organ growth reads it, so
-        an encoding does not carry a copy of the scan otherwise)."""
+        """int16 HU on the model grid (``keep_model_hu``, or resampled on first use: only the
+        fat and growth rules read it, so an encoding does not carry a copy of the scan
+        otherwise)."""
         if self._hu is None:
             from malenia.preprocessing import to_model_grid
 

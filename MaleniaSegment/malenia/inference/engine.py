@@ -191,6 +191,7 @@ class Engine:
         encoded.any_lesion = any_lesion
         if not zoomed:  # where a lung answer may lie (``EncodedVolume.lung_envelope``)
             encoded.lungs = lungs_from_hu(hu, spacing, origin_zyx, region)
+            encoded.keep_model_hu(hu)
         if self.anatomy_grounding:  # labelled here, not in the first (interactive) query
             encoded.prepare_grounding()
         self._cache[key] = encoded
