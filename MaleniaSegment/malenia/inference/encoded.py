@@ -420,7 +420,7 @@ class EncodedVolume:
         to_lps = self.model_reference.TransformContinuousIndexToPhysicalPoint
         lesions = [
             measured_lesion(index, box, labels[box] == index, probability[box], self.spacing_mm,
-                            self.voxel_ml, to_lps, name, ranking, attributes)
+                            self.voxel_ml, to_lps, name, ranking, dict(attributes))
             for index, box in enumerate(boxes, start=1)
         ]  # fmt: skip
         number_names(lesions)
