@@ -202,19 +202,21 @@ def test_organ_lesion_cut_is_calibrated_on_lesions_drawn_into_training_organs(en
 
 @needs_data
 def test_lesion_rules_are_calibrated_on_training_scans(engine):
-    """``malenia calibrate --lung-keep / --organ-growth``: each rule's setting is one of its
-    grid (the first turns it off, written as None), costs the phantoms no more than the budget
-    it was given, and is within the tolerance of the best such setting on the pasted training
-    masses (sized by volume, or by mass where that is chosen) and the drawn training lesions;
-    the engine's card and the cached encodings are left as they were."""
+    """``malenia calibrate --lung-keep / --organ-growth / --organ-fat``: each rule's setting
+    is one of its grid (the first turns it off, written as None), costs the phantoms no more
+    than the budget it was given, and is within the tolerance of the best such setting on the
+    pasted training masses (sized by volume, or by mass where that is chosen) and the drawn
+    training lesions; the fat rule is on exactly where the phantoms allow it and the drawn
+    lesions do no worse; the engine's card and the cached encodings are left as they were."""
     from malenia.evaluation.calibrate import TOLERANCE
     from malenia.evaluation.calibrate_rules import (
         LUNG_KEEP_SHARES,
         ORGAN_GROWTH_MM,
         calibrate_lung_keep,
+        calibrate_organ_fat,
         calibrate_organ_growth,
     )
-    from malenia.inference.lesion_rules import KEEP_MEASURES
+    from malenia.inference.lesion_rules import FAT_HU, KEEP_MEASURES
 
     postprocess = dict(engine.card.get("postprocess") or {})
     threshold = engine.default_threshold
@@ -236,6 +238,14 @@ def test_lesion_rules_are_calibrated_on_training_scans(engine):
         assert by_mass or by_setting[chosen] >= max(allowed) - TOLERANCE
     assert keep["lung_keep_by"] in ((None,) if keep["lung_keep_share"] is None else KEEP_MEASURES)
     assert keep["lung_keep_set"]["n"] == 2 and grow["organ_growth_set"]["n"] == 3
+    fat = calibrate_organ_fat(engine, 3, {"threshold": threshold}, phantom_n=1, budget=0.004)
+    drawn, phantom = fat["organ_fat_mean_dice"], fat["organ_fat_phantom_dice"]
+    margin = phantom["on"] - (phantom["off"] - 0.004)  # the figures are rounded to 1e-4
+    if margin > 1e-4 and drawn["on"] > drawn["off"]:
+        assert fat["organ_fat_hu"] == FAT_HU
+    elif margin < -1e-4 or drawn["on"] < drawn["off"]:
+        assert fat["organ_fat_hu"] is None
+    assert fat["organ_fat_phantom_cost"] <= 0.004 and fat["organ_fat_set"]["n"] == 3
     assert (engine.card.get("postprocess") or {}) == postprocess
 
 
