@@ -81,8 +81,8 @@ def register(subparsers) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="also calibrate whether answers naming an abdominal organ drop lesions of fat "
-        "density, on N lesions drawn into the training organs",
+        help="also calibrate whether answers naming a solid organ drop lesions of fat density, "
+        "on N lesions drawn into the training organs",
     )
     parser.add_argument(
         "--organ-growth",

@@ -1,11 +1,13 @@
-"""`malenia calibrate --organ-lesions / --lung-keep / --organ-fat / --organ-growth`: the run-time rules of a
-set of weights, each chosen on real *training* scans (lesions drawn into their organs, LIDC
-training nodules pasted into their lungs; never a validation case), among the settings that do
-not cost a phantom validation set (seen categories, ``calibrate``'s own seed, ``PHANTOM_CHECK_N``
-per category) more than what is left of one ``TOLERANCE`` shared by all the rules, against the
-rule switched off: rules that help real anatomy must not, together, unlearn what the phantoms
-measure. (Checked one by one on 20 per category, stage 27c's rules cost that set 0.006 and the
-phantom test set 0.009; docs/EVALUATION.md, "Stage 27c".)
+"""`malenia calibrate --organ-lesions / --lung-keep / --organ-fat / --organ-growth`: the
+run-time rules of a set of weights, each chosen on real *training* scans (lesions drawn into
+their organs, LIDC training nodules pasted into their lungs; never a validation case), among the
+settings that do not cost a phantom validation set (seen categories, ``calibrate``'s own seed,
+``PHANTOM_CHECK_N`` per category) more than what is left of one ``TOLERANCE`` shared by all the
+rules, against the rule switched off: rules that help real anatomy must not, together, unlearn
+what the phantoms measure. (Checked one by one on 20 per category, stage 27c's rules cost that
+set 0.006 and the phantom test set 0.009; docs/EVALUATION.md, "Stage 27c".) The phantom check
+reads seen categories only, none in a hollow organ: the synthetic benchmark is what showed
+that an early fat rule cost the colon cancers (docs/EVALUATION.md, "Stage 27k measured").
 
 Each answers cases through the engine as a user's query is answered (``EncodedVolume.segment``
 at the calibration's threshold), the rule set on the encoded volume.
@@ -114,6 +116,13 @@ def _setting_chosen(
         f"{prefix}_phantom_dice_by_{unit}": _rounded(phantom),
         f"{prefix}_set": case_set,
     }
+
+
+def _use_cut(encoded, cut, faint_only: bool) -> None:
+    """Answer with the calibration's lesion-map cut (setting it forgets grounded answers, so
+    only when it differs)."""
+    if (encoded.organ_lesion_threshold, encoded.organ_lesion_faint_only) != (cut, faint_only):
+        encoded.set_organ_lesion_threshold(cut, faint_only)
 
 
 def _phantom_check_note(n: int, budget: float) -> str:
@@ -240,8 +249,7 @@ def calibrate_organ_growth(
     faint_only = bool(calibration.get("organ_lesion_faint_only"))
 
     def grow(encoded, reach_mm):
-        if (encoded.organ_lesion_threshold, encoded.organ_lesion_faint_only) != (cut, faint_only):
-            encoded.set_organ_lesion_threshold(cut, faint_only)  # forgets grounded answers
+        _use_cut(encoded, cut, faint_only)
         encoded.organ_growth_mm = reach_mm or None
 
     with _answer_threshold(engine, threshold):
@@ -264,7 +272,7 @@ def calibrate_organ_fat(
     engine, n_lesions: int, calibration: dict, log=None,
     phantom_n: int = PHANTOM_CHECK_N, budget: float = TOLERANCE,
 ) -> dict:  # fmt: skip
-    """Whether answers naming an abdominal organ drop lesions of fat density
+    """Whether answers naming a solid organ drop lesions of fat density
     (``lesion_rules.drop_fat`` at ``FAT_HU``): macro mean Dice over categories of each preset
     with the rule off and on, over lesions drawn into the training organs, answered as
     ``calibration`` says (its threshold and lesion-map cut). Fat is no answer to a description
@@ -277,8 +285,7 @@ def calibrate_organ_fat(
     settings = (None, FAT_HU)
 
     def fat_rule(encoded, below_hu):
-        if (encoded.organ_lesion_threshold, encoded.organ_lesion_faint_only) != (cut, faint_only):
-            encoded.set_organ_lesion_threshold(cut, faint_only)  # forgets grounded answers
+        _use_cut(encoded, cut, faint_only)
         encoded.organ_fat_hu = below_hu
 
     with _answer_threshold(engine, threshold):
