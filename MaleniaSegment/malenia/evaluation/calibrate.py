@@ -272,9 +272,10 @@ def _run(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    real_parts = (args.roi, args.lung, args.organ_lesions, args.lung_keep, args.organ_fat,
-                  args.organ_growth)  # fmt: skip
-    if any(real_parts):  # said before minutes of phantom work
+    # The run-time rules asked for, by the prefix of their calibration keys.
+    asked = {"organ_lesion": args.organ_lesions, "lung_keep": args.lung_keep,
+             "organ_fat": args.organ_fat, "organ_growth": args.organ_growth}  # fmt: skip
+    if any((args.roi, args.lung, *asked.values())):  # said before minutes of phantom work
         from malenia.data.real_ct import require_real_ct_root
 
         require_real_ct_root()
@@ -294,8 +295,6 @@ def _run(args: argparse.Namespace) -> int:
     from malenia.evaluation import calibrate_rules as rules
 
     check = {"log": log, "phantom_n": args.phantom_check}
-    asked = {"organ_lesion": args.organ_lesions, "lung_keep": args.lung_keep,
-             "organ_fat": args.organ_fat, "organ_growth": args.organ_growth}  # fmt: skip
     # Of the phantom check's TOLERANCE, shared by the rules in turn: what the rules kept from
     # an earlier calibration (--from) spent is spent.
     spent = sum(result.get(f"{rule}_phantom_cost") or 0.0 for rule in asked if not asked[rule])

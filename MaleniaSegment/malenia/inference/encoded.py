@@ -481,7 +481,7 @@ class EncodedVolume:
         """Keep the encoder's HU on the model grid where the card's rules read it (fat, growth):
         the first organ answer then does not resample the scan again."""
         if self.organ_fat_hu is not None or self.organ_growth_mm:
-            self._hu = np.clip(hu, -32768, 32767).astype(np.int16)
+            self._hu = _as_int16(hu)
 
     @property
     def hu(self) -> np.ndarray:
@@ -492,7 +492,7 @@ class EncodedVolume:
             from malenia.preprocessing import to_model_grid
 
             image = to_model_grid(self.volume, self.spacing_mm)
-            self._hu = np.clip(sitk.GetArrayFromImage(image), -32768, 32767).astype(np.int16)
+            self._hu = _as_int16(sitk.GetArrayFromImage(image))
         return self._hu
 
     @staticmethod
@@ -554,6 +554,11 @@ class EncodedVolume:
         return input_maps(
             probability, labels_model, cover, self.model_reference, self.input_reference
         )
+
+
+def _as_int16(hu: np.ndarray) -> np.ndarray:
+    """HU clipped to int16, as encodings keep the scan on the model grid."""
+    return np.clip(hu, -32768, 32767).astype(np.int16)
 
 
 def _check_threshold(threshold: float) -> None:
