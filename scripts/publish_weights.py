@@ -111,6 +111,9 @@ def main() -> None:
                 "organ_fat_hu",
                 "organ_fat_dice",
                 "organ_fat_set",
+                "organ_density_contrast_hu",
+                "organ_density_dice",
+                "organ_density_set",
             )  # fmt: skip
             if key in calibration
         } | {"calibrated_with": "malenia calibrate"}

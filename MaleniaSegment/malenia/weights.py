@@ -75,6 +75,7 @@ CARD_THRESHOLDS = ("threshold", "roi_threshold", "lung_threshold", "organ_lesion
 # The card's calibrated lesion rules (``malenia.inference.lesion_rules``): (low, high] each.
 CARD_RULES = {
     "lung_keep_share": (0.0, 1.0), "organ_growth_mm": (0.0, 100.0), "organ_fat_hu": (-500.0, 0.0),
+    "organ_density_contrast_hu": (-100.0, 100.0),
 }  # fmt: skip
 # The card's rule options that are a choice, not a number: the choices of each.
 CARD_CHOICES = {"lung_keep_by": KEEP_MEASURES, "organ_lesion_faint_only": (True, False)}

@@ -7,7 +7,7 @@ seed (``VALIDATION_SET_SEED``), the training (seen) categories only, distractors
 those categories only. The test set and the unseen categories are never looked at. The
 result goes into the model card (``postprocess.threshold``), which the engine uses whenever a
 caller does not pass a threshold. The run-time rules it can add (``--organ-lesions``,
-``--lung-keep``, ``--organ-fat``, ``--organ-growth``) are chosen on real training scans:
+``--lung-keep``, ``--organ-fat``, ``--organ-density``, ``--organ-growth``) are chosen on real training scans:
 ``calibrate_rules``.
 """
 
@@ -85,6 +85,15 @@ def register(subparsers) -> None:
         "on N lesions drawn into the training organs",
     )
     parser.add_argument(
+        "--organ-density",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also calibrate how much darker (hypodense) or brighter (hyperdense) than the "
+        "liver a liver answer's voxels must be, on N lesions drawn into the training organs "
+        "and the real tumours of the HCC training scans",
+    )
+    parser.add_argument(
         "--organ-growth",
         type=int,
         default=0,
@@ -98,7 +107,7 @@ def register(subparsers) -> None:
         default=PHANTOM_CHECK_N,
         metavar="N",
         help="phantoms per seen category that check the --organ-lesions / --lung-keep / "
-        "--organ-fat / --organ-growth rules: together they may cost them no more than 0.01",
+        "--organ-fat / --organ-density / --organ-growth rules: together they may cost them no more than 0.01",
     )
     parser.add_argument(
         "--from",
@@ -108,7 +117,7 @@ def register(subparsers) -> None:
         metavar="JSON",
         help="keep an earlier calibration of the same weights (its phantom threshold) and "
         "add only the --roi / --lung / --organ-lesions / --lung-keep / --organ-fat / "
-        "--organ-growth parts",
+        "--organ-density / --organ-growth parts",
     )
     parser.add_argument(
         "--tie-break",
@@ -274,7 +283,8 @@ def _run(args: argparse.Namespace) -> int:
 
     # The run-time rules asked for, by the prefix of their calibration keys.
     asked = {"organ_lesion": args.organ_lesions, "lung_keep": args.lung_keep,
-             "organ_fat": args.organ_fat, "organ_growth": args.organ_growth}  # fmt: skip
+             "organ_fat": args.organ_fat, "organ_density": args.organ_density,
+             "organ_growth": args.organ_growth}  # fmt: skip
     if any((args.roi, args.lung, *asked.values())):  # said before minutes of phantom work
         from malenia.data.real_ct import require_real_ct_root
 
@@ -314,6 +324,11 @@ def _run(args: argparse.Namespace) -> int:
             engine, args.organ_fat, result, budget=TOLERANCE - spent, **check
         )
         spent += result["organ_fat_phantom_cost"]
+    if args.organ_density:
+        result |= rules.calibrate_organ_density(
+            engine, args.organ_density, result, budget=TOLERANCE - spent, **check
+        )
+        spent += result["organ_density_phantom_cost"]
     if args.organ_growth:
         result |= rules.calibrate_organ_growth(
             engine, args.organ_growth, result, budget=TOLERANCE - spent, **check
@@ -323,6 +338,7 @@ def _run(args: argparse.Namespace) -> int:
     keys = ("threshold", "validation_dice", "dice_at_0.5", "roi_threshold", "roi_dice",
             "lung_threshold", "lung_dice", "organ_lesion_threshold", "organ_lesion_faint_only",
             "organ_lesion_dice", "lung_keep_share", "lung_keep_by", "lung_keep_dice",
-            "organ_fat_hu", "organ_fat_dice", "organ_growth_mm", "organ_growth_dice")  # fmt: skip
+            "organ_fat_hu", "organ_fat_dice", "organ_density_contrast_hu", "organ_density_dice",
+            "organ_growth_mm", "organ_growth_dice")  # fmt: skip
     print(json.dumps({k: result[k] for k in keys if k in result}))
     return 0

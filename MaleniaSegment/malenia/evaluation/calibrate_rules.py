@@ -1,4 +1,5 @@
-"""`malenia calibrate --organ-lesions / --lung-keep / --organ-fat / --organ-growth`: the
+"""`malenia calibrate --organ-lesions / --lung-keep / --organ-fat / --organ-density /
+--organ-growth`: the
 run-time rules of a set of weights, each chosen on real *training* scans (lesions drawn into
 their organs, LIDC training nodules pasted into their lungs; never a validation case), among the
 settings that do not cost a phantom validation set (seen categories, ``calibrate``'s own seed,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from itertools import chain
 
 import numpy as np
 
@@ -26,6 +28,7 @@ from malenia.evaluation.metrics import dice
 # The settings tried; the first of each turns its rule off.
 LUNG_KEEP_SHARES: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
 ORGAN_GROWTH_MM: tuple[float, ...] = (0.0, 10.0, 20.0, 30.0)
+ORGAN_DENSITY_CONTRAST_HU: tuple[float | None, ...] = (None, 0.0, 5.0, 10.0, 20.0)
 
 
 @contextmanager
@@ -133,6 +136,21 @@ def _drawn_cases(n_lesions: int):
     from malenia.data.drawn_lesions import drawn_organ_lesions
 
     return ((n, v, c, t, c) for n, v, c, t in drawn_organ_lesions(n_lesions))
+
+
+def _real_liver_tumours():
+    """The real tumours of the HCC training scans (``real_ct.HCC_TRAIN``), each asked for
+    with the "liver cancer" preset, as one group."""
+    import SimpleITK as sitk
+
+    from malenia.data.real_ct import HCC_TRAIN, require_real_ct_root
+    from malenia.io import CTVolume
+
+    root = require_real_ct_root() / "hcc_liver"
+    for case in HCC_TRAIN:
+        image = sitk.ReadImage(str(root / case / "ct.nii.gz"))
+        tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(root / case / "label.nii.gz"))) == 2
+        yield case, CTVolume.from_sitk(image, case), "liver cancer", tumour, "real liver cancer"
 
 
 DRAWN_SOURCE = (
@@ -307,6 +325,56 @@ def calibrate_organ_fat(
         "organ_fat_set": {
             "source": DRAWN_SOURCE, "n": n_lesions,
             "query": f"each category's preset, grounded, cut at {threshold} ({lesions} at {cut})",
+            "phantom_check": _phantom_check_note(phantom_n, budget),
+        },
+    }  # fmt: skip
+
+
+def calibrate_organ_density(
+    engine, n_lesions: int, calibration: dict, log=None,
+    phantom_n: int = PHANTOM_CHECK_N, budget: float = TOLERANCE,
+) -> dict:  # fmt: skip
+    """How much darker (hypodense) or brighter (hyperdense) than the liver the voxels of a
+    liver answer must be (``lesion_rules.keep_density``): macro mean Dice over groups (each
+    drawn category, and the real tumours of the HCC training scans) per contrast, answered as
+    ``calibration`` says. Among the contrasts the phantom check allows, within TOLERANCE of
+    the best: the rule off first, then the lowest contrast (it drops the fewest voxels)."""
+    from malenia.data.real_ct import HCC_TRAIN
+
+    threshold, cut = calibration["threshold"], calibration.get("organ_lesion_threshold")
+    faint_only = bool(calibration.get("organ_lesion_faint_only"))
+    settings = ORGAN_DENSITY_CONTRAST_HU
+
+    def density_rule(encoded, contrast_hu):
+        _use_cut(encoded, cut, faint_only)
+        encoded.organ_fat_hu = calibration.get("organ_fat_hu")
+        encoded.organ_density_contrast_hu = contrast_hu
+
+    cases = chain(_drawn_cases(n_lesions), _real_liver_tumours())  # one volume at a time
+    with _answer_threshold(engine, threshold):
+        mean_dice = _rule_mean_dice(
+            engine, cases, settings, density_rule, threshold, log, "density"
+        )
+        allowed, phantom = _phantom_allowed(
+            engine, settings, density_rule, threshold, phantom_n, budget, log, "density"
+        )
+    top = max(mean_dice[s] for s in allowed)
+    chosen = next(s for s in settings if s in allowed and mean_dice[s] >= top - TOLERANCE)
+    lesions = "faint lesions of the lesion map" if faint_only else "lesion map"
+    by_setting = {("off" if s is None else str(s)): round(v, 4) for s, v in mean_dice.items()}
+    phantom_by = {("off" if s is None else str(s)): round(v, 4) for s, v in phantom.items()}
+    return {
+        "organ_density_contrast_hu": chosen,
+        "organ_density_dice": round(mean_dice[chosen], 4),
+        "organ_density_phantom_cost": _phantom_cost(phantom, chosen, None),
+        "organ_density_mean_dice_by_hu": by_setting,
+        "organ_density_phantom_dice_by_hu": phantom_by,
+        "organ_density_set": {
+            "source": DRAWN_SOURCE + "; the real tumours of the HCC training scans "
+            f"({', '.join(HCC_TRAIN)}) as one more group",
+            "n": n_lesions,
+            "query": f"each category's preset, grounded, cut at {threshold} ({lesions} at {cut}), "
+            "the fat rule as calibrated",
             "phantom_check": _phantom_check_note(phantom_n, budget),
         },
     }  # fmt: skip

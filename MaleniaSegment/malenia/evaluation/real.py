@@ -45,7 +45,8 @@ SAMPLE_LESIONS = (("renal cyst", 1), ("liver cancer", 2))  # preset, instance id
 TARGETS = {"macro_dice": 0.50, "hcc_large_tumour": 0.50, "lidc": 0.60}
 # The card's run-time rules beside its thresholds, recorded with every run.
 LESION_RULE_KEYS = ("organ_lesion_threshold", "organ_lesion_faint_only", "lung_keep_share",
-                    "lung_keep_by", "organ_growth_mm", "organ_fat_hu")  # fmt: skip
+                    "lung_keep_by", "organ_growth_mm", "organ_fat_hu",
+                    "organ_density_contrast_hu")  # fmt: skip
 ORGAN_CHECKS = {"hcc": ("right liver lobe", "left liver lobe"), "lung2": None}
 
 
@@ -276,7 +277,8 @@ def summary_markdown(summary: dict) -> str:
         f"{s.get('lung_threshold') or s.get('threshold')}), organ maps: "
         f"{s.get('organ_maps', 'location head')}, {s.get('seconds')} s. "
         "Lesion-map cut of organ answers (faint only), lung answers' kept share (by), organ "
-        f"growth (mm), organ answers' fat cut (HU): {rules}. "
+        "growth (mm), organ answers' fat cut (HU), liver answers' density contrast (HU): "
+        f"{rules}. "
         "Validation cases only; the first query of each group is the scored one.",
         "",
         "| group | query | n | Dice | NSD@2mm | found | predicted ml | true ml | FP ml | FP <= true |",

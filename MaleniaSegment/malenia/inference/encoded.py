@@ -67,6 +67,7 @@ class EncodedVolume:
         self.lung_keep_by = postprocess.get("lung_keep_by") or "volume"
         self.organ_growth_mm = postprocess.get("organ_growth_mm")
         self.organ_fat_hu = postprocess.get("organ_fat_hu")
+        self.organ_density_contrast_hu = postprocess.get("organ_density_contrast_hu")
         self._hu: np.ndarray | None = None  # see hu
         self._aligned_maps: dict = {}  # (cut, answer's cut, faint only) -> (map, lesions)
         self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
@@ -315,6 +316,14 @@ class EncodedVolume:
         grounds = self._grounds(description, grounding)
         warning = self.grounding_warning(description.location) if grounds else None
         organ = description.location if grounds and not warning else None
+        if self._keeps_density(description, organ):
+            from malenia.inference.grounding import LOCATION_THRESHOLD
+            from malenia.inference.lesion_rules import keep_density
+
+            probability = keep_density(
+                probability, self.hu, self.location_probability(organ) > LOCATION_THRESHOLD,
+                description.density, float(self.organ_density_contrast_hu),
+            )  # fmt: skip
         result = self._result(
             probability, threshold, description, "prompt", readable, ranking, min_volume_ml,
             self._organ_envelope(organ), grow_in=organ,
@@ -470,6 +479,19 @@ class EncodedVolume:
         organ = organ_of_location(description.location)
         return organ in SOLID_ORGANS and "fat" not in (description.specific_features or ())
 
+    def _keeps_density(self, description: LesionDescription, organ: str | None) -> bool:
+        """Whether the card's density rule applies (``lesion_rules.keep_density``): a
+        whole-scan answer grounded in one of the ``DENSITY_REFERENCE_ORGANS`` whose
+        description is hypodense or hyperdense."""
+        from malenia.inference.lesion_rules import DENSITY_REFERENCE_ORGANS, DENSITY_SIGNS
+
+        if self.organ_density_contrast_hu is None or self.zoomed or organ is None:
+            return False
+        return (
+            organ_of_location(organ) in DENSITY_REFERENCE_ORGANS
+            and description.density in DENSITY_SIGNS
+        )
+
     def _grows_in(self, location: str | None) -> bool:
         """Whether an answer grounded in ``location`` grows to its lesions' density edge:
         the card asks for it and the location is an abdominal organ's."""
@@ -478,15 +500,16 @@ class EncodedVolume:
         return organ_of_location(location) != "lung"
 
     def keep_model_hu(self, hu: np.ndarray) -> None:
-        """Keep the encoder's HU on the model grid where the card's rules read it (fat, growth):
-        the first organ answer then does not resample the scan again."""
-        if self.organ_fat_hu is not None or self.organ_growth_mm:
+        """Keep the encoder's HU on the model grid where the card's rules read it (fat, density,
+        growth): the first organ answer then does not resample the scan again."""
+        rules = (self.organ_fat_hu, self.organ_density_contrast_hu)
+        if any(rule is not None for rule in rules) or self.organ_growth_mm:
             self._hu = _as_int16(hu)
 
     @property
     def hu(self) -> np.ndarray:
         """int16 HU on the model grid (``keep_model_hu``, or resampled on first use: only the
-        fat and growth rules read it, so an encoding does not carry a copy of the scan
+        fat, density and growth rules read it, so an encoding does not carry a copy of the scan
         otherwise)."""
         if self._hu is None:
             from malenia.preprocessing import to_model_grid

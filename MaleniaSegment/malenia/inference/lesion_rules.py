@@ -1,7 +1,8 @@
 """Rules that shape an answer's lesions after the cut, each calibrated on training scans
 (``malenia calibrate``) and switched on by the weights' card: which lesions a whole-scan lung
 answer keeps, which one a small box keeps, whether an organ answer keeps lesions of fat
-density, and how far a lesion in an organ reaches.
+density, which voxels of a liver answer are as dark (or bright) as its description says, and
+how far a lesion in an organ reaches.
 
 Each takes and returns (probability, labels, boxes) on the model grid, as
 ``lesion_maps.without_lesions`` does, so that a re-cut and the browser's slider see the same
@@ -31,6 +32,13 @@ FAT_HU = -30.0
 # against its gas (colon, stomach) or in its fluid, and its smoothed density with them (stage
 # 27k: every organ but the lung lost the white-noise colon cancers, 0.596 -> 0.263).
 SOLID_ORGANS = frozenset({"liver", "kidney", "pancreas", "spleen", "adrenal gland"})
+# The organs whose location-head map says what their parenchyma's density is, which
+# ``keep_density`` reads: on the training scans the liver map's median (smoothed) is 41-93 HU,
+# its parenchyma's, while the kidney and pancreas maps hold the fat around them (medians 4-10
+# and -28 to -31 HU; runs of scripts/probe_density_rule.py).
+DENSITY_REFERENCE_ORGANS = frozenset({"liver"})
+# A description's density, relative to its organ: the sign of the lesion's difference.
+DENSITY_SIGNS = {"hypodense": -1.0, "hyperdense": 1.0}
 
 
 def keep_largest(probability, labels, boxes, share: float, by: str = "volume"):
@@ -124,6 +132,22 @@ def grow_to_density(
         score = float(probability[box][seed].mean())
         grown[box][added] = np.maximum(grown[box][added], score)
     return grown
+
+
+def keep_density(
+    probability: np.ndarray, hu: np.ndarray, organ: np.ndarray, density: str, contrast_hu: float
+) -> np.ndarray:
+    """The answer's ``probability`` where the smoothed density is at least ``contrast_hu``
+    below (a hypodense description) or above (hyperdense) the median of ``organ``; 0
+    elsewhere. On real livers the lesion map is faint everywhere (p 0.2-0.3), in the lesion and
+    in isodense parenchyma alike, so the description's density tells them apart where the
+    model does not. The caller cuts the map into lesions afterwards."""
+    sign = DENSITY_SIGNS[density]
+    smooth = ndimage.gaussian_filter(hu.astype(np.float32), SMOOTHING_VOXELS)
+    level = float(np.median(smooth[organ]))
+    return np.where(sign * (smooth - level) >= contrast_hu, probability, 0).astype(
+        probability.dtype
+    )
 
 
 def _grown_box(box, margin: int, shape) -> tuple[slice, ...]:
