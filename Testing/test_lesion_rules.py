@@ -1,6 +1,7 @@
 """The calibrated lesion rules (``malenia.inference.lesion_rules``): a whole-scan lung answer
-keeps its largest lesions, an organ answer drops lesions of fat density, a lesion in an organ
-grows to its density edge and no further; and the engine applies them only where the card
+keeps its largest lesions, an organ answer drops lesions of fat density, a liver answer keeps
+the voxels as dark as its description says, a lesion in an organ grows to its density edge and
+no further; and the engine applies them only where the card
 asks and only to the answers they are for."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from malenia.inference.lesion_rules import (
     GROWTH_CONTRAST_HU,
     drop_fat,
     grow_to_density,
+    keep_density,
     keep_largest,
 )
 from malenia.weights import WeightsError, card_path
@@ -91,6 +93,29 @@ def organ_with_a_dark_lesion(lesion_hu: float, seed=0):
     hu += rng.normal(0, 12, shape)  # the scan's grain
     probability = np.where(ball(shape, (20, 24, 24), 4), 0.5, 0.05).astype(np.float32)
     return hu, organ, lesion, probability
+
+
+def test_keep_density_keeps_the_voxels_darker_or_brighter_than_the_organ_by_the_contrast():
+    shape = (30, 40, 40)
+    hu = np.full(shape, 60, np.int16)  # the organ's parenchyma
+    organ = np.zeros(shape, bool)
+    organ[5:25, 5:35, 5:35] = True
+    hu[~organ] = -100  # fat around it does not move the organ's level
+    dark, bright = ball(shape, (15, 12, 12), 4), ball(shape, (15, 27, 27), 4)
+    hu[dark], hu[bright] = 40, 90
+    probability = np.where(organ, 0.3, 0.0).astype(np.float32)  # faint all over the organ
+    hypodense = keep_density(probability, hu, organ, "hypodense", 10.0)
+    assert hypodense.dtype == probability.dtype
+    assert hypodense[15, 12, 12] == 0.3 and hypodense[15, 27, 27] == 0.0
+    assert hypodense[10, 20, 20] == 0.0  # isodense parenchyma is no hypodense lesion
+    hyperdense = keep_density(probability, hu, organ, "hyperdense", 10.0)
+    assert hyperdense[15, 27, 27] == 0.3 and hyperdense[15, 12, 12] == 0.0
+    assert keep_density(probability, hu, organ, "hypodense", 30.0)[15, 12, 12] == 0.0
+    either = keep_density(probability, hu, organ, "hypodense", 10.0, sides="both")
+    assert either[15, 12, 12] == either[15, 27, 27] == 0.3 and either[10, 20, 20] == 0.0
+    with pytest.raises(ValueError, match="sides"):
+        keep_density(probability, hu, organ, "hypodense", 10.0, sides="up")
+    assert probability[10, 20, 20] == 0.3  # the caller's map is not changed
 
 
 def test_a_dark_lesion_grows_to_its_density_edge_and_stays_in_it():
@@ -252,3 +277,64 @@ def test_the_engine_drops_fat_from_organ_answers_only_where_the_card_asks(tmp_pa
     for value in (0.5, -600.0, "fat"):
         with pytest.raises(WeightsError, match="postprocess.organ_fat_hu"):
             Engine.load(card_with(tmp_path, organ_fat_hu=value), device="cpu")
+
+
+def test_the_engine_keeps_dense_voxels_of_liver_answers_only_where_the_card_asks(tmp_path):
+    """With postprocess.organ_density_contrast_hu a hypodense liver answer keeps the marked
+    lesion that is darker than the liver and loses the isodense one (a re-cut too); an
+    isodense description and the same answer without the card's rule keep both, and a kidney
+    answer (its map is no density reference: it holds fat) keeps an isodense mark; the lesion
+    made bright is lost, unless the card keeps either side. Out-of-range settings are refused
+    at load."""
+    from malenia.attributes import LesionDescription
+    from malenia.inference import Engine
+    from malenia.io import CTVolume
+    from malenia.synth.anatomy import organ_mask
+    from malenia.synth.phantom import make_phantom
+    from scipy import ndimage
+
+    phantom = make_phantom(
+        2, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
+    )
+    oz, oy, ox = phantom.origin_mm
+    volume = CTVolume(phantom.ct, (2.0,) * 3, (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
+    engine = Engine.load(card_with(tmp_path, organ_density_contrast_hu=5.0), device="cpu")
+    encoded = engine.encode(volume)
+    assert encoded.organ_density_contrast_hu == 5.0 and encoded._hu is not None
+    liver = organ_mask(phantom.labels, "right liver lobe")
+    inside = np.argwhere(ndimage.binary_erosion(liver, iterations=4))
+    dark_at, iso_at = (tuple(int(c) for c in inside[len(inside) * k // 3]) for k in (1, 2))
+    level = int(np.median(encoded.hu[liver]))
+    encoded.hu[liver] = level  # a liver of one density, but for the dark lesion
+    encoded.hu[ball(liver.shape, dark_at, 3)] = level - 40
+    encoded.hu[ball(liver.shape, iso_at, 3)] = level + 2  # isodense, not exactly the median
+    kidney = organ_mask(phantom.labels, "left kidney")
+    in_kidney = tuple(int(c) for c in np.median(np.argwhere(kidney), axis=0))
+    marks = ball(liver.shape, dark_at, 2) | ball(liver.shape, iso_at, 2)
+    marks |= ball(liver.shape, in_kidney, 2)
+    hypodense = LesionDescription(location="right liver lobe", density="hypodense")
+    isodense = LesionDescription(location="right liver lobe", density="isodense")
+    renal = LesionDescription(location="left kidney", density="hypodense")
+
+    def answered(query):
+        encoded.probability(query)[...] = np.where(marks, 0.9, 0.0)  # the map the answer reads
+        return encoded.segment(query, threshold=0.5)
+
+    answer = answered(hypodense)
+    kept = answer.labels_model > 0
+    assert answer.grounded_in == "right liver lobe"
+    assert kept[dark_at] and not kept[iso_at]
+    assert not (encoded.recut(answer, 0.3).labels_model > 0)[iso_at]
+    assert (answered(isodense).labels_model > 0)[iso_at]
+    assert (answered(renal).labels_model > 0)[in_kidney]
+    encoded.hu[ball(liver.shape, dark_at, 3)] = level + 40  # the same lesion, bright
+    assert not (answered(hypodense).labels_model > 0)[dark_at]
+    encoded.organ_density_sides = "both"  # a lesion bright in another phase
+    kept = answered(hypodense).labels_model > 0
+    assert kept[dark_at] and not kept[iso_at]
+    encoded.organ_density_contrast_hu = None
+    assert (answered(hypodense).labels_model > 0)[iso_at]
+    for key, value in (("organ_density_contrast_hu", 150.0), ("organ_density_contrast_hu", -200.0),
+                       ("organ_density_contrast_hu", "dark"), ("organ_density_sides", "up")):  # fmt: skip
+        with pytest.raises(WeightsError, match=f"postprocess.{key}"):
+            Engine.load(card_with(tmp_path, **{key: value}), device="cpu")

@@ -202,17 +202,21 @@ def test_organ_lesion_cut_is_calibrated_on_lesions_drawn_into_training_organs(en
 
 @needs_data
 def test_lesion_rules_are_calibrated_on_training_scans(engine):
-    """``malenia calibrate --lung-keep / --organ-growth / --organ-fat``: each rule's setting
-    is one of its grid (the first turns it off, written as None), costs the phantoms no more
-    than the budget it was given, and is within the tolerance of the best such setting on the
+    """``malenia calibrate --lung-keep / --organ-growth / --organ-fat / --organ-density``: each
+    rule's setting is one of its grid (the first turns it off, written as None), costs the
+    phantoms no more than the budget it was given, and is within the tolerance of the best such setting on the
     pasted training masses (sized by volume, or by mass where that is chosen) and the drawn
     training lesions; the fat rule is on exactly where the phantoms allow it and the drawn
-    lesions do no worse; the engine's card and the cached encodings are left as they were."""
+    lesions do no worse; the density rule's contrast is one the phantoms allow and within the
+    tolerance of the best of those on the drawn lesions and the HCC training tumours; the
+    engine's card and the cached encodings are left as they were."""
     from malenia.evaluation.calibrate import TOLERANCE
     from malenia.evaluation.calibrate_rules import (
         LUNG_KEEP_SHARES,
+        ORGAN_DENSITY_CONTRAST_HU,
         ORGAN_GROWTH_MM,
         calibrate_lung_keep,
+        calibrate_organ_density,
         calibrate_organ_fat,
         calibrate_organ_growth,
     )
@@ -246,6 +250,21 @@ def test_lesion_rules_are_calibrated_on_training_scans(engine):
     elif margin < -1e-4 or drawn["on"] < drawn["off"]:
         assert fat["organ_fat_hu"] is None
     assert fat["organ_fat_phantom_cost"] <= 0.004 and fat["organ_fat_set"]["n"] == 3
+    density = calibrate_organ_density(
+        engine, 1, {"threshold": threshold}, phantom_n=1, budget=0.004
+    )
+    by_setting, phantom = density["organ_density_mean_dice"], density["organ_density_phantom_dice"]
+    grid = [
+        f"{c:g} HU {sides}" for c in ORGAN_DENSITY_CONTRAST_HU for sides in ("both", "described")
+    ]
+    assert list(by_setting) == list(phantom) == ["off", *grid]
+    contrast, sides = density["organ_density_contrast_hu"], density["organ_density_sides"]
+    chosen = "off" if contrast is None else f"{contrast:g} HU {sides}"
+    assert chosen in by_setting and (contrast is None) == (sides is None)
+    allowed = [v for s, v in by_setting.items() if phantom[s] >= phantom["off"] - 0.004 - 1e-4]
+    assert by_setting[chosen] >= max(allowed) - TOLERANCE
+    assert density["organ_density_phantom_cost"] <= 0.004 + 1e-4
+    assert "HCC training scans" in density["organ_density_set"]["source"]
     assert (engine.card.get("postprocess") or {}) == postprocess
 
 

@@ -112,6 +112,7 @@ def main() -> None:
                 "organ_fat_dice",
                 "organ_fat_set",
                 "organ_density_contrast_hu",
+                "organ_density_sides",
                 "organ_density_dice",
                 "organ_density_set",
             )  # fmt: skip

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from malenia.errors import WeightsError
-from malenia.inference.lesion_rules import KEEP_MEASURES
+from malenia.inference.lesion_rules import DENSITY_SIDES, KEEP_MEASURES
 from malenia.model import MaleniaConfig, MaleniaNet
 
 
@@ -78,7 +78,10 @@ CARD_RULES = {
     "organ_density_contrast_hu": (-100.0, 100.0),
 }  # fmt: skip
 # The card's rule options that are a choice, not a number: the choices of each.
-CARD_CHOICES = {"lung_keep_by": KEEP_MEASURES, "organ_lesion_faint_only": (True, False)}
+CARD_CHOICES = {
+    "lung_keep_by": KEEP_MEASURES, "organ_lesion_faint_only": (True, False),
+    "organ_density_sides": DENSITY_SIDES,
+}  # fmt: skip
 
 
 def check_card_thresholds(card: dict, path: Path) -> None:

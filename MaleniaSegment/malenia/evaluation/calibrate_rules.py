@@ -28,7 +28,7 @@ from malenia.evaluation.metrics import dice
 # The settings tried; the first of each turns its rule off.
 LUNG_KEEP_SHARES: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
 ORGAN_GROWTH_MM: tuple[float, ...] = (0.0, 10.0, 20.0, 30.0)
-ORGAN_DENSITY_CONTRAST_HU: tuple[float | None, ...] = (None, 0.0, 5.0, 10.0, 20.0)
+ORGAN_DENSITY_CONTRAST_HU: tuple[float, ...] = (0.0, 5.0, 10.0, 20.0)  # off is tried too
 
 
 @contextmanager
@@ -334,21 +334,29 @@ def calibrate_organ_density(
     engine, n_lesions: int, calibration: dict, log=None,
     phantom_n: int = PHANTOM_CHECK_N, budget: float = TOLERANCE,
 ) -> dict:  # fmt: skip
-    """How much darker (hypodense) or brighter (hyperdense) than the liver the voxels of a
-    liver answer must be (``lesion_rules.keep_density``): macro mean Dice over groups (each
-    drawn category, and the real tumours of the HCC training scans) per contrast, answered as
-    ``calibration`` says. Among the contrasts the phantom check allows, within TOLERANCE of
-    the best: the rule off first, then the lowest contrast (it drops the fewest voxels)."""
+    """How much a liver answer's voxels must differ from the liver (``lesion_rules.
+    keep_density``), on the side its description says or on either side: macro mean Dice over
+    groups (each drawn category, and the real tumours of the HCC training scans) per setting,
+    answered as ``calibration`` says. Among the settings the phantom check allows, within
+    TOLERANCE of the best: the rule off first, then the lowest contrast, either side before
+    the described one (each drops fewer voxels)."""
     from malenia.data.real_ct import HCC_TRAIN
+    from malenia.inference.lesion_rules import DENSITY_SIDES
 
     threshold, cut = calibration["threshold"], calibration.get("organ_lesion_threshold")
     faint_only = bool(calibration.get("organ_lesion_faint_only"))
-    settings = ORGAN_DENSITY_CONTRAST_HU
+    settings = [None] + [
+        (contrast, sides)
+        for contrast in ORGAN_DENSITY_CONTRAST_HU
+        for sides in reversed(DENSITY_SIDES)
+    ]
 
-    def density_rule(encoded, contrast_hu):
+    def density_rule(encoded, setting):
         _use_cut(encoded, cut, faint_only)
         encoded.organ_fat_hu = calibration.get("organ_fat_hu")
-        encoded.organ_density_contrast_hu = contrast_hu
+        encoded.organ_density_contrast_hu, encoded.organ_density_sides = setting or (
+            None, "described"
+        )  # fmt: skip
 
     cases = chain(_drawn_cases(n_lesions), _real_liver_tumours())  # one volume at a time
     with _answer_threshold(engine, threshold):
@@ -361,14 +369,17 @@ def calibrate_organ_density(
     top = max(mean_dice[s] for s in allowed)
     chosen = next(s for s in settings if s in allowed and mean_dice[s] >= top - TOLERANCE)
     lesions = "faint lesions of the lesion map" if faint_only else "lesion map"
-    by_setting = {("off" if s is None else str(s)): round(v, 4) for s, v in mean_dice.items()}
-    phantom_by = {("off" if s is None else str(s)): round(v, 4) for s, v in phantom.items()}
+
+    def named(by_setting: dict) -> dict[str, float]:
+        return {_density_name(s): round(v, 4) for s, v in by_setting.items()}
+
     return {
-        "organ_density_contrast_hu": chosen,
+        "organ_density_contrast_hu": chosen[0] if chosen else None,
+        "organ_density_sides": chosen[1] if chosen else None,
         "organ_density_dice": round(mean_dice[chosen], 4),
         "organ_density_phantom_cost": _phantom_cost(phantom, chosen, None),
-        "organ_density_mean_dice_by_hu": by_setting,
-        "organ_density_phantom_dice_by_hu": phantom_by,
+        "organ_density_mean_dice": named(mean_dice),
+        "organ_density_phantom_dice": named(phantom),
         "organ_density_set": {
             "source": DRAWN_SOURCE + "; the real tumours of the HCC training scans "
             f"({', '.join(HCC_TRAIN)}) as one more group",
@@ -378,3 +389,8 @@ def calibrate_organ_density(
             "phantom_check": _phantom_check_note(phantom_n, budget),
         },
     }  # fmt: skip
+
+
+def _density_name(setting) -> str:
+    """ "off", or "<contrast> HU <sides>" for a setting of ``calibrate_organ_density``."""
+    return "off" if setting is None else f"{setting[0]:g} HU {setting[1]}"

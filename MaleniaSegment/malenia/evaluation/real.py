@@ -46,7 +46,7 @@ TARGETS = {"macro_dice": 0.50, "hcc_large_tumour": 0.50, "lidc": 0.60}
 # The card's run-time rules beside its thresholds, recorded with every run.
 LESION_RULE_KEYS = ("organ_lesion_threshold", "organ_lesion_faint_only", "lung_keep_share",
                     "lung_keep_by", "organ_growth_mm", "organ_fat_hu",
-                    "organ_density_contrast_hu")  # fmt: skip
+                    "organ_density_contrast_hu", "organ_density_sides")  # fmt: skip
 ORGAN_CHECKS = {"hcc": ("right liver lobe", "left liver lobe"), "lung2": None}
 
 
@@ -277,7 +277,7 @@ def summary_markdown(summary: dict) -> str:
         f"{s.get('lung_threshold') or s.get('threshold')}), organ maps: "
         f"{s.get('organ_maps', 'location head')}, {s.get('seconds')} s. "
         "Lesion-map cut of organ answers (faint only), lung answers' kept share (by), organ "
-        "growth (mm), organ answers' fat cut (HU), liver answers' density contrast (HU): "
+        "growth (mm), organ answers' fat cut (HU), liver answers' density contrast (HU, sides): "
         f"{rules}. "
         "Validation cases only; the first query of each group is the scored one.",
         "",

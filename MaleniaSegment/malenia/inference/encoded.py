@@ -68,6 +68,7 @@ class EncodedVolume:
         self.organ_growth_mm = postprocess.get("organ_growth_mm")
         self.organ_fat_hu = postprocess.get("organ_fat_hu")
         self.organ_density_contrast_hu = postprocess.get("organ_density_contrast_hu")
+        self.organ_density_sides = postprocess.get("organ_density_sides") or "described"
         self._hu: np.ndarray | None = None  # see hu
         self._aligned_maps: dict = {}  # (cut, answer's cut, faint only) -> (map, lesions)
         self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
@@ -323,6 +324,7 @@ class EncodedVolume:
             probability = keep_density(
                 probability, self.hu, self.location_probability(organ) > LOCATION_THRESHOLD,
                 description.density, float(self.organ_density_contrast_hu),
+                self.organ_density_sides,
             )  # fmt: skip
         result = self._result(
             probability, threshold, description, "prompt", readable, ranking, min_volume_ml,
@@ -482,7 +484,8 @@ class EncodedVolume:
     def _keeps_density(self, description: LesionDescription, organ: str | None) -> bool:
         """Whether the card's density rule applies (``lesion_rules.keep_density``): a
         whole-scan answer grounded in one of the ``DENSITY_REFERENCE_ORGANS`` whose
-        description is hypodense or hyperdense."""
+        description is hypodense or hyperdense (kept: that side, or either with
+        ``organ_density_sides`` "both")."""
         from malenia.inference.lesion_rules import DENSITY_REFERENCE_ORGANS, DENSITY_SIGNS
 
         if self.organ_density_contrast_hu is None or self.zoomed or organ is None:

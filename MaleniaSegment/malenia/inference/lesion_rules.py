@@ -39,6 +39,11 @@ SOLID_ORGANS = frozenset({"liver", "kidney", "pancreas", "spleen", "adrenal glan
 DENSITY_REFERENCE_ORGANS = frozenset({"liver"})
 # A description's density, relative to its organ: the sign of the lesion's difference.
 DENSITY_SIGNS = {"hypodense": -1.0, "hyperdense": 1.0}
+# Which differences ``keep_density`` keeps: the described one, or either ("both"). A lesion
+# called hypo- or hyperdense differs from its organ, but which way can depend on the contrast
+# phase (an HCC is bright in the arterial phase and dark in the portal venous one; the training
+# draws follow this, while the "liver cancer" preset says hypodense).
+DENSITY_SIDES = ("described", "both")
 
 
 def keep_largest(probability, labels, boxes, share: float, by: str = "volume"):
@@ -135,19 +140,20 @@ def grow_to_density(
 
 
 def keep_density(
-    probability: np.ndarray, hu: np.ndarray, organ: np.ndarray, density: str, contrast_hu: float
-) -> np.ndarray:
+    probability: np.ndarray, hu: np.ndarray, organ: np.ndarray, density: str,
+    contrast_hu: float, sides: str = "described",
+) -> np.ndarray:  # fmt: skip
     """The answer's ``probability`` where the smoothed density is at least ``contrast_hu``
-    below (a hypodense description) or above (hyperdense) the median of ``organ``; 0
-    elsewhere. On real livers the lesion map is faint everywhere (p 0.2-0.3), in the lesion and
-    in isodense parenchyma alike, so the description's density tells them apart where the
-    model does not. The caller cuts the map into lesions afterwards."""
-    sign = DENSITY_SIGNS[density]
+    below (a hypodense description) or above (hyperdense) the median of ``organ``, or either
+    way (``sides`` "both"); 0 elsewhere. On real livers the lesion map is faint everywhere
+    (p 0.2-0.3), in the lesion and in isodense parenchyma alike, so the description's density
+    tells them apart where the model does not. The caller cuts the map into lesions."""
+    if sides not in DENSITY_SIDES:
+        raise ValueError(f"keep_density sides: one of {DENSITY_SIDES}, not {sides!r}")
     smooth = ndimage.gaussian_filter(hu.astype(np.float32), SMOOTHING_VOXELS)
-    level = float(np.median(smooth[organ]))
-    return np.where(sign * (smooth - level) >= contrast_hu, probability, 0).astype(
-        probability.dtype
-    )
+    difference = smooth - float(np.median(smooth[organ]))
+    differs = np.abs(difference) if sides == "both" else DENSITY_SIGNS[density] * difference
+    return np.where(differs >= contrast_hu, probability, 0).astype(probability.dtype)
 
 
 def _grown_box(box, margin: int, shape) -> tuple[slice, ...]:
