@@ -173,7 +173,7 @@ def test_the_engine_grows_grounded_organ_answers_only_where_the_card_asks(tmp_pa
     volume = CTVolume(phantom.ct, (2.0,) * 3, (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
     engine = Engine.load(card_with(tmp_path, organ_growth_mm=20.0), device="cpu")
     encoded = engine.encode(volume)
-    assert encoded.organ_growth_mm == 20.0 and encoded.hu is not None
+    assert encoded.rules.organ_growth_mm == 20.0 and encoded.hu is not None
     liver = organ_mask(phantom.labels, "right liver lobe")
     centre = tuple(int(c) for c in np.median(np.argwhere(liver), axis=0))
     lesion = ball(liver.shape, centre, 6) & liver
@@ -192,7 +192,7 @@ def test_the_engine_grows_grounded_organ_answers_only_where_the_card_asks(tmp_pa
     assert np.array_equal(encoded.recut(grown, 0.6).labels_model > 0, marked)
     no_location = encoded.segment(plain, threshold=0.5)
     assert np.array_equal(no_location.labels_model > 0, core)
-    encoded.organ_growth_mm = None
+    encoded.rules.organ_growth_mm = None
     assert np.array_equal(encoded.segment(query, threshold=0.5).labels_model > 0, core)
     for key, value in (("organ_growth_mm", 0), ("organ_growth_mm", 500.0),
                        ("lung_keep_share", 1.5), ("lung_keep_share", "all"),
@@ -272,7 +272,7 @@ def test_the_engine_drops_fat_from_organ_answers_only_where_the_card_asks(tmp_pa
     assert marked(kidney_mass)[in_kidney] and not marked(kidney_mass)[in_fat]
     for query in (with_fat, lung, colon):
         assert marked(query)[in_kidney] and marked(query)[in_fat]
-    encoded.organ_fat_hu = None
+    encoded.rules.organ_fat_hu = None
     assert marked(kidney_mass)[in_fat]
     for value in (0.5, -600.0, "fat"):
         with pytest.raises(WeightsError, match="postprocess.organ_fat_hu"):
@@ -300,7 +300,7 @@ def test_the_engine_keeps_dense_voxels_of_liver_answers_only_where_the_card_asks
     volume = CTVolume(phantom.ct, (2.0,) * 3, (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
     engine = Engine.load(card_with(tmp_path, organ_density_contrast_hu=5.0), device="cpu")
     encoded = engine.encode(volume)
-    assert encoded.organ_density_contrast_hu == 5.0 and encoded._hu is not None
+    assert encoded.rules.organ_density_contrast_hu == 5.0 and encoded._hu is not None
     liver = organ_mask(phantom.labels, "right liver lobe")
     inside = np.argwhere(ndimage.binary_erosion(liver, iterations=4))
     dark_at, iso_at = (tuple(int(c) for c in inside[len(inside) * k // 3]) for k in (1, 2))
@@ -329,10 +329,10 @@ def test_the_engine_keeps_dense_voxels_of_liver_answers_only_where_the_card_asks
     assert (answered(renal).labels_model > 0)[in_kidney]
     encoded.hu[ball(liver.shape, dark_at, 3)] = level + 40  # the same lesion, bright
     assert not (answered(hypodense).labels_model > 0)[dark_at]
-    encoded.organ_density_sides = "both"  # a lesion bright in another phase
+    encoded.rules.organ_density_sides = "both"  # a lesion bright in another phase
     kept = answered(hypodense).labels_model > 0
     assert kept[dark_at] and not kept[iso_at]
-    encoded.organ_density_contrast_hu = None
+    encoded.rules.organ_density_contrast_hu = None
     assert (answered(hypodense).labels_model > 0)[iso_at]
     for key, value in (("organ_density_contrast_hu", 150.0), ("organ_density_contrast_hu", -200.0),
                        ("organ_density_contrast_hu", "dark"), ("organ_density_sides", "up")):  # fmt: skip

@@ -42,7 +42,7 @@ def main() -> None:
     scores: dict[float | None, list[float]] = {c: [] for c in (None, *CONTRASTS_HU)}
     for name, volume, query, truth in training_cases(args.drawn):
         encoded = engine.encode(volume)
-        encoded.organ_density_contrast_hu = None  # the answer as the card gives it otherwise
+        encoded.rules.organ_density_contrast_hu = None  # the answer as the card gives it otherwise
         result = encoded.segment(query)
         density = result.description.density if result.description else None
         if not result.grounded_in or density not in DENSITY_SIGNS:

@@ -40,10 +40,10 @@ def main() -> None:
         if "liver" not in category:
             continue
         encoded = engine.encode(volume)
-        encoded.organ_density_sides = args.sides
+        encoded.rules.organ_density_sides = args.sides
         scores = []
         for contrast in CONTRASTS_HU:
-            encoded.organ_density_contrast_hu = contrast
+            encoded.rules.organ_density_contrast_hu = contrast
             answer = encoded.segment(category)
             scores.append(f"{'off' if contrast is None else contrast}: "
                           f"{dice(answer.labelmap > 0, truth):.3f}")  # fmt: skip

@@ -222,7 +222,7 @@ def calibrate_lung_keep(
     settings = [(0.0, "volume")] + [(s, m) for m in KEEP_MEASURES for s in LUNG_KEEP_SHARES[1:]]
 
     def keep(encoded, setting):
-        encoded.lung_keep_share, encoded.lung_keep_by = setting[0] or None, setting[1]
+        encoded.rules.lung_keep_share, encoded.rules.lung_keep_by = setting[0] or None, setting[1]
 
     cases = ((n, v, "lung cancer", m, "lung") for n, v, m in pasted_lung_masses(n_masses))
     mean_dice = _rule_mean_dice(engine, cases, settings, keep, lung_threshold, log, "lung keep")
@@ -268,7 +268,7 @@ def calibrate_organ_growth(
 
     def grow(encoded, reach_mm):
         _use_cut(encoded, cut, faint_only)
-        encoded.organ_growth_mm = reach_mm or None
+        encoded.rules.organ_growth_mm = reach_mm or None
 
     with _answer_threshold(engine, threshold):
         mean_dice = _rule_mean_dice(
@@ -304,7 +304,7 @@ def calibrate_organ_fat(
 
     def fat_rule(encoded, below_hu):
         _use_cut(encoded, cut, faint_only)
-        encoded.organ_fat_hu = below_hu
+        encoded.rules.organ_fat_hu = below_hu
 
     with _answer_threshold(engine, threshold):
         mean_dice = _rule_mean_dice(
@@ -353,8 +353,8 @@ def calibrate_organ_density(
 
     def density_rule(encoded, setting):
         _use_cut(encoded, cut, faint_only)
-        encoded.organ_fat_hu = calibration.get("organ_fat_hu")
-        encoded.organ_density_contrast_hu, encoded.organ_density_sides = setting or (
+        encoded.rules.organ_fat_hu = calibration.get("organ_fat_hu")
+        encoded.rules.organ_density_contrast_hu, encoded.rules.organ_density_sides = setting or (
             None, "described"
         )  # fmt: skip
 
@@ -392,5 +392,5 @@ def calibrate_organ_density(
 
 
 def _density_name(setting) -> str:
-    """ "off", or "<contrast> HU <sides>" for a setting of ``calibrate_organ_density``."""
+    """A setting of ``calibrate_organ_density`` by name: off, or "<contrast> HU <sides>"."""
     return "off" if setting is None else f"{setting[0]:g} HU {setting[1]}"

@@ -25,6 +25,7 @@ from malenia.inference.lesion_maps import (
     sub_grid,
     without_lesions,
 )
+from malenia.inference.lesion_rules import AnswerRules
 from malenia.inference.naming import number_names, organ_of_location, segment_name
 from malenia.inference.postprocess import foreground_box, measured_lesion
 from malenia.inference.result import SegmentationResult
@@ -62,13 +63,8 @@ class EncodedVolume:
         postprocess = engine.card.get("postprocess") or {}
         self.organ_lesion_threshold = postprocess.get("organ_lesion_threshold")
         self.organ_lesion_faint_only = bool(postprocess.get("organ_lesion_faint_only"))
-        # The calibrated lesion rules (``lesion_rules``); None: off. Callers may set them.
-        self.lung_keep_share = postprocess.get("lung_keep_share")
-        self.lung_keep_by = postprocess.get("lung_keep_by") or "volume"
-        self.organ_growth_mm = postprocess.get("organ_growth_mm")
-        self.organ_fat_hu = postprocess.get("organ_fat_hu")
-        self.organ_density_contrast_hu = postprocess.get("organ_density_contrast_hu")
-        self.organ_density_sides = postprocess.get("organ_density_sides") or "described"
+        # The card's calibrated lesion rules (``lesion_rules.AnswerRules``); callers may set them.
+        self.rules = AnswerRules.from_card(postprocess)
         self._hu: np.ndarray | None = None  # see hu
         self._aligned_maps: dict = {}  # (cut, answer's cut, faint only) -> (map, lesions)
         self._organ_maps = None  # the Astra organ maps of this volume (engine.organ_mapper)
@@ -317,14 +313,14 @@ class EncodedVolume:
         grounds = self._grounds(description, grounding)
         warning = self.grounding_warning(description.location) if grounds else None
         organ = description.location if grounds and not warning else None
-        if self._keeps_density(description, organ):
+        if self.rules.keeps_density(description, organ, not self.zoomed):
             from malenia.inference.grounding import LOCATION_THRESHOLD
             from malenia.inference.lesion_rules import keep_density
 
             probability = keep_density(
                 probability, self.hu, self.location_probability(organ) > LOCATION_THRESHOLD,
-                description.density, float(self.organ_density_contrast_hu),
-                self.organ_density_sides,
+                description.density, float(self.rules.organ_density_contrast_hu),
+                self.rules.organ_density_sides,
             )  # fmt: skip
         result = self._result(
             probability, threshold, description, "prompt", readable, ranking, min_volume_ml,
@@ -415,14 +411,14 @@ class EncodedVolume:
             probability, labels, boxes, description, mode, organ_envelope
         )
         seeds = None  # the map before growth, which a re-cut grows again from
-        if boxes and self._grows_in(grow_in):
+        if boxes and self.rules.grows_in(grow_in, not self.zoomed):
             from malenia.inference.grounding import LOCATION_THRESHOLD
             from malenia.inference.lesion_rules import grow_to_density
 
             organ = self.location_probability(grow_in) > LOCATION_THRESHOLD
             seeds, probability = probability, grow_to_density(
                 probability, labels, boxes, self.hu, organ, self.spacing_mm,
-                float(self.organ_growth_mm),
+                float(self.rules.organ_growth_mm),
             )  # fmt: skip
             labels, boxes = components_in_box(probability, threshold, min_voxels)
         category = ranking[0][0] if ranking else None
@@ -451,62 +447,32 @@ class EncodedVolume:
         from malenia.inference import lesion_rules
 
         names_lung = self._names_lung(description)
+        whole_scan_prompt = mode == "prompt" and not self.zoomed
         if names_lung and self.lung_envelope() is not None:  # the lungs found from HU
             organ_envelope = self.lung_envelope()
         if boxes and organ_envelope is not None:
             probability, labels, boxes = self._keep_touching(
                 probability, labels, boxes, organ_envelope
             )
-        if boxes and self._drops_fat(description, mode):
+        if boxes and self.rules.drops_fat(description, whole_scan_prompt):
             probability, labels, boxes = lesion_rules.drop_fat(
-                probability, labels, boxes, self.hu, float(self.organ_fat_hu)
+                probability, labels, boxes, self.hu, float(self.rules.organ_fat_hu)
             )
-        if boxes and names_lung and self.lung_keep_share and mode == "prompt" and not self.zoomed:
+        if boxes and self.rules.keeps_largest_lung_lesion(names_lung, whole_scan_prompt):
             probability, labels, boxes = lesion_rules.keep_largest(
-                probability, labels, boxes, float(self.lung_keep_share), self.lung_keep_by
-            )
+                probability, labels, boxes, float(self.rules.lung_keep_share),
+                self.rules.lung_keep_by,
+            )  # fmt: skip
         if len(boxes) > 1 and self.zoomed and mode == "prompt":
             probability, labels, boxes = lesion_rules.keep_central(
                 probability, labels, boxes, self.spacing_mm
             )
         return probability, labels, boxes
 
-    def _drops_fat(self, description: LesionDescription | None, mode: str) -> bool:
-        """Whether the card's fat rule applies: a whole-scan answer naming a solid organ
-        (``lesion_rules.SOLID_ORGANS``), whose description has no fat."""
-        from malenia.inference.lesion_rules import SOLID_ORGANS
-
-        if self.organ_fat_hu is None or mode != "prompt" or self.zoomed or description is None:
-            return False
-        organ = organ_of_location(description.location)
-        return organ in SOLID_ORGANS and "fat" not in (description.specific_features or ())
-
-    def _keeps_density(self, description: LesionDescription, organ: str | None) -> bool:
-        """Whether the card's density rule applies (``lesion_rules.keep_density``): a
-        whole-scan answer grounded in one of the ``DENSITY_REFERENCE_ORGANS`` whose
-        description is hypodense or hyperdense (kept: that side, or either with
-        ``organ_density_sides`` "both")."""
-        from malenia.inference.lesion_rules import DENSITY_REFERENCE_ORGANS, DENSITY_SIGNS
-
-        if self.organ_density_contrast_hu is None or self.zoomed or organ is None:
-            return False
-        return (
-            organ_of_location(organ) in DENSITY_REFERENCE_ORGANS
-            and description.density in DENSITY_SIGNS
-        )
-
-    def _grows_in(self, location: str | None) -> bool:
-        """Whether an answer grounded in ``location`` grows to its lesions' density edge:
-        the card asks for it and the location is an abdominal organ's."""
-        if not (self.organ_growth_mm and location) or self.zoomed:
-            return False
-        return organ_of_location(location) != "lung"
-
     def keep_model_hu(self, hu: np.ndarray) -> None:
         """Keep the encoder's HU on the model grid where the card's rules read it (fat, density,
         growth): the first organ answer then does not resample the scan again."""
-        rules = (self.organ_fat_hu, self.organ_density_contrast_hu)
-        if any(rule is not None for rule in rules) or self.organ_growth_mm:
+        if self.rules.read_hu:
             self._hu = _as_int16(hu)
 
     @property

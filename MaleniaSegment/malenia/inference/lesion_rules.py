@@ -4,17 +4,23 @@ answer keeps, which one a small box keeps, whether an organ answer keeps lesions
 density, which voxels of a liver answer are as dark (or bright) as its description says, and
 how far a lesion in an organ reaches.
 
-Each takes and returns (probability, labels, boxes) on the model grid, as
-``lesion_maps.without_lesions`` does, so that a re-cut and the browser's slider see the same
-answer the labelmap shows.
+``AnswerRules`` holds which of them a card switches on and says which answers each applies
+to. Each rule works on the model grid and returns what the answer's probability becomes
+((probability, labels, boxes), as ``lesion_maps.without_lesions`` does, or the probability
+alone before the cut), so that a re-cut and the browser's slider see the answer the labelmap
+shows.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
+from malenia.attributes import LesionDescription
 from malenia.inference.lesion_maps import without_lesions
+from malenia.inference.naming import organ_of_location
 
 # Densities are read on the scan smoothed by this Gaussian (voxels): the grain is not an edge.
 SMOOTHING_VOXELS = 1.0
@@ -44,6 +50,68 @@ DENSITY_SIGNS = {"hypodense": -1.0, "hyperdense": 1.0}
 # phase (an HCC is bright in the arterial phase and dark in the portal venous one; the training
 # draws follow this, while the "liver cancer" preset says hypodense).
 DENSITY_SIDES = ("described", "both")
+
+
+@dataclass
+class AnswerRules:
+    """The rules a weights' card switches on (its ``postprocess``; None: off), and which answers
+    each applies to. An encoded volume holds a copy that calibration may set rule by rule."""
+
+    lung_keep_share: float | None = None
+    lung_keep_by: str = "volume"
+    organ_fat_hu: float | None = None
+    organ_density_contrast_hu: float | None = None
+    organ_density_sides: str = "described"
+    organ_growth_mm: float | None = None
+
+    @classmethod
+    def from_card(cls, postprocess: dict) -> AnswerRules:
+        return cls(
+            lung_keep_share=postprocess.get("lung_keep_share"),
+            lung_keep_by=postprocess.get("lung_keep_by") or "volume",
+            organ_fat_hu=postprocess.get("organ_fat_hu"),
+            organ_density_contrast_hu=postprocess.get("organ_density_contrast_hu"),
+            organ_density_sides=postprocess.get("organ_density_sides") or "described",
+            organ_growth_mm=postprocess.get("organ_growth_mm"),
+        )
+
+    @property
+    def read_hu(self) -> bool:
+        """Whether a rule on reads the scan's densities (fat, density, growth)."""
+        return (
+            self.organ_fat_hu is not None
+            or self.organ_density_contrast_hu is not None
+            or bool(self.organ_growth_mm)
+        )
+
+    def keeps_largest_lung_lesion(self, names_lung: bool, whole_scan_prompt: bool) -> bool:
+        """``keep_largest``: a whole-scan answer naming a lung location."""
+        return bool(self.lung_keep_share) and names_lung and whole_scan_prompt
+
+    def drops_fat(self, description: LesionDescription | None, whole_scan_prompt: bool) -> bool:
+        """``drop_fat``: a whole-scan answer naming one of the ``SOLID_ORGANS``, whose
+        description has no fat."""
+        if self.organ_fat_hu is None or not whole_scan_prompt or description is None:
+            return False
+        organ = organ_of_location(description.location)
+        return organ in SOLID_ORGANS and "fat" not in (description.specific_features or ())
+
+    def keeps_density(self, description: LesionDescription, grounded_in: str | None,
+                      whole_scan: bool) -> bool:  # fmt: skip
+        """``keep_density``: a whole-scan answer grounded in one of the
+        ``DENSITY_REFERENCE_ORGANS`` whose description is hypodense or hyperdense."""
+        if self.organ_density_contrast_hu is None or not whole_scan or grounded_in is None:
+            return False
+        return (
+            organ_of_location(grounded_in) in DENSITY_REFERENCE_ORGANS
+            and description.density in DENSITY_SIGNS
+        )
+
+    def grows_in(self, grounded_in: str | None, whole_scan: bool) -> bool:
+        """``grow_to_density``: a whole-scan answer grounded in an abdominal organ."""
+        if not (self.organ_growth_mm and grounded_in) or not whole_scan:
+            return False
+        return organ_of_location(grounded_in) != "lung"
 
 
 def keep_largest(probability, labels, boxes, share: float, by: str = "volume"):
