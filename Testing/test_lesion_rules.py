@@ -142,6 +142,19 @@ def test_growth_keeps_an_isodense_lesion_and_stays_in_the_organ():
     assert added.any() and not added[:, :, 26:].any()  # one voxel of slack at the map's edge
 
 
+def abdomen_phantom(seed: int):
+    """(Phantom, CTVolume) of a small abdominal phantom on the model's 2 mm grid."""
+    from malenia.io import CTVolume
+    from malenia.synth.phantom import make_phantom
+
+    phantom = make_phantom(
+        seed, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
+    )
+    oz, oy, ox = phantom.origin_mm
+    volume = CTVolume(phantom.ct, (2.0,) * 3, (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
+    return phantom, volume
+
+
 def card_with(tmp_path, **rules):
     """A copy of the bundled weights whose card sets ``rules`` in its postprocess."""
     from malenia.inference.engine import default_weights_path
@@ -162,15 +175,9 @@ def test_the_engine_grows_grounded_organ_answers_only_where_the_card_asks(tmp_pa
     settings are refused at load."""
     from malenia.attributes import LesionDescription
     from malenia.inference import Engine
-    from malenia.io import CTVolume
     from malenia.synth.anatomy import organ_mask
-    from malenia.synth.phantom import make_phantom
 
-    phantom = make_phantom(
-        2, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
-    )
-    oz, oy, ox = phantom.origin_mm
-    volume = CTVolume(phantom.ct, (2.0,) * 3, (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
+    phantom, volume = abdomen_phantom(2)
     engine = Engine.load(card_with(tmp_path, organ_growth_mm=20.0), device="cpu")
     encoded = engine.encode(volume)
     assert encoded.rules.organ_growth_mm == 20.0 and encoded.hu is not None
@@ -209,17 +216,11 @@ def test_the_bundled_card_reads_faint_organ_lesions_at_its_cut_from_encoding_on(
     answer keeps the map as it is."""
     from malenia.inference import Engine
     from malenia.inference.grounding import aligned_lesion_map, grounded_probability
-    from malenia.io import CTVolume
-    from malenia.synth.phantom import make_phantom
 
     engine = Engine.load(device="cpu")
     postprocess = engine.card["postprocess"]
     assert postprocess["organ_lesion_threshold"] == 0.1 and postprocess["organ_lesion_faint_only"]
-    phantom = make_phantom(
-        3, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
-    )
-    oz, oy, ox = phantom.origin_mm
-    volume = CTVolume(phantom.ct, (2.0,) * 3, (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
+    phantom, volume = abdomen_phantom(3)
     encoded = engine.encode(volume)
     threshold = encoded.default_threshold
     assert (0.1, threshold, True) in encoded._aligned_maps  # ready before any query
@@ -243,15 +244,9 @@ def test_the_engine_drops_fat_from_organ_answers_only_where_the_card_asks(tmp_pa
     answer without the card's rule."""
     from malenia.attributes import LesionDescription
     from malenia.inference import Engine
-    from malenia.io import CTVolume
     from malenia.synth.anatomy import organ_mask
-    from malenia.synth.phantom import make_phantom
 
-    phantom = make_phantom(
-        2, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
-    )
-    oz, oy, ox = phantom.origin_mm
-    volume = CTVolume(phantom.ct, (2.0,) * 3, (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
+    phantom, volume = abdomen_phantom(2)
     engine = Engine.load(card_with(tmp_path, organ_fat_hu=FAT_HU), device="cpu")
     encoded = engine.encode(volume)
     kidney = organ_mask(phantom.labels, "left kidney")
@@ -288,16 +283,10 @@ def test_the_engine_keeps_dense_voxels_of_liver_answers_only_where_the_card_asks
     at load."""
     from malenia.attributes import LesionDescription
     from malenia.inference import Engine
-    from malenia.io import CTVolume
     from malenia.synth.anatomy import organ_mask
-    from malenia.synth.phantom import make_phantom
     from scipy import ndimage
 
-    phantom = make_phantom(
-        2, (40, 64, 112), (2.0, 2.0, 2.0), "abdomen", "portal_venous", (20.0, 40.0, 0.0)
-    )
-    oz, oy, ox = phantom.origin_mm
-    volume = CTVolume(phantom.ct, (2.0,) * 3, (ox, oy, oz), tuple(np.eye(3).ravel()), "p")
+    phantom, volume = abdomen_phantom(2)
     engine = Engine.load(card_with(tmp_path, organ_density_contrast_hu=5.0), device="cpu")
     encoded = engine.encode(volume)
     assert encoded.rules.organ_density_contrast_hu == 5.0 and encoded._hu is not None
