@@ -113,6 +113,8 @@ def test_keep_density_keeps_the_voxels_darker_or_brighter_than_the_organ_by_the_
     assert keep_density(probability, hu, organ, "hypodense", 30.0)[15, 12, 12] == 0.0
     either = keep_density(probability, hu, organ, "hypodense", 10.0, sides="both")
     assert either[15, 12, 12] == either[15, 27, 27] == 0.3 and either[10, 20, 20] == 0.0
+    nowhere = np.zeros(shape, bool)
+    assert keep_density(probability, hu, nowhere, "hypodense", 10.0)[10, 20, 20] == 0.3
     with pytest.raises(ValueError, match="sides"):
         keep_density(probability, hu, organ, "hypodense", 10.0, sides="up")
     assert probability[10, 20, 20] == 0.3  # the caller's map is not changed

@@ -218,6 +218,8 @@ def keep_density(
     tells them apart where the model does not. The caller cuts the map into lesions."""
     if sides not in DENSITY_SIDES:
         raise ValueError(f"keep_density sides: one of {DENSITY_SIDES}, not {sides!r}")
+    if not organ.any():  # no organ, no reference density: the answer as it is
+        return probability
     smooth = ndimage.gaussian_filter(hu.astype(np.float32), SMOOTHING_VOXELS)
     difference = smooth - float(np.median(smooth[organ]))
     differs = np.abs(difference) if sides == "both" else DENSITY_SIGNS[density] * difference
