@@ -31,15 +31,10 @@ THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
 def hcc_cases():
     """(name, CTVolume, tumour mask on its grid, query) of the HCC training scans."""
-    import SimpleITK as sitk
-    from malenia.data.real_ct import HCC_TRAIN, require_real_ct_root
-    from malenia.io import CTVolume
+    from malenia.data.real_ct import hcc_training_tumours
 
-    root = require_real_ct_root() / "hcc_liver"
-    for case in HCC_TRAIN:
-        image = sitk.ReadImage(str(root / case / "ct.nii.gz"))
-        tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(root / case / "label.nii.gz"))) == 2
-        yield case, CTVolume.from_sitk(image, case), tumour, "liver cancer"
+    for case, volume, tumour in hcc_training_tumours():
+        yield case, volume, tumour, "liver cancer"
 
 
 def lung_proxies(n: int, seed: int):

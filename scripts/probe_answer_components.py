@@ -27,9 +27,9 @@ def training_cases(n_drawn: int):
     """(name, CTVolume, query, truth on the volume's grid) of the training scans."""
     import SimpleITK as sitk
     from malenia.data.drawn_lesions import drawn_organ_lesions
-    from malenia.data.real_ct import HCC_TRAIN, require_real_ct_root
+    from malenia.data.real_ct import hcc_training_tumours
     from malenia.evaluation.real import SAMPLE_LESIONS
-    from malenia.io import CTVolume, read_volume
+    from malenia.io import read_volume
     from malenia.paths import resource
 
     sample = resource("SampleData", "sample_ct.nii.gz").parent
@@ -37,11 +37,8 @@ def training_cases(n_drawn: int):
     volume = read_volume(sample / "sample_ct.nii.gz")
     for preset, instance in SAMPLE_LESIONS:
         yield f"sample CT {preset}", volume, preset, lesions == instance
-    root = require_real_ct_root() / "hcc_liver"
-    for case in HCC_TRAIN:
-        image = sitk.ReadImage(str(root / case / "ct.nii.gz"))
-        tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(root / case / "label.nii.gz"))) == 2
-        yield case, CTVolume.from_sitk(image, case), "liver cancer", tumour
+    for case, volume, tumour in hcc_training_tumours():
+        yield case, volume, "liver cancer", tumour
     yield from drawn_organ_lesions(n_drawn)
 
 

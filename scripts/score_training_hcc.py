@@ -22,23 +22,18 @@ QUERIES = ("liver cancer", "hyperdense mass in the liver")
 
 
 def main() -> None:
-    import SimpleITK as sitk
-    from malenia.data.real_ct import HCC_TRAIN, require_real_ct_root
+    from malenia.data.real_ct import hcc_training_tumours
     from malenia.evaluation.metrics import dice
     from malenia.inference import Engine
-    from malenia.io import CTVolume
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=None, help="default: bundled weights")
     args = parser.parse_args()
 
     engine = Engine.load(args.weights, device="cpu")
-    root = require_real_ct_root() / "hcc_liver"
-    for case in HCC_TRAIN:
-        image = sitk.ReadImage(str(root / case / "ct.nii.gz"))
-        tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(root / case / "label.nii.gz"))) == 2
-        encoded = engine.encode(CTVolume.from_sitk(image, case))
-        voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    for case, volume, tumour in hcc_training_tumours():
+        encoded = engine.encode(volume)
+        voxel_ml = float(np.prod(volume.spacing)) / 1000.0
         for query in QUERIES:
             answer = encoded.segment(query).labelmap > 0
             print(f"{case} {query!r}: Dice {dice(answer, tumour):.3f}, predicted {answer.sum() * voxel_ml:.1f} ml"

@@ -201,6 +201,18 @@ def load_hcc(case: str, spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -
     )  # fmt: skip
 
 
+def hcc_training_tumours(root: Path | None = None):
+    """(case, CTVolume, tumour mask) of each HCC training scan (``HCC_TRAIN``) on the scan's
+    own grid, as a user would load it: for scoring answers there, not for training."""
+    from malenia.io import CTVolume
+
+    for case in HCC_TRAIN:
+        folder = require_real_ct_root(root) / "hcc_liver" / case
+        image = sitk.ReadImage(str(folder / "ct.nii.gz"))
+        tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "label.nii.gz"))) == 2
+        yield case, CTVolume.from_sitk(image, case), tumour
+
+
 def load_totalseg_example(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -> RealScan:
     """The TotalSegmentator example CT with its (model-made) organ labels; no lesion."""
     from malenia.synth.real_ct import TOTALSEG_TO_LOCATION, labels_from_totalseg

@@ -139,18 +139,12 @@ def _drawn_cases(n_lesions: int):
 
 
 def _real_liver_tumours():
-    """The real tumours of the HCC training scans (``real_ct.HCC_TRAIN``), each asked for
-    with the "liver cancer" preset, as one group."""
-    import SimpleITK as sitk
+    """The real tumours of the HCC training scans, each asked for with the "liver cancer"
+    preset, as one group."""
+    from malenia.data.real_ct import hcc_training_tumours
 
-    from malenia.data.real_ct import HCC_TRAIN, require_real_ct_root
-    from malenia.io import CTVolume
-
-    root = require_real_ct_root() / "hcc_liver"
-    for case in HCC_TRAIN:
-        image = sitk.ReadImage(str(root / case / "ct.nii.gz"))
-        tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(root / case / "label.nii.gz"))) == 2
-        yield case, CTVolume.from_sitk(image, case), "liver cancer", tumour, "real liver cancer"
+    for case, volume, tumour in hcc_training_tumours():
+        yield case, volume, "liver cancer", tumour, "real liver cancer"
 
 
 DRAWN_SOURCE = (
