@@ -128,6 +128,19 @@ def _use_cut(encoded, cut, faint_only: bool) -> None:
         encoded.set_organ_lesion_threshold(cut, faint_only)
 
 
+def _answered_as(calibration: dict) -> tuple[float, float | None, bool]:
+    """(answer threshold, lesion-map cut, faint lesions only) of an earlier calibration: how
+    the rules calibrated after it answer their cases."""
+    cut = calibration.get("organ_lesion_threshold")
+    return calibration["threshold"], cut, bool(calibration.get("organ_lesion_faint_only"))
+
+
+def _drawn_query(threshold: float, cut: float | None, faint_only: bool) -> str:
+    """How the drawn lesions were asked for, as a calibration records it."""
+    lesions = "faint lesions of the lesion map" if faint_only else "lesion map"
+    return f"each category's preset, grounded, cut at {threshold} ({lesions} at {cut})"
+
+
 def _phantom_check_note(n: int, budget: float) -> str:
     return f"{n} per seen category of the validation set, within {budget:.4f} of the rule off"
 
@@ -257,8 +270,7 @@ def calibrate_organ_growth(
     (``lesion_rules.grow_to_density``): macro mean Dice over categories of each preset per
     reach, over lesions drawn into the training organs, answered as ``calibration`` says
     (its threshold and lesion-map cut)."""
-    threshold, cut = calibration["threshold"], calibration.get("organ_lesion_threshold")
-    faint_only = bool(calibration.get("organ_lesion_faint_only"))
+    threshold, cut, faint_only = _answered_as(calibration)
 
     def grow(encoded, reach_mm):
         _use_cut(encoded, cut, faint_only)
@@ -271,8 +283,7 @@ def calibrate_organ_growth(
         allowed, phantom = _phantom_allowed(
             engine, ORGAN_GROWTH_MM, grow, threshold, phantom_n, budget, log, "growth"
         )
-    lesions = "faint lesions of the lesion map" if faint_only else "lesion map"
-    query = f"each category's preset, grounded, cut at {threshold} ({lesions} at {cut})"
+    query = _drawn_query(threshold, cut, faint_only)
     return _setting_chosen(
         "organ_growth", "mm", mean_dice, allowed, phantom, ORGAN_GROWTH_MM[0],
         {"source": DRAWN_SOURCE, "n": n_lesions, "query": query,
@@ -292,8 +303,7 @@ def calibrate_organ_fat(
     phantom check allows it and the drawn lesions do at least as well."""
     from malenia.inference.lesion_rules import FAT_HU
 
-    threshold, cut = calibration["threshold"], calibration.get("organ_lesion_threshold")
-    faint_only = bool(calibration.get("organ_lesion_faint_only"))
+    threshold, cut, faint_only = _answered_as(calibration)
     settings = (None, FAT_HU)
 
     def fat_rule(encoded, below_hu):
@@ -309,7 +319,6 @@ def calibrate_organ_fat(
         )
     on = FAT_HU in allowed and mean_dice[FAT_HU] >= mean_dice[None]
     chosen = FAT_HU if on else None
-    lesions = "faint lesions of the lesion map" if faint_only else "lesion map"
     return {
         "organ_fat_hu": chosen,
         "organ_fat_dice": round(mean_dice[chosen], 4),
@@ -318,7 +327,7 @@ def calibrate_organ_fat(
         "organ_fat_phantom_dice": {"off": round(phantom[None], 4), "on": round(phantom[FAT_HU], 4)},
         "organ_fat_set": {
             "source": DRAWN_SOURCE, "n": n_lesions,
-            "query": f"each category's preset, grounded, cut at {threshold} ({lesions} at {cut})",
+            "query": _drawn_query(threshold, cut, faint_only),
             "phantom_check": _phantom_check_note(phantom_n, budget),
         },
     }  # fmt: skip
@@ -337,8 +346,7 @@ def calibrate_organ_density(
     from malenia.data.real_ct import HCC_TRAIN
     from malenia.inference.lesion_rules import DENSITY_SIDES
 
-    threshold, cut = calibration["threshold"], calibration.get("organ_lesion_threshold")
-    faint_only = bool(calibration.get("organ_lesion_faint_only"))
+    threshold, cut, faint_only = _answered_as(calibration)
     settings = [None] + [
         (contrast, sides)
         for contrast in ORGAN_DENSITY_CONTRAST_HU
@@ -362,7 +370,6 @@ def calibrate_organ_density(
         )
     top = max(mean_dice[s] for s in allowed)
     chosen = next(s for s in settings if s in allowed and mean_dice[s] >= top - TOLERANCE)
-    lesions = "faint lesions of the lesion map" if faint_only else "lesion map"
 
     def named(by_setting: dict) -> dict[str, float]:
         return {_density_name(s): round(v, 4) for s, v in by_setting.items()}
@@ -378,8 +385,7 @@ def calibrate_organ_density(
             "source": DRAWN_SOURCE + "; the real tumours of the HCC training scans "
             f"({', '.join(HCC_TRAIN)}) as one more group",
             "n": n_lesions,
-            "query": f"each category's preset, grounded, cut at {threshold} ({lesions} at {cut}), "
-            "the fat rule as calibrated",
+            "query": _drawn_query(threshold, cut, faint_only) + ", the fat rule as calibrated",
             "phantom_check": _phantom_check_note(phantom_n, budget),
         },
     }  # fmt: skip
