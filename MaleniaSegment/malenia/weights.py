@@ -69,7 +69,9 @@ def read_card(path: Path) -> dict:
 
 
 # The card's calibrated cuts (``malenia calibrate``), each a probability when present.
-CARD_THRESHOLDS = ("threshold", "roi_threshold", "lung_threshold", "organ_lesion_threshold")
+CARD_THRESHOLDS = (
+    "threshold", "roi_threshold", "lung_threshold", "unlocated_threshold", "organ_lesion_threshold",
+)  # fmt: skip
 
 
 # The card's calibrated lesion rules (``malenia.inference.lesion_rules``): (low, high] each.

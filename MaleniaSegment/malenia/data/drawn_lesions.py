@@ -1,6 +1,7 @@
 """Lesions drawn into the abdominal organs of the real *training* scans: whole-scan cases
 for calibrating how grounded answers read the prompt-free lesion map (``malenia calibrate
---organ-lesions``). Each case is a 70-slice window of a training scan (2 mm grid) with one
+--organ-lesions``), and masses drawn into their skeletal muscle, described without a location
+(``malenia calibrate --unlocated``). Each case is a 70-slice window of a training scan (2 mm grid) with one
 attribute-driven lesion rendered as training renders them (``real_mix``: the scan's own
 noise, a share of them subtle, liver cancers in every phase, blurred through the scan's
 slice profile). No validation case is read (``real_ct.load_training_scans``).
@@ -73,4 +74,57 @@ def drawn_organ_lesions(
         hu = np.round(through_slices(before, hu, spacing[0], scan.slice_mm, rng))
         name = f"{scan.name} {category} {made}"
         yield name, scan.slab(hu, z0, name), category, truth
+        made += 1
+
+
+def drawn_muscle_masses(
+    n: int, seed: int = 13, spacing=(2.0, 2.0, 2.0)
+) -> Iterator[tuple[str, object, object, np.ndarray]]:
+    """``n`` cases (name, CTVolume, LesionDescription without a location, mass mask on the
+    volume's grid): a mass rendered into the skeletal muscle of a training scan as training
+    renders them (``real_mix``'s soft-tissue items: the scan's own noise, a share of them
+    subtle, through the scan's slice profile), over a window of ``WINDOW_SLICES`` slices."""
+    from malenia.data.real_ct import load_training_scans
+    from malenia.data.real_mix import (
+        SOFT_TISSUE_CATEGORY,
+        SOFT_TISSUE_SIZE_MM,
+        draw_contrast,
+        muscle_host_tissue,
+        random_voxel,
+        soft_tissue_description,
+    )
+    from malenia.synth.lesions import LesionRecord, RenderError, render_in_host
+    from malenia.synth.slice_profile import through_slices
+
+    scans = [
+        s for s in load_training_scans(spacing) if s.muscle is not None and s.muscle.sum() > 1000
+    ]
+    if not scans:
+        raise RuntimeError("no training scan has labelled skeletal muscle to draw a mass in")
+    rng = np.random.default_rng(seed)
+    made = attempts = 0
+    while made < n:
+        attempts += 1
+        if attempts > 20 * n:
+            raise RuntimeError(f"only {made} of {n} masses could be drawn")
+        scan = scans[int(rng.integers(len(scans)))]
+        centre = random_voxel(scan.muscle, rng)[0]
+        z0 = int(np.clip(centre - WINDOW_SLICES // 2, 0, max(scan.hu.shape[0] - WINDOW_SLICES, 0)))
+        rows = slice(z0, z0 + WINDOW_SLICES)
+        before = scan.hu[rows]
+        tissue = muscle_host_tissue(before, scan.labels[rows], scan.muscle[rows])
+        description = soft_tissue_description(rng)
+        record = LesionRecord(SOFT_TISSUE_CATEGORY, description, "", SOFT_TISSUE_SIZE_MM,
+                              contrast=draw_contrast(rng))  # fmt: skip
+        try:
+            hu, instances = render_in_host(before, tissue, scan.muscle[rows], record, rng,
+                                           spacing, True)  # fmt: skip
+        except RenderError:
+            continue
+        truth = instances > 0
+        if truth.sum() < MIN_LESION_VOXELS:
+            continue
+        hu = np.round(through_slices(before, hu, spacing[0], scan.slice_mm, rng))
+        name = f"{scan.name} muscle mass {made}"
+        yield name, scan.slab(hu, z0, name), description, truth
         made += 1

@@ -103,6 +103,18 @@ def soft_tissue_description(rng: np.random.Generator):
     )
 
 
+def muscle_host_tissue(hu: np.ndarray, organs: np.ndarray, muscle: np.ndarray) -> np.ndarray:
+    """The renderer's tissue map for a mass in skeletal muscle: soft tissue and fat around the
+    muscle are free space for it, bone and organs are not."""
+    from malenia.synth.anatomy import LABELS
+
+    tissue = np.where(organs > 0, LABELS["aorta"], 0).astype(np.uint8)
+    tissue[(organs == 0) & (hu > -300) & (hu < 250)] = LABELS["body"]
+    tissue[(organs == 0) & (hu >= 250)] = LABELS["aorta"]
+    tissue[muscle] = LABELS["muscle"]
+    return tissue
+
+
 def liver_cancer_phase(description, rng: np.random.Generator):
     """A liver cancer's description as its contrast phase shows it: hyperdense
     (``ARTERIAL_LIVER_CANCER_SHARE`` of them), else as the record has it."""
@@ -370,7 +382,6 @@ class RealMixDataset:
         """A mass rendered into the real skeletal muscle of a training scan (gluteal,
         paraspinal, iliopsoas), free to grow into the fat around it but not into bone or
         organs, prompted without a location."""
-        from malenia.synth.anatomy import LABELS
         from malenia.synth.lesions import LesionRecord, RenderError, render_in_host
 
         scans = self.muscle_scans
@@ -385,11 +396,7 @@ class RealMixDataset:
         hu = crop_window(scan.hu, start, big)
         organs = crop_window(scan.labels, start, big, mode="constant")
         muscle = crop_window(scan.muscle, start, big, mode="constant")
-        # Soft tissue and fat around the muscle are free space; bone and organs are not.
-        tissue = np.where(organs > 0, LABELS["aorta"], 0).astype(np.uint8)
-        tissue[(organs == 0) & (hu > -300) & (hu < 250)] = LABELS["body"]
-        tissue[(organs == 0) & (hu >= 250)] = LABELS["aorta"]
-        tissue[muscle] = LABELS["muscle"]
+        tissue = muscle_host_tissue(hu, organs, muscle)
         description = soft_tissue_description(rng)
         record = LesionRecord(SOFT_TISSUE_CATEGORY, description, "", SOFT_TISSUE_SIZE_MM,
                               contrast=draw_contrast(rng))  # fmt: skip

@@ -61,6 +61,14 @@ def register(subparsers) -> None:
         "with a pasted LIDC training nodule (needs ../shared/data/real_ct)",
     )
     parser.add_argument(
+        "--unlocated",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also calibrate the threshold of whole-scan answers without a location on N masses "
+        "drawn into the training scans' skeletal muscle (needs ../shared/data/real_ct)",
+    )
+    parser.add_argument(
         "--organ-lesions",
         type=int,
         default=0,
@@ -116,7 +124,7 @@ def register(subparsers) -> None:
         default=None,
         metavar="JSON",
         help="keep an earlier calibration of the same weights (its phantom threshold) and "
-        "add only the --roi / --lung / --organ-lesions / --lung-keep / --organ-fat / "
+        "add only the --roi / --lung / --unlocated / --organ-lesions / --lung-keep / --organ-fat / "
         "--organ-density / --organ-growth parts",
     )
     parser.add_argument(
@@ -275,6 +283,31 @@ def calibrate_lung(engine, n_masses: int = 12, thresholds=THRESHOLDS, log=None) 
     }
 
 
+def calibrate_unlocated(engine, n_masses: int = 12, thresholds=THRESHOLDS, log=None) -> dict:
+    """The default threshold of whole-scan answers whose description names no location (a
+    mass in a limb or the trunk wall: no location of the vocabulary names muscle). Such an
+    answer is the prompt branch alone, which the phantom calibration sets for organ answers.
+    Mean Dice per threshold over ``n_masses`` masses drawn into the skeletal muscle of the
+    training scans, each asked for with its own attributes (``drawn_muscle_masses``; no
+    validation case)."""
+    from malenia.data.drawn_lesions import drawn_muscle_masses
+
+    cases = (
+        (name, volume, None, description, mass)
+        for name, volume, description, mass in drawn_muscle_masses(n_masses)
+    )
+    mean_dice = _recut_mean_dice(engine, cases, n_masses, thresholds, log, "unlocated")
+    return _chosen("unlocated", mean_dice) | {
+        "unlocated_set": {
+            "source": "masses drawn into the labelled skeletal muscle of the real training scans "
+            "as training draws them (malenia.data.drawn_lesions.drawn_muscle_masses, seed 13); "
+            "no validation case",
+            "n": n_masses,
+            "query": "each mass's attributes, no location",
+        },
+    }
+
+
 def _run(args: argparse.Namespace) -> int:
     from malenia.inference import Engine
 
@@ -285,7 +318,7 @@ def _run(args: argparse.Namespace) -> int:
     asked = {"organ_lesion": args.organ_lesions, "lung_keep": args.lung_keep,
              "organ_fat": args.organ_fat, "organ_density": args.organ_density,
              "organ_growth": args.organ_growth}  # fmt: skip
-    if any((args.roi, args.lung, *asked.values())):  # said before minutes of phantom work
+    if any((args.roi, args.lung, args.unlocated, *asked.values())):  # before minutes of work
         from malenia.data.real_ct import require_real_ct_root
 
         require_real_ct_root()
@@ -302,6 +335,8 @@ def _run(args: argparse.Namespace) -> int:
         result |= calibrate_roi(engine, args.roi, log=log)
     if args.lung:
         result |= calibrate_lung(engine, args.lung, log=log)
+    if args.unlocated:
+        result |= calibrate_unlocated(engine, args.unlocated, log=log)
     from malenia.evaluation import calibrate_rules as rules
 
     check = {"log": log, "phantom_n": args.phantom_check}
@@ -336,7 +371,8 @@ def _run(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     keys = ("threshold", "validation_dice", "dice_at_0.5", "roi_threshold", "roi_dice",
-            "lung_threshold", "lung_dice", "organ_lesion_threshold", "organ_lesion_faint_only",
+            "lung_threshold", "lung_dice", "unlocated_threshold", "unlocated_dice",
+            "organ_lesion_threshold", "organ_lesion_faint_only",
             "organ_lesion_dice", "lung_keep_share", "lung_keep_by", "lung_keep_dice",
             "organ_fat_hu", "organ_fat_dice", "organ_density_contrast_hu", "organ_density_dice",
             "organ_growth_mm", "organ_growth_dice")  # fmt: skip

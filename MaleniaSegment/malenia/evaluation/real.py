@@ -216,6 +216,7 @@ def evaluate_real(engine, out: Path, groups=GROUPS, limit=None, threshold=None, 
                            "threshold": threshold or engine.default_threshold,
                            "roi_threshold": threshold or postprocess.get("roi_threshold"),
                            "lung_threshold": threshold or postprocess.get("lung_threshold"),
+                           "unlocated_threshold": threshold or postprocess.get("unlocated_threshold"),
                            **{key: postprocess.get(key) for key in LESION_RULE_KEYS},
                            "seconds": round(time.time() - started, 1), "groups": list(groups),
                            "limit_per_group": limit}  # fmt: skip
@@ -274,7 +275,8 @@ def summary_markdown(summary: dict) -> str:
     lines = [
         f"Model `{s.get('model')}`, threshold {s.get('threshold')} (small ROIs: "
         f"{s.get('roi_threshold') or s.get('threshold')}, whole-scan lung answers: "
-        f"{s.get('lung_threshold') or s.get('threshold')}), organ maps: "
+        f"{s.get('lung_threshold') or s.get('threshold')}, answers without a location: "
+        f"{s.get('unlocated_threshold') or s.get('threshold')}), organ maps: "
         f"{s.get('organ_maps', 'location head')}, {s.get('seconds')} s. "
         "Lesion-map cut of organ answers (faint only), lung answers' kept share (by), organ "
         "growth (mm), organ answers' fat cut (HU), liver answers' density contrast (HU, sides): "

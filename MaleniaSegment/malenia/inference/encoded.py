@@ -99,16 +99,23 @@ class EncodedVolume:
         return self.engine.default_threshold
 
     def threshold_for(self, description: LesionDescription | None) -> float:
-        """The calibrated default of one answer: ``default_threshold``, or for a whole-scan
-        answer naming a lung location the threshold calibrated on real lungs (``malenia
-        calibrate --lung``) when the card has one: a lung mass's map is surer than an
-        abdominal lesion's, and vessels beside it reach middling probabilities."""
-        lung_threshold = (self.engine.card.get("postprocess") or {}).get("lung_threshold")
-        if lung_threshold is None or self.zoomed or description is None:
+        """The calibrated default of one answer: ``default_threshold``, or, when the card has
+        them, for a whole-scan answer naming a lung location the threshold calibrated on real
+        lungs (``malenia calibrate --lung``: a lung mass's map is surer than an abdominal
+        lesion's, and vessels beside it reach middling probabilities), and for one naming no
+        location the threshold calibrated on masses in real muscle (``--unlocated``: the
+        prompt branch answers alone there)."""
+        postprocess = self.engine.card.get("postprocess") or {}
+        if self.zoomed or description is None:
             return self.default_threshold
-        if organ_of_location(description.location) == "lung":
-            return float(lung_threshold)
-        return self.default_threshold
+        if description.location is None:
+            key = "unlocated_threshold"
+        elif organ_of_location(description.location) == "lung":
+            key = "lung_threshold"
+        else:
+            return self.default_threshold
+        value = postprocess.get(key)
+        return self.default_threshold if value is None else float(value)
 
     @property
     def grounded(self) -> bool:
