@@ -476,6 +476,41 @@ def test_whole_scan_lung_answers_default_to_the_threshold_calibrated_on_real_lun
     assert box.zoomed and box.segment("lung cancer").threshold == 0.4
 
 
+def test_answers_without_a_location_default_to_their_own_calibrated_threshold(weights, tmp_path):
+    """A card with postprocess.unlocated_threshold (``malenia calibrate --unlocated``) sets the
+    default of whole-scan answers whose description names no location; answers naming an
+    organ or a lung location, boxes and explicit thresholds keep theirs, and a card without it
+    answers at its threshold."""
+    import json
+    import shutil
+
+    from malenia.weights import card_path
+
+    calibrated = tmp_path / "calibrated.safetensors"
+    shutil.copy(weights, calibrated)
+    card = json.loads(card_path(weights).read_text(encoding="utf-8"))
+    card["postprocess"] = {"threshold": 0.2, "roi_threshold": 0.4, "lung_threshold": 0.6,
+                           "unlocated_threshold": 0.1}  # fmt: skip
+    card_path(calibrated).write_text(json.dumps(card))
+    engine = Engine.load(calibrated, device="cpu")
+    volume = body_ct()
+    encoded = engine.encode(volume)
+    assert encoded.segment({"density": "hypodense", "shape": "irregular"}).threshold == 0.1
+    assert encoded.segment("heterogeneous mass with ill-defined margins").threshold == 0.1
+    assert encoded.segment("liver cancer").threshold == 0.2
+    assert encoded.segment("lung cancer").threshold == 0.6
+    assert encoded.segment({"density": "hypodense"}, threshold=0.3).threshold == 0.3
+    centre = tuple(volume.ijk_to_ras()[:3, :3] @ [24, 22, 20] + volume.ijk_to_ras()[:3, 3])
+    lung_array = np.where(volume.array > 0, volume.array - 900, volume.array).astype(np.int16)
+    lung = CTVolume(lung_array, volume.spacing, volume.origin, volume.direction, "lung")
+    box = engine.encode(lung, roi=(centre, (30.0, 30.0, 30.0)))
+    assert box.zoomed and box.segment({"density": "hypodense"}).threshold == 0.4
+    card["postprocess"] = {"threshold": 0.2, "unlocated_threshold": 1.5}
+    card_path(calibrated).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="unlocated_threshold"):
+        Engine.load(calibrated, device="cpu")
+
+
 def test_roi_queries_keep_the_input_grid_and_refuse_a_box_off_the_volume(engine):
     """A box of 100 mm or more is encoded at the model's spacing inside the box, and so is a
     small box in soft tissue; a small box that is mostly lung gets a finer grid of its own

@@ -152,6 +152,30 @@ def test_lung_threshold_is_calibrated_on_training_scans_with_pasted_training_nod
 
 
 @needs_data
+def test_unlocated_threshold_is_calibrated_on_masses_drawn_into_training_muscle(engine):
+    """``malenia calibrate --unlocated``: masses drawn into the labelled skeletal muscle of a
+    training scan (the same ones for the same seed, inside the muscle they were drawn in,
+    described without a location); the chosen threshold is one of the grid, by the rule the
+    phantom calibration uses, and says which cases it came from."""
+    from malenia.data.drawn_lesions import drawn_muscle_masses
+    from malenia.data.real_ct import load_training_scans
+    from malenia.evaluation.calibrate import THRESHOLDS, calibrate_unlocated
+
+    first = list(drawn_muscle_masses(2))
+    assert [name for name, *_ in drawn_muscle_masses(2)] == [name for name, *_ in first]
+    muscle_scans = {s.name: s for s in load_training_scans() if s.muscle is not None}
+    for name, volume, description, mass in first:
+        assert mass.shape == volume.array.shape and mass.sum() >= 30
+        assert description.location is None and description.density is not None
+        assert name.rsplit(" muscle mass", 1)[0] in muscle_scans
+    result = calibrate_unlocated(engine, n_masses=2)
+    assert result["unlocated_threshold"] in THRESHOLDS and result["unlocated_set"]["n"] == 2
+    by_threshold = result["unlocated_mean_dice_by_threshold"]
+    assert result["unlocated_best_dice"] == max(by_threshold.values())
+    assert by_threshold[str(result["unlocated_threshold"])] >= result["unlocated_best_dice"] - 0.01
+
+
+@needs_data
 def test_organ_lesion_cut_is_calibrated_on_lesions_drawn_into_training_organs(engine):
     """``malenia calibrate --organ-lesions``: lesions drawn into the liver, kidneys and
     pancreas of the *training* scans (the same for the same seed, inside their organ, the
