@@ -1,8 +1,8 @@
 """Lesions drawn into the abdominal organs of the real *training* scans: whole-scan cases
 for calibrating how grounded answers read the prompt-free lesion map (``malenia calibrate
 --organ-lesions``), and masses drawn into their skeletal muscle, described without a location
-(``malenia calibrate --unlocated``). Each case is a 70-slice window of a training scan (2 mm grid) with one
-attribute-driven lesion rendered as training renders them (``real_mix``: the scan's own
+(``malenia calibrate --unlocated``). Each case is a 70-slice window of a training scan (2 mm
+grid) with one attribute-driven lesion rendered as training renders them (``real_mix``: the scan's own
 noise, a share of them subtle, liver cancers in every phase, blurred through the scan's
 slice profile). No validation case is read (``real_ct.load_training_scans``).
 """
