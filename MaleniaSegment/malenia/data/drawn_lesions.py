@@ -2,9 +2,9 @@
 for calibrating how grounded answers read the prompt-free lesion map (``malenia calibrate
 --organ-lesions``), and masses drawn into their skeletal muscle, described without a location
 (``malenia calibrate --unlocated``). Each case is a 70-slice window of a training scan (2 mm
-grid) with one attribute-driven lesion rendered as training renders them (``real_mix``: the scan's own
-noise, a share of them subtle, liver cancers in every phase, blurred through the scan's
-slice profile). No validation case is read (``real_ct.load_training_scans``).
+grid) with one attribute-driven lesion rendered as training renders them (``real_mix``: the
+scan's own noise, a share of them subtle, liver cancers in every phase, blurred through the
+scan's slice profile). No validation case is read (``real_ct.load_training_scans``).
 """
 
 from __future__ import annotations
