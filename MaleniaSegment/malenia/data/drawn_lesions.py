@@ -62,8 +62,7 @@ def drawn_organ_lesions(
             category, description, record.report, record.size_mm, contrast=draw_contrast(rng)
         )
         centre = random_voxel(scan.labels == LOCATION_LABEL[location], rng)[0]
-        z0 = int(np.clip(centre - WINDOW_SLICES // 2, 0, max(scan.hu.shape[0] - WINDOW_SLICES, 0)))
-        rows = slice(z0, z0 + WINDOW_SLICES)
+        z0, rows = _window_around(scan, centre)
         before = scan.hu[rows]
         hu, instances, rendered = render_lesions(
             before, scan.labels[rows], [lesion], rng, spacing, keep_scanner_noise=True
@@ -75,6 +74,13 @@ def drawn_organ_lesions(
         name = f"{scan.name} {category} {made}"
         yield name, scan.slab(hu, z0, name), category, truth
         made += 1
+
+
+def _window_around(scan, centre_z: int) -> tuple[int, slice]:
+    """(first slice, slices) of the ``WINDOW_SLICES``-slice window of ``scan`` around
+    ``centre_z``, kept inside the scan."""
+    z0 = int(np.clip(centre_z - WINDOW_SLICES // 2, 0, max(scan.hu.shape[0] - WINDOW_SLICES, 0)))
+    return z0, slice(z0, z0 + WINDOW_SLICES)
 
 
 def drawn_muscle_masses(
@@ -89,6 +95,7 @@ def drawn_muscle_masses(
         SOFT_TISSUE_CATEGORY,
         SOFT_TISSUE_SIZE_MM,
         draw_contrast,
+        hosts_a_mass,
         muscle_host_tissue,
         random_voxel,
         soft_tissue_description,
@@ -96,9 +103,7 @@ def drawn_muscle_masses(
     from malenia.synth.lesions import LesionRecord, RenderError, render_in_host
     from malenia.synth.slice_profile import through_slices
 
-    scans = [
-        s for s in load_training_scans(spacing) if s.muscle is not None and s.muscle.sum() > 1000
-    ]
+    scans = [s for s in load_training_scans(spacing) if hosts_a_mass(s)]
     if not scans:
         raise RuntimeError("no training scan has labelled skeletal muscle to draw a mass in")
     rng = np.random.default_rng(seed)
@@ -109,8 +114,7 @@ def drawn_muscle_masses(
             raise RuntimeError(f"only {made} of {n} masses could be drawn")
         scan = scans[int(rng.integers(len(scans)))]
         centre = random_voxel(scan.muscle, rng)[0]
-        z0 = int(np.clip(centre - WINDOW_SLICES // 2, 0, max(scan.hu.shape[0] - WINDOW_SLICES, 0)))
-        rows = slice(z0, z0 + WINDOW_SLICES)
+        z0, rows = _window_around(scan, centre)
         before = scan.hu[rows]
         tissue = muscle_host_tissue(before, scan.labels[rows], scan.muscle[rows])
         description = soft_tissue_description(rng)

@@ -103,6 +103,11 @@ def soft_tissue_description(rng: np.random.Generator):
     )
 
 
+def hosts_a_mass(scan) -> bool:
+    """Whether a training scan has enough labelled skeletal muscle to host a mass."""
+    return scan.muscle is not None and scan.muscle.sum() > 1000
+
+
 def muscle_host_tissue(hu: np.ndarray, organs: np.ndarray, muscle: np.ndarray) -> np.ndarray:
     """The renderer's tissue map for a mass in skeletal muscle: soft tissue and fat around the
     muscle are free space for it, bone and organs are not."""
@@ -263,7 +268,7 @@ class RealMixDataset:
     @cached_property
     def muscle_scans(self) -> list[RealScan]:
         """The training scans with enough labelled skeletal muscle to host a mass."""
-        return [s for s in self.scans if s.muscle is not None and s.muscle.sum() > 1000]
+        return [s for s in self.scans if hosts_a_mass(s)]
 
     @property
     def nodules(self):
