@@ -53,6 +53,31 @@ def resample_to_spacing(image, spacing_xyz, interpolator=None, default: float = 
     )  # fmt: skip
 
 
+def resample_array(
+    array: np.ndarray, spacing_zyx, target_zyx, default: float = -1024.0
+) -> np.ndarray:
+    """``resample_to_spacing`` on a bare array (identity direction, origin kept), in numpy
+    and scipy alone: the same grid, the same linear interpolation and the same ``default``
+    where SimpleITK's interpolator finds a point outside the image (half a voxel beyond the
+    last centre). Training's nodule crops use it, so training runs without SimpleITK; a test
+    checks it against SimpleITK's result."""
+    from scipy import ndimage
+
+    size = [
+        max(1, int(round(n * s / t)))
+        for n, s, t in zip(array.shape, spacing_zyx, target_zyx, strict=True)
+    ]
+    coords = [np.arange(m) * (t / s) for m, s, t in zip(size, spacing_zyx, target_zyx, strict=True)]
+    out = ndimage.map_coordinates(
+        array.astype(np.float32), np.meshgrid(*coords, indexing="ij"), order=1, mode="nearest"
+    )
+    for axis, (positions, n) in enumerate(zip(coords, array.shape, strict=True)):
+        outside = [slice(None)] * array.ndim
+        outside[axis] = positions >= n - 0.5
+        out[tuple(outside)] = default
+    return out
+
+
 def to_model_grid(volume, spacing_zyx):
     """Stages 1-2 on a CTVolume: returns the model-grid SimpleITK image (float32 HU)."""
     import SimpleITK as sitk

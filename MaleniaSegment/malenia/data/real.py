@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from malenia.attributes.records import AttributeRecord, load_records
 from malenia.preprocessing import normalize_ct, to_model_grid
@@ -99,6 +98,8 @@ class RealLesionDataset:
         return len(self.cases)
 
     def __getitem__(self, index: int) -> dict:
+        import SimpleITK as sitk
+
         from malenia.io import read_volume
 
         case = self.cases[index % len(self.cases)]

@@ -17,14 +17,17 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from malenia.attributes.schema import LesionDescription
 from malenia.hu_anatomy import GAS_HU, GAS_SHARE, lung_lobe_labels  # noqa: F401 (re-exported)
 from malenia.synth.anatomy import LABELS
+
+if TYPE_CHECKING:  # the scans' files are read with SimpleITK; a training kit needs none
+    import SimpleITK as sitk
 
 REAL_CT_ENV = "MALENIA_REAL_CT"
 # What the real-anatomy weights learnt from, with each source's licence (model card). None
@@ -120,6 +123,8 @@ class RealScan:
 
 
 def _on_grid(image: sitk.Image, spacing_zyx) -> sitk.Image:
+    import SimpleITK as sitk
+
     from malenia.preprocessing import canonical_orientation, resample_to_spacing
 
     image = canonical_orientation(sitk.Cast(image, sitk.sitkFloat32))
@@ -127,6 +132,8 @@ def _on_grid(image: sitk.Image, spacing_zyx) -> sitk.Image:
 
 
 def _labels_on(label: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    import SimpleITK as sitk
+
     resampled = sitk.Resample(label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     return sitk.GetArrayFromImage(resampled)
 
@@ -173,6 +180,8 @@ def _lobe_of(labels: np.ndarray, mask: np.ndarray) -> str | None:
 
 def load_hcc(case: str, spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -> RealScan:
     """An HCC case: manual liver (split into lobes along x) and tumour; lungs from HU."""
+    import SimpleITK as sitk
+
     folder = require_real_ct_root(root) / "hcc_liver" / case
     image = sitk.ReadImage(str(folder / "ct.nii.gz"))
     grid = _on_grid(image, spacing_zyx)
@@ -204,6 +213,8 @@ def load_hcc(case: str, spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -
 def hcc_training_tumours(root: Path | None = None):
     """(case, CTVolume, tumour mask) of each HCC training scan (``HCC_TRAIN``) on the scan's
     own grid, as a user would load it: for scoring answers there, not for training."""
+    import SimpleITK as sitk
+
     from malenia.io import CTVolume
 
     for case in HCC_TRAIN:
@@ -215,6 +226,8 @@ def hcc_training_tumours(root: Path | None = None):
 
 def load_totalseg_example(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -> RealScan:
     """The TotalSegmentator example CT with its (model-made) organ labels; no lesion."""
+    import SimpleITK as sitk
+
     from malenia.synth.real_ct import TOTALSEG_TO_LOCATION, labels_from_totalseg
 
     folder = require_real_ct_root(root) / "totalseg_example"
@@ -235,7 +248,12 @@ def load_totalseg_example(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None)
 
 def load_training_scans(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -> list[RealScan]:
     """The whole real scans training may read: the HCC training cases and the
-    TotalSegmentator example (never HCC_VALIDATION)."""
+    TotalSegmentator example (never HCC_VALIDATION); from a training kit
+    (``malenia.data.training_kit``) when the real-CT folder is one."""
+    from malenia.data.training_kit import is_training_kit, read_training_scans
+
+    if is_training_kit(require_real_ct_root(root)):
+        return read_training_scans(require_real_ct_root(root), spacing_zyx)
     scans = [load_hcc(case, spacing_zyx, root) for case in HCC_TRAIN]
     return [*scans, load_totalseg_example(spacing_zyx, root)]
 

@@ -519,20 +519,12 @@ def zoom_crop(hu: np.ndarray, mask: np.ndarray, spacing_zyx, model_spacing, shap
     """A crop as the engine encodes an ROI query of exactly its extent: resampled to
     ``roi_spacing_mm`` by the engine's own stage, centred in a ``shape`` window and padded
     with its edge voxels (``Engine._encode_windows``)."""
-    import SimpleITK as sitk
-
-    from malenia.preprocessing import resample_to_spacing
+    from malenia.preprocessing import resample_array
 
     extent = [n * s for n, s in zip(hu.shape, spacing_zyx, strict=True)]
     target = roi_spacing_mm(extent, model_spacing, shape)
-    image = sitk.GetImageFromArray(hu.astype(np.float32))
-    image.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
-    labels = sitk.GetImageFromArray(mask.astype(np.float32))
-    labels.CopyInformation(image)
-    hu_z = sitk.GetArrayFromImage(resample_to_spacing(image, tuple(reversed(target))))
-    mask_z = sitk.GetArrayFromImage(
-        resample_to_spacing(labels, tuple(reversed(target)), default=0.0)
-    )
+    hu_z = resample_array(hu, spacing_zyx, target)
+    mask_z = resample_array(mask, spacing_zyx, target, default=0.0)
     start = [
         -((p - n) // 2) if n < p else (n - p) // 2 for n, p in zip(hu_z.shape, shape, strict=True)
     ]

@@ -6,11 +6,14 @@ queries that use them live in ``encoded``."""
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 
 from malenia.inference.postprocess import components, foreground_box
+
+if TYPE_CHECKING:  # imported where used: training imports this module without SimpleITK
+    import SimpleITK as sitk
 
 
 def without_lesions(probability, labels, boxes, dropped: list[int]):
@@ -94,6 +97,8 @@ def input_maps(probability, labels_model, cover, model_image, input_image):
 
 def sub_grid(image: sitk.Image, box) -> sitk.Image:
     """A blank image on the part ``box`` (k, j, i slices) of ``image``'s grid."""
+    import SimpleITK as sitk
+
     size = [b.stop - b.start for b in box[::-1]]
     sub = sitk.Image(size, sitk.sitkUInt8)
     sub.SetSpacing(image.GetSpacing())
@@ -103,6 +108,8 @@ def sub_grid(image: sitk.Image, box) -> sitk.Image:
 
 
 def blank_like(image) -> sitk.Image:
+    import SimpleITK as sitk
+
     blank = sitk.Image(image.GetSize(), sitk.sitkUInt8)
     blank.CopyInformation(image)
     return blank
