@@ -115,3 +115,34 @@ def test_training_runs_from_a_kit_without_simpleitk(kit, tmp_path):
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "last.safetensors").stat().st_size > 1_000_000
+
+
+@needs_data
+def test_the_device_script_trains_a_chunk_from_the_kit_and_goes_on_from_it(kit, tmp_path):
+    """``scripts/device_train.sh`` as the GPU machine runs it, on the CPU here: one chunk
+    leaves its weights in $OUT; carried back as start.safetensors, the next starts there."""
+    config = json.loads((REPO / "configs" / "tiny_gpu_real.json").read_text())
+    config.update(steps=1, batch_size=1, num_workers=0, checkpoint_every=1)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    devkit, out = tmp_path / "devkit", tmp_path / "out"
+    devkit.mkdir()
+    (devkit / "data").symlink_to(kit)
+    env = {**os.environ, "DEVKIT": str(devkit), "OUT": str(out), "MALENIA_DEVICE": "cpu",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    for chunk in ("first", "second"):
+        out.mkdir()
+        done = subprocess.run(
+            ["bash", "scripts/device_train.sh", "5", str(tmp_path / "config.json")],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert {"last.safetensors", "last.json", "log.csv", "train.txt"} <= {
+            p.name for p in out.iterdir()
+        }
+        start = devkit / "start.safetensors" if chunk == "second" else config["init_from"]
+        assert f"initialised from {start}" in done.stdout
+        (out / "last.safetensors").rename(devkit / "start.safetensors")
+        (out / "last.json").rename(devkit / "start.json")  # the weights' card goes with them
+        for leftover in out.iterdir():
+            leftover.unlink()
+        out.rmdir()
