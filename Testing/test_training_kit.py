@@ -111,8 +111,10 @@ def test_training_runs_from_a_kit_without_simpleitk(kit, tmp_path):
         f"sys.exit(main(['train', '--config', {str(tmp_path / 'config.json')!r}, '--device', 'cpu']))"
     )
     env = {**os.environ, "MALENIA_REAL_CT": str(kit)}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, encoding="utf-8",
+        errors="replace", timeout=600,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "last.safetensors").stat().st_size > 1_000_000
 
@@ -133,7 +135,7 @@ def test_the_device_script_trains_a_chunk_from_the_kit_and_goes_on_from_it(kit, 
         out.mkdir()
         done = subprocess.run(
             ["bash", "scripts/device_train.sh", "5", str(tmp_path / "config.json")],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+            cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         assert {"last.safetensors", "last.json", "log.csv", "train.txt"} <= {
