@@ -252,10 +252,11 @@ def load_training_scans(spacing_zyx=(2.0, 2.0, 2.0), root: Path | None = None) -
     (``malenia.data.training_kit``) when the real-CT folder is one."""
     from malenia.data.training_kit import is_training_kit, read_training_scans
 
-    if is_training_kit(require_real_ct_root(root)):
-        return read_training_scans(require_real_ct_root(root), spacing_zyx)
-    scans = [load_hcc(case, spacing_zyx, root) for case in HCC_TRAIN]
-    return [*scans, load_totalseg_example(spacing_zyx, root)]
+    source = require_real_ct_root(root)
+    if is_training_kit(source):
+        return read_training_scans(source, spacing_zyx)
+    scans = [load_hcc(case, spacing_zyx, source) for case in HCC_TRAIN]
+    return [*scans, load_totalseg_example(spacing_zyx, source)]
 
 
 # --------------------------------------------------------------------------- LIDC
