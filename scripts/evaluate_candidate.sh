@@ -6,11 +6,16 @@
 # 2. publish it in fp16 with that calibration into OUTDIR/weights (the engine's format);
 # 3. the synthetic held-out benchmark (20 per category) and the real-CT benchmark;
 # 4. the location head's left/right kidney and spleen check on a phantom, with the bounds of
-#    test_bundled_location_head_tells_left_from_right (which checks only the bundled file).
-# About 20 minutes on 2 CPU cores. Nothing here reads a validation case before step 3.
+#    test_bundled_location_head_tells_left_from_right (which checks only the bundled file);
+# 5. the figures the bundling rules also read (the shipped sample CT's presets, the sample
+#    redrawn with the scan's own noise, the synthetic set drawn with the phantom's own noise),
+#    then the verdict of scripts/check_bundle_rule.py --rule $RULE (default real-first-27f).
+# About an hour on 2 CPU cores. Nothing here reads a validation case before step 3.
 # CALIBRATE_ARGS: more options for step 1, as the candidate's config fixes them
-# (stage 32 on: CALIBRATE_ARGS="--tie-break lowest"). CALIBRATION: a calibration JSON of this
-# checkpoint made already (e.g. by `malenia calibrate --from ... --organ-lesions 24`).
+# (stage 32 on: CALIBRATE_ARGS="--tie-break lowest"; the bundled card's rules, for weights
+# judged against it: CALIBRATE_ARGS="--organ-lesions 24 --lung-keep 24 --organ-growth 24
+# --organ-fat 24 --unlocated 24"). CALIBRATION: a calibration JSON of this checkpoint made
+# already (e.g. by `malenia calibrate --from ... --organ-lesions 24`).
 set -euo pipefail
 checkpoint=$1 config=$2 out=$3 description=${4:-candidate}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,3 +60,13 @@ p = encoded.location_probability("spleen")
 print(f"spleen ratio {p[spleen].mean() / max(p[liver].mean(), 1e-9):.2f} (>5)")
 PY
 cat "$out/left_right.txt"
+"$python" "$here/scripts/score_sample_ct.py" --weights "$weights" > "$out/sample_white.txt"
+sample_scanner="$here/runs/sample_scanner"  # the sample redrawn with the scan's noise (made once)
+[[ -d "$sample_scanner" ]] || "$python" "$here/scripts/make_sample_ct.py" --lesion-noise scanner \
+    --out "$sample_scanner"
+"$python" "$here/scripts/score_sample_ct.py" --weights "$weights" --sample-dir "$sample_scanner" \
+    > "$out/sample_scanner.txt"
+"$malenia" eval --lesion-noise scanner --weights "$weights" --out "$out/synthetic_scanner" \
+    --n-per-category 20 --no-overlays --device cpu
+"$python" "$here/scripts/check_bundle_rule.py" "$out" --rule "${RULE:-real-first-27f}" \
+    | tee "$out/rule.txt" || true
