@@ -38,15 +38,18 @@ def canonical_orientation(image):
     return sitk.DICOMOrient(image, "LPS")
 
 
+def resampled_size(size, spacing, target) -> list[int]:
+    """Voxels per axis of the grid ``resample_to_spacing`` and ``resample_array`` resample
+    onto: the same physical extent at ``target`` spacing (axes in the order given)."""
+    return [max(1, int(round(n * s / t))) for n, s, t in zip(size, spacing, target, strict=True)]
+
+
 def resample_to_spacing(image, spacing_xyz, interpolator=None, default: float = -1024.0):
     """Stage 2: resample to the model's spacing on the same origin and direction."""
     import SimpleITK as sitk
 
     spacing_xyz = tuple(float(s) for s in spacing_xyz)
-    size = [
-        max(1, int(round(n * s / t)))
-        for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing_xyz, strict=True)
-    ]
+    size = resampled_size(image.GetSize(), image.GetSpacing(), spacing_xyz)
     return sitk.Resample(
         image, size, sitk.Transform(), interpolator or sitk.sitkLinear, image.GetOrigin(), spacing_xyz,
         image.GetDirection(), default, sitk.sitkFloat32,
@@ -63,10 +66,7 @@ def resample_array(
     checks it against SimpleITK's result."""
     from scipy import ndimage
 
-    size = [
-        max(1, int(round(n * s / t)))
-        for n, s, t in zip(array.shape, spacing_zyx, target_zyx, strict=True)
-    ]
+    size = resampled_size(array.shape, spacing_zyx, target_zyx)
     coords = [np.arange(m) * (t / s) for m, s, t in zip(size, spacing_zyx, target_zyx, strict=True)]
     out = ndimage.map_coordinates(
         array.astype(np.float32), np.meshgrid(*coords, indexing="ij"), order=1, mode="nearest"
