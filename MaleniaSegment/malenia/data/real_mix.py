@@ -75,6 +75,12 @@ ARTERIAL_LIVER_CANCER_SHARE = 0.35
 # at whole-scan scale, and without lung windows whose answer is empty nothing taught that
 # lung vessels and fissures are not lesions (stage 15 marked more outside lung lesions).
 NEGATIVE_LUNG_SHARE = 0.4
+# Whole-scan answers ask a lesion type in every window of its organ, nearly all of them
+# lesion-free; yet stage 27's mixture asked "liver cancer" in a window holding liver about 50
+# times with a lesion there for each time without (runs of ``organ_negative`` items fix that:
+# an organ window with no lesion, asked for that organ's own lesion type). A share of them are
+# muscle windows asked for a mass, as the sarcoma queries are.
+MUSCLE_NEGATIVE_SHARE = 0.15
 
 
 def draw_contrast(rng: np.random.Generator) -> float:
@@ -215,7 +221,7 @@ class RealMixDataset:
     """Item i is deterministic given (seed, i); the real scans are loaded once, lazily."""
 
     KINDS = ("phantom", "real_synthetic", "real_lesion", "lidc", "real_negative", "soft_tissue",
-             "lidc_paste")  # fmt: skip
+             "lidc_paste", "organ_negative")  # fmt: skip
 
     def __init__(self, categories, seed: int = 0, shape=(64, 64, 64), spacing=(2.0, 2.0, 2.0),
                  mix: dict | None = None, max_lesions: int = 2, distractor_prob: float = 0.5,
@@ -287,6 +293,8 @@ class RealMixDataset:
             item = self._soft_tissue_item(rng)
         elif kind == "lidc_paste":
             item = self._lidc_paste_item(rng)
+        elif kind == "organ_negative":
+            item = self._organ_negative_item(rng)
         else:
             item = self._scan_item(kind, rng)
         return {"source": kind, **item}  # the mixture's part (a phantom's own tag wins)
@@ -326,9 +334,7 @@ class RealMixDataset:
             centre = random_voxel(scan.instances == lesion, rng)
         elif kind != "real_synthetic":
             centre = self._negative_centre(scan, rng)
-        jitter = rng.integers(-20, 21, size=3)
-        start = [int(c + j - p // 2) for c, j, p in zip(centre, jitter, self.shape, strict=True)]
-        start = [int(np.clip(s, 0, max(n - p, 0))) for s, p, n in zip(start, self.shape, scan.hu.shape, strict=True)]  # fmt: skip
+        start = self._window_start(scan, centre, rng)
         hu = crop_window(scan.hu, start, self.shape)
         labels = crop_window(scan.labels, start, self.shape, mode="constant")
         real = crop_window(scan.instances, start, self.shape, mode="constant")
@@ -360,6 +366,45 @@ class RealMixDataset:
             descriptions.append(scan.descriptions[lesion - 1])
             categories.append(scan.categories[lesion - 1])
         return training_item(hu, instances, descriptions, categories, rng, scan, labels, start)
+
+    def _window_start(self, scan: RealScan, centre, rng: np.random.Generator) -> list[int]:
+        """Corner of a window around ``centre``, moved up to 20 voxels, kept in the scan."""
+        jitter = rng.integers(-20, 21, size=3)
+        start = [int(c + j - p // 2) for c, j, p in zip(centre, jitter, self.shape, strict=True)]
+        return [int(np.clip(s, 0, max(n - p, 0))) for s, p, n in zip(start, self.shape, scan.hu.shape, strict=True)]  # fmt: skip
+
+    def _organ_negative_item(self, rng: np.random.Generator) -> dict:
+        """A window of a real organ (or muscle) holding no lesion, asked for that organ's own
+        lesion type (the item's ``ask``; its answer is empty): see MUSCLE_NEGATIVE_SHARE."""
+        from malenia.synth.dataset import lesion_pool
+
+        if self.muscle_scans and rng.random() < MUSCLE_NEGATIVE_SHARE:
+            scan = self.muscle_scans[int(rng.integers(len(self.muscle_scans)))]
+            host, ask = scan.muscle, (SOFT_TISSUE_CATEGORY, soft_tissue_description(rng))
+        else:
+            scan = self.scans[int(rng.integers(len(self.scans)))]
+            options = [
+                (c, loc) for c in self.categories for loc in CATEGORY_LOCATIONS.get(c, ())
+                if (scan.labels == LOCATION_LABEL[loc]).sum() > 500
+            ]  # fmt: skip
+            if not options:
+                return self._scan_item("real_negative", rng)
+            category, location = self._pick_real_synthetic(options, rng)
+            pool = lesion_pool(category)
+            description = replace(pool[int(rng.integers(len(pool)))].description, location=location)
+            if category == "liver cancer":
+                description = liver_cancer_phase(description, rng)
+            host, ask = scan.labels == LOCATION_LABEL[location], (category, description)
+        for _ in range(8):  # a window clear of the scan's real lesions
+            start = self._window_start(scan, random_voxel(host, rng), rng)
+            real = crop_window(scan.instances, start, self.shape, mode="constant")
+            if not real.any():
+                break
+        else:
+            return self._scan_item("real_negative", rng)
+        hu = crop_window(scan.hu, start, self.shape)
+        labels = crop_window(scan.labels, start, self.shape, mode="constant")
+        return training_item(hu, real, [], [], rng, scan, labels, start, ask=ask)
 
     def _pick_real_synthetic(self, options: list, rng: np.random.Generator) -> tuple[str, str]:
         """One (category, location) of ``options``: uniformly, or the category by

@@ -66,7 +66,13 @@ def drop_attributes(
 def choose_prompt(item: dict, rng: random.Random, negative_prob: float, pool: dict, dropout=0.0):
     """(category, description, target mask) for the prompted loss: a lesion's description
     and the lesions it describes; sometimes an absent category's description (whose target
-    is empty unless its description fits a lesion present)."""
+    is empty unless its description fits a lesion present). An item's ``ask`` (a category
+    and description chosen with the window, ``RealMixDataset``'s organ negatives) is asked
+    instead."""
+    if item.get("ask"):
+        category, description = item["ask"]
+        description = drop_attributes(description, rng, dropout)
+        return category, description, prompt_target(item, None, description)
     present = set(item["categories"]) | set(item.get("compatible", ()))
     absent = [c for c in pool if c not in present]
     if absent and (rng.random() < negative_prob or not item["descriptions"]):
