@@ -470,3 +470,34 @@ def test_a_lesion_drawn_into_a_5_mm_scan_can_take_its_slice_profile():
     (sharp, level), (soft, level_after) = along_z(drawn), along_z(profiled)
     assert level < -30.0 and abs(level_after - level) < 0.2 * abs(level)
     assert soft >= sharp + 2, (sharp, soft)
+
+
+@needs_data
+def test_organ_negatives_ask_an_organs_own_lesion_type_where_it_has_none():
+    """Whole-scan answers ask a lesion type in every window of its organ: organ negatives
+    are such windows (clear of the scan's real lesions), asked for that organ's own lesion
+    type, or muscle asked for a mass, and the prompt the loss draws is that ask, empty."""
+    import random
+
+    from malenia.data.real_mix import CATEGORY_LOCATIONS, SOFT_TISSUE_CATEGORY, RealMixDataset
+    from malenia.synth.anatomy import LOCATION_LABEL
+    from malenia.synth.dataset import lesion_pool
+    from malenia.synth.split import SEEN_CATEGORIES
+    from malenia.training.prompts import choose_prompt
+
+    dataset = RealMixDataset(SEEN_CATEGORIES, seed=17, mix={"organ_negative": 1.0})
+    pool = {c: [r.description for r in lesion_pool(c)] for c in SEEN_CATEGORIES}
+    asked, rng = [], random.Random(0)
+    for index in range(30):
+        item = dataset[index]
+        assert item["source"] == "organ_negative"
+        assert not item["descriptions"] and not item["instance_mask"].any()
+        category, description = item["ask"]
+        asked.append(category)
+        if category != SOFT_TISSUE_CATEGORY:
+            assert description.location in CATEGORY_LOCATIONS[category]
+            organ = item["labels"] == LOCATION_LABEL[description.location]
+            assert organ.sum() > 300, (category, description.location, organ.sum())  # 2.4 ml
+        prompted, _, target = choose_prompt(item, rng, 0.15, pool, dropout=0.2)
+        assert prompted == category and not target.any()
+    assert "liver cancer" in asked and len(set(asked)) >= 3, asked
