@@ -8,9 +8,7 @@
 # Prints the figures and leaves them in $OUT/bench_gpu.txt.
 set -euo pipefail
 devkit="$(cd "${DEVKIT:-.devkit}" && pwd)"
-site="$(mktemp -d)"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" \
-  "$devkit"/bench/*.whl "$devkit"/wheels/*.whl
-export PYTHONPATH="$site:$PWD/MaleniaSegment${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
+use_carried_wheels "$(mktemp -d)" "$devkit"/bench/*.whl "$devkit"/wheels/*.whl
 python3 benchmarks/bench_inference.py --device "${MALENIA_DEVICE:-cuda}" "$@" 2>&1 \
   | tee "${OUT:-.}/bench_gpu.txt"

@@ -17,11 +17,10 @@ config="${2:-configs/tiny_gpu_real.json}"
 out="${OUT:?OUT is where the device machine returns files}"
 devkit="$(cd "${DEVKIT:-.devkit}" && pwd)"
 run="$(mktemp -d)"
-if compgen -G "$devkit/wheels/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$run/site" "$devkit"/wheels/*.whl
-fi
-export PYTHONPATH="$run/site:$PWD/MaleniaSegment${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/device_env.sh"
+shopt -s nullglob
+use_carried_wheels "$run" "$devkit"/wheels/*.whl
+shopt -u nullglob
 export MALENIA_REAL_CT="$devkit/data"
 python3 - "$config" "$run" "$devkit/start.safetensors" <<'EOF'
 import json
