@@ -5,9 +5,9 @@ teaches the model that the question always has an answer (stage 39, docs/EVALUAT
 
     python scripts/count_organ_prompts.py CONFIG [--items 600]
 
-Reads the config's training data only (the prompts as ``compute_loss`` draws them: the
-primary prompt and the contrast prompts); prints counts per (part of the mixture, category,
-window holds >= 5% of the category's organs or not, answer empty or not).
+Reads the config's training data only (the primary prompt as ``compute_loss`` draws it; the
+contrast prompts are not counted: they carry no category); prints counts per (part of the
+mixture, category, window holds >= 5% of the category's organs or not, answer empty or not).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     from malenia.synth.dataset import lesion_pool
     from malenia.training.config import TrainConfig
     from malenia.training.data import make_dataset
-    from malenia.training.prompts import choose_prompt, contrast_prompts
+    from malenia.training.prompts import choose_prompt
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
@@ -47,18 +47,12 @@ def main() -> None:
         category, _, target = choose_prompt(
             item, rng, config.negative_prompt_prob, pool, config.prompt_attribute_dropout
         )
-        asked = [(category, target)]
-        descriptions, targets = contrast_prompts(
-            item, category, rng, pool, config.prompt_attribute_dropout
-        )
-        asked += [(None, t) for t in targets]  # contrast prompts: counted as "other"
-        for category, target in asked:
-            if category not in organs or item.get("labels") is None:
-                continue
-            share = float(np.isin(item["labels"], organs[category]).mean())
-            where = "in its organ" if share >= 0.05 else "elsewhere"
-            answer = "empty" if not target.any() else "lesion"
-            tally[(item["source"], category, where, answer)] += 1
+        if category not in organs or item.get("labels") is None:
+            continue
+        share = float(np.isin(item["labels"], organs[category]).mean())
+        where = "in its organ" if share >= 0.05 else "elsewhere"
+        answer = "empty" if not target.any() else "lesion"
+        tally[(item["source"], category, where, answer)] += 1
     print(f"{args.items} items of {args.config} in {time.time() - began:.0f} s")
     for key, count in sorted(tally.items()):
         print(f"{key[0]:<22} {key[1]:<22} {key[2]:<13} {key[3]:<7} {count}")
