@@ -310,10 +310,7 @@ class RealMixDataset:
         scan = scans[int(rng.integers(len(scans)))]
         records = []
         if kind == "real_synthetic":
-            options = [
-                (c, loc) for c in self.categories for loc in CATEGORY_LOCATIONS.get(c, ())
-                if (scan.labels == LOCATION_LABEL[loc]).sum() > 500
-            ]  # fmt: skip
+            options = self._organ_options(scan)
             if options:
                 category, location = self._pick_real_synthetic(options, rng)
                 pool = lesion_pool(category)
@@ -367,6 +364,13 @@ class RealMixDataset:
             categories.append(scan.categories[lesion - 1])
         return training_item(hu, instances, descriptions, categories, rng, scan, labels, start)
 
+    def _organ_options(self, scan: RealScan) -> list[tuple[str, str]]:
+        """(category, location) pairs this scan can host: its organ is labelled (> 500 voxels)."""
+        return [
+            (c, loc) for c in self.categories for loc in CATEGORY_LOCATIONS.get(c, ())
+            if (scan.labels == LOCATION_LABEL[loc]).sum() > 500
+        ]  # fmt: skip
+
     def _window_start(self, scan: RealScan, centre, rng: np.random.Generator) -> list[int]:
         """Corner of a window around ``centre``, moved up to 20 voxels, kept in the scan."""
         jitter = rng.integers(-20, 21, size=3)
@@ -383,10 +387,7 @@ class RealMixDataset:
             host, ask = scan.muscle, (SOFT_TISSUE_CATEGORY, soft_tissue_description(rng))
         else:
             scan = self.scans[int(rng.integers(len(self.scans)))]
-            options = [
-                (c, loc) for c in self.categories for loc in CATEGORY_LOCATIONS.get(c, ())
-                if (scan.labels == LOCATION_LABEL[loc]).sum() > 500
-            ]  # fmt: skip
+            options = self._organ_options(scan)
             if not options:
                 return self._scan_item("real_negative", rng)
             category, location = self._pick_real_synthetic(options, rng)
